@@ -1,0 +1,252 @@
+//! The library's entry point: [`Karmyq::open`] a data directory, holding
+//! `account.sqlite3` (this device's identity and its communities) and
+//! `communities/<id>.sqlite3`, one file per community.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rusqlite::{OptionalExtension, params};
+use zeroize::Zeroizing;
+
+use crate::authority::{CommunityId, Op, OpBody, Settings, SignedOp, Visibility, valid_name};
+use crate::bundle::{Bundle, Report};
+use crate::community::Community;
+use crate::error::{Error, Rejection, Result};
+use crate::identity::{Keypair, MemberId};
+use crate::invite::InviteToken;
+use crate::store::{Db, schema};
+use crate::time::Timestamp;
+
+/// A community this device holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommunitySummary {
+    /// The community.
+    pub id: CommunityId,
+    /// Its name when last seen.
+    pub name: String,
+}
+
+/// A device's Karmyq: its identity and the communities it holds.
+pub struct Karmyq {
+    dir: PathBuf,
+    account: Db,
+    keys: Arc<Keypair>,
+    open: HashMap<CommunityId, Community>,
+}
+
+impl std::fmt::Debug for Karmyq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Karmyq")
+            .field("dir", &self.dir)
+            .field("member", &self.keys.member_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Karmyq {
+    /// Opens a data directory, creating it and a new identity if empty.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir.as_ref(), None)
+    }
+
+    /// Opens a data directory with an identity restored from a backup
+    /// ([`Karmyq::export_secret`]): a new phone. Refuses a directory that
+    /// already holds another identity.
+    pub fn restore(dir: impl AsRef<Path>, secret: &str) -> Result<Self> {
+        let keys = Keypair::import_secret(secret)?;
+        Self::open_with(dir.as_ref(), Some(keys))
+    }
+
+    fn open_with(dir: &Path, restore: Option<Keypair>) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("communities"))?;
+        let mut account = Db::open(&dir.join("account.sqlite3"), &schema::ACCOUNT)?;
+        let stored: Option<Vec<u8>> = account
+            .conn()
+            .query_row("SELECT secret FROM identity WHERE id = 1", [], |r| r.get(0))
+            .optional()?;
+        let keys = match (stored, restore) {
+            (Some(secret), restore) => {
+                let secret = Zeroizing::new(secret);
+                let bytes: [u8; 32] = secret
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("identity".into()))?;
+                let keys = Keypair::from_secret_bytes(&bytes);
+                if restore.is_some_and(|r| r.member_id() != keys.member_id()) {
+                    return Err(Error::InvalidArgument(
+                        "this data directory holds another identity".into(),
+                    ));
+                }
+                keys
+            }
+            (None, restore) => {
+                let keys = match restore {
+                    Some(k) => k,
+                    None => Keypair::generate()?,
+                };
+                let secret = keys.secret_bytes();
+                account.write(|tx| {
+                    tx.execute(
+                        "INSERT INTO identity (id, member_id, secret, created_at) VALUES (1, ?1, ?2, ?3)",
+                        params![
+                            keys.member_id().as_bytes().as_slice(),
+                            secret.as_slice(),
+                            Timestamp::now().as_millis()
+                        ],
+                    )?;
+                    Ok(())
+                })?;
+                keys
+            }
+        };
+        Ok(Karmyq {
+            dir: dir.to_owned(),
+            account,
+            keys: Arc::new(keys),
+            open: HashMap::new(),
+        })
+    }
+
+    /// This device's member id.
+    pub fn member_id(&self) -> MemberId {
+        self.keys.member_id()
+    }
+
+    /// The identity's secret, for a backup or a new phone. Keep it safe.
+    pub fn export_secret(&self) -> Zeroizing<String> {
+        self.keys.export_secret()
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_of(&self, id: &CommunityId) -> PathBuf {
+        // Only a validated CommunityId (64 hex characters) names a file.
+        self.dir.join("communities").join(format!("{id}.sqlite3"))
+    }
+
+    /// Founds a community, with this device's member as founder and admin.
+    pub fn create_community(
+        &mut self,
+        name: &str,
+        description: &str,
+        visibility: Visibility,
+        now: Timestamp,
+    ) -> Result<CommunityId> {
+        if !valid_name(name) {
+            return Err(Error::InvalidArgument("community name".into()));
+        }
+        if description.chars().count() > 500 {
+            return Err(Error::InvalidArgument("description too long".into()));
+        }
+        let mut nonce = [0u8; 16];
+        getrandom::getrandom(&mut nonce).map_err(|_| Error::Randomness)?;
+        let genesis = SignedOp::sign(
+            Op {
+                community: None,
+                parents: Vec::new(),
+                author: self.member_id(),
+                created_at: now,
+                body: OpBody::Genesis {
+                    name: name.to_owned(),
+                    description: description.to_owned(),
+                    visibility,
+                    settings: Settings::default(),
+                    nonce,
+                },
+            },
+            &self.keys,
+        )?;
+        let id = CommunityId::from_bytes(*genesis.hash().as_bytes());
+        let community = Community::create(&self.path_of(&id), self.keys.clone(), genesis)?;
+        self.remember(id, name, now)?;
+        self.open.insert(id, community);
+        Ok(id)
+    }
+
+    fn remember(&mut self, id: CommunityId, name: &str, now: Timestamp) -> Result<()> {
+        self.account.write(|tx| {
+            tx.execute(
+                "INSERT INTO communities (community_id, name, added_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (community_id) DO UPDATE SET name = excluded.name",
+                params![id.as_bytes().as_slice(), name, now.as_millis()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The communities this device holds.
+    pub fn communities(&self) -> Result<Vec<CommunitySummary>> {
+        let mut stmt = self
+            .account
+            .conn()
+            .prepare_cached("SELECT community_id, name FROM communities ORDER BY added_at, name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, name) = row?;
+            let id: [u8; 32] = id
+                .try_into()
+                .map_err(|_| Error::Corrupt("community id".into()))?;
+            out.push(CommunitySummary {
+                id: CommunityId::from_bytes(id),
+                name,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A community this device holds.
+    pub fn community(&mut self, id: CommunityId) -> Result<&mut Community> {
+        if !self.open.contains_key(&id) {
+            let known: bool = self
+                .account
+                .conn()
+                .prepare_cached("SELECT 1 FROM communities WHERE community_id = ?1")?
+                .exists([id.as_bytes().as_slice()])?;
+            if !known {
+                return Err(Error::UnknownCommunity);
+            }
+            let community = Community::open(&self.path_of(&id), self.keys.clone(), id)?;
+            self.open.insert(id, community);
+        }
+        self.open.get_mut(&id).ok_or(Error::UnknownCommunity)
+    }
+
+    /// Applies a bundle from another device. A bundle of a community this
+    /// device does not hold yet must carry its genesis op; the community is
+    /// then added (as a non-member until it joins or is admitted).
+    pub fn receive(&mut self, bundle: &Bundle, now: Timestamp) -> Result<Report> {
+        let id = bundle.community;
+        if self.community(id).is_err() {
+            let genesis = bundle
+                .ops
+                .iter()
+                .filter_map(|b| SignedOp::decode(b).ok())
+                .find(|op| op.hash().as_bytes() == id.as_bytes())
+                .ok_or(Error::UnknownCommunity)?;
+            let community = Community::create(&self.path_of(&id), self.keys.clone(), genesis)?;
+            let name = community.authority().name.clone();
+            self.remember(id, &name, now)?;
+            self.open.insert(id, community);
+        }
+        let community = self.community(id)?;
+        let report = community.apply(bundle)?;
+        let name = community.authority().name.clone();
+        self.remember(id, &name, now)?;
+        Ok(report)
+    }
+
+    /// Joins a community with an invite link, once its log is on this device.
+    pub fn join_with_invite(&mut self, link: &str, now: Timestamp) -> Result<()> {
+        let token = InviteToken::parse(link)?;
+        let community = self
+            .community(token.community())
+            .map_err(|_| Error::Rejected(Rejection::InviteInvalid("community not on this device")))?;
+        community.join_with_invite(&token, now)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,1139 @@
+//! One community on this device: its authority log, its content documents
+//! and its SQLite file, behind one handle.
+//!
+//! Every write, local or from another device, goes through the same path:
+//! authenticate, authorize with the shared validator, then store the change
+//! and move the projections in one SQLite transaction. In-memory state (the
+//! resolved log, loaded documents) is a cache of the file: when a write
+//! fails it is dropped and read again, so memory never runs ahead of disk.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use automerge::transaction::{CommitOptions, Transaction as DocTx};
+use automerge::{Automerge, ChangeHash, ReadDoc, ROOT};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::authority::{
+    AuthorityLog, CommunityId, ContentCutoff, Inserted, InviteKey, InviteProof, Op, OpBody,
+    OpHash, Resolved, Role, Settings, SettingsPatch, SignedOp, Visibility,
+};
+use crate::bundle::{Bundle, Heads, Item, Report};
+use crate::codec;
+use crate::docs::{Authentic, DocId, SignedChange, actor_of, change_hash};
+use crate::error::{Error, Rejection, Result};
+use crate::identity::{Keypair, MemberId};
+use crate::invite::InviteToken;
+use crate::norms::{self, Norm};
+use crate::profile::Profile;
+use crate::store::{Db, schema};
+use crate::time::Timestamp;
+
+/// Write a snapshot of a document after this many changes since the last.
+pub const DEFAULT_COMPACT_EVERY: u32 = 256;
+
+/// A member as listed: role and profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    /// The member.
+    pub id: MemberId,
+    /// Their role.
+    pub role: Role,
+    /// When they were admitted.
+    pub admitted_at: Timestamp,
+    /// Their profile, if they wrote one.
+    pub profile: Option<Profile>,
+}
+
+/// Name, description, visibility and settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommunityInfo {
+    /// The community.
+    pub id: CommunityId,
+    /// Its name.
+    pub name: String,
+    /// The description (the document's, else the one given at founding).
+    pub description: String,
+    /// Public or private.
+    pub visibility: Visibility,
+    /// Its settings.
+    pub settings: Settings,
+    /// How many members.
+    pub member_count: usize,
+}
+
+struct Loaded {
+    doc: Automerge,
+    since_snapshot: u32,
+}
+
+/// What a batch of changes moved, for the projections.
+#[derive(Default)]
+struct Touched {
+    profiles: BTreeSet<MemberId>,
+    community: bool,
+}
+
+/// One community's replica on this device.
+pub struct Community {
+    id: CommunityId,
+    db: Db,
+    keys: Arc<Keypair>,
+    log: AuthorityLog,
+    auth: Resolved,
+    docs: HashMap<DocId, Loaded>,
+    compact_every: u32,
+}
+
+impl std::fmt::Debug for Community {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Community")
+            .field("id", &self.id)
+            .field("ops", &self.log.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Community {
+    /// Founds a community in a new file at `path`.
+    pub(crate) fn create(path: &Path, keys: Arc<Keypair>, genesis: SignedOp) -> Result<Self> {
+        let log = AuthorityLog::new(genesis.clone())?;
+        let id = log.community_id();
+        let mut db = Db::open(path, &schema::COMMUNITY)?;
+        db.write(|tx| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('community_id', ?1)",
+                [id.as_bytes().as_slice()],
+            )?;
+            store_op(tx, &genesis.hash(), &genesis)?;
+            Ok(())
+        })?;
+        Self::from_parts(id, db, keys, log)
+    }
+
+    /// Opens the file of a known community.
+    pub(crate) fn open(path: &Path, keys: Arc<Keypair>, id: CommunityId) -> Result<Self> {
+        let db = Db::open(path, &schema::COMMUNITY)?;
+        let log = load_log(&db, id)?;
+        let mut community = Self::from_parts(id, db, keys, log)?;
+        let rebuild: bool = community
+            .db
+            .conn()
+            .query_row("SELECT 1 FROM meta WHERE key = 'rebuild_projections'", [], |_| {
+                Ok(true)
+            })
+            .optional()?
+            .unwrap_or(false);
+        if rebuild {
+            community.rebuild_projections()?;
+        }
+        Ok(community)
+    }
+
+    fn from_parts(id: CommunityId, db: Db, keys: Arc<Keypair>, log: AuthorityLog) -> Result<Self> {
+        let auth = log.resolve();
+        let mut community = Community {
+            id,
+            db,
+            keys,
+            log,
+            auth,
+            docs: HashMap::new(),
+            compact_every: DEFAULT_COMPACT_EVERY,
+        };
+        let auth = &community.auth;
+        community.db.write(|tx| project_members(tx, auth))?;
+        Ok(community)
+    }
+
+    /// Drops every cache and reads the file again.
+    fn reload(&mut self) -> Result<()> {
+        self.docs.clear();
+        self.log = load_log(&self.db, self.id)?;
+        self.auth = self.log.resolve();
+        Ok(())
+    }
+
+    /// The community's id.
+    pub fn id(&self) -> CommunityId {
+        self.id
+    }
+
+    /// The resolved authority state.
+    pub fn authority(&self) -> &Resolved {
+        &self.auth
+    }
+
+    /// Sets how many changes to a document trigger a new snapshot.
+    pub fn set_compact_every(&mut self, changes: u32) {
+        self.compact_every = changes.max(1);
+    }
+
+    /// Name, description, visibility, settings, member count.
+    pub fn info(&self) -> Result<CommunityInfo> {
+        let doc_description: Option<String> = self
+            .db
+            .conn()
+            .query_row("SELECT value FROM meta WHERE key = 'description'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?;
+        Ok(CommunityInfo {
+            id: self.id,
+            name: self.auth.name.clone(),
+            description: doc_description.unwrap_or_else(|| self.auth.description.clone()),
+            visibility: self.auth.visibility,
+            settings: self.auth.settings,
+            member_count: self.auth.members.len(),
+        })
+    }
+
+    /// This device's member id.
+    pub fn me(&self) -> MemberId {
+        self.keys.member_id()
+    }
+
+    /// This device's role, if a member.
+    pub fn my_role(&self) -> Option<Role> {
+        self.auth.role(&self.me())
+    }
+
+    // ----- membership ---------------------------------------------------
+
+    /// Joins a public community.
+    pub fn join(&mut self, now: Timestamp) -> Result<OpHash> {
+        self.author_op(OpBody::Join { invite: None }, now)
+    }
+
+    /// Joins with an invite token.
+    pub fn join_with_invite(&mut self, token: &InviteToken, now: Timestamp) -> Result<OpHash> {
+        if token.community() != self.id {
+            return Err(Rejection::WrongCommunity.into());
+        }
+        let proof = InviteProof::new(&token.keypair(), self.id, self.me());
+        self.author_op(
+            OpBody::Join {
+                invite: Some(proof),
+            },
+            now,
+        )
+    }
+
+    /// Admits a member (admins: any role; moderators: members only).
+    pub fn admit(&mut self, member: MemberId, role: Role, now: Timestamp) -> Result<OpHash> {
+        self.author_op(OpBody::Admit { member, role }, now)
+    }
+
+    /// Changes a member's role (admins).
+    pub fn set_role(&mut self, member: MemberId, role: Role, now: Timestamp) -> Result<OpHash> {
+        let cutoff = self.cutoff_of(&member)?;
+        self.author_op(
+            OpBody::SetRole {
+                member,
+                role,
+                cutoff,
+            },
+            now,
+        )
+    }
+
+    /// Removes a member (admins, and moderators for plain members).
+    pub fn remove(&mut self, member: MemberId, reason: &str, now: Timestamp) -> Result<OpHash> {
+        if reason.chars().count() > 500 {
+            return Err(Error::InvalidArgument("reason too long".into()));
+        }
+        let cutoff = self.cutoff_of(&member)?;
+        self.author_op(
+            OpBody::Remove {
+                member,
+                reason: reason.to_owned(),
+                cutoff,
+            },
+            now,
+        )
+    }
+
+    /// Leaves the community.
+    pub fn leave(&mut self, now: Timestamp) -> Result<OpHash> {
+        let cutoff = self.cutoff_of(&self.me())?;
+        self.author_op(OpBody::Leave { cutoff }, now)
+    }
+
+    /// Creates an invite (admins); the token is what to share.
+    pub fn create_invite(
+        &mut self,
+        expires_at: Timestamp,
+        max_uses: u32,
+        now: Timestamp,
+    ) -> Result<InviteToken> {
+        let token = InviteToken::generate(self.id)?;
+        self.author_op(
+            OpBody::CreateInvite {
+                invite_key: token.key(),
+                expires_at,
+                max_uses,
+            },
+            now,
+        )?;
+        Ok(token)
+    }
+
+    /// Revokes an invite (admins).
+    pub fn revoke_invite(&mut self, key: InviteKey, now: Timestamp) -> Result<OpHash> {
+        self.author_op(OpBody::RevokeInvite { invite_key: key }, now)
+    }
+
+    /// Changes name, visibility or settings (admins).
+    pub fn update_settings(&mut self, patch: SettingsPatch, now: Timestamp) -> Result<OpHash> {
+        self.author_op(OpBody::UpdateSettings(patch), now)
+    }
+
+    /// The member's latest change per document that this device holds.
+    fn cutoff_of(&self, member: &MemberId) -> Result<ContentCutoff> {
+        let mut stmt = self.db.conn().prepare_cached(
+            "SELECT doc_id, MAX(actor_seq) FROM changes WHERE author = ?1 GROUP BY doc_id",
+        )?;
+        let rows = stmt.query_map([member.as_bytes().as_slice()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut cutoff = ContentCutoff::default();
+        for row in rows {
+            let (doc, seq) = row?;
+            cutoff.0.insert(doc, u64::try_from(seq).unwrap_or(0));
+        }
+        Ok(cutoff)
+    }
+
+    /// Signs an op on the current heads, checks it resolves as effective
+    /// (else the same typed reason another device would give), and stores it.
+    fn author_op(&mut self, body: OpBody, now: Timestamp) -> Result<OpHash> {
+        let op = Op {
+            community: Some(self.id),
+            parents: self.log.heads(),
+            author: self.me(),
+            created_at: now,
+            body,
+        };
+        let signed = SignedOp::sign(op, &self.keys)?;
+        let hash = signed.hash();
+        let mut log = self.log.clone();
+        log.insert(signed.clone())?;
+        let auth = log.resolve();
+        if let Some(Err(reason)) = auth.verdicts.get(&hash) {
+            return Err(reason.clone().into());
+        }
+        self.db.write(|tx| {
+            store_op(tx, &hash, &signed)?;
+            project_members(tx, &auth)
+        })?;
+        self.log = log;
+        self.auth = auth;
+        Ok(hash)
+    }
+
+    // ----- content --------------------------------------------------------
+
+    /// Sets this member's profile.
+    pub fn set_profile(&mut self, profile: &Profile, now: Timestamp) -> Result<()> {
+        profile.validate()?;
+        let me = self.me();
+        self.write_doc(DocId::Profiles, now, |tx| profile.write(tx, &me))
+    }
+
+    /// A member's profile.
+    pub fn profile(&self, member: &MemberId) -> Result<Option<Profile>> {
+        let mut stmt = self.db.conn().prepare_cached(
+            "SELECT name, bio, location, availability, skills FROM profiles WHERE member_id = ?1",
+        )?;
+        Ok(stmt
+            .query_row([member.as_bytes().as_slice()], profile_row)
+            .optional()?)
+    }
+
+    /// Sets the community's description (admins and moderators).
+    pub fn set_description(&mut self, text: &str, now: Timestamp) -> Result<()> {
+        self.write_doc(DocId::Community, now, |tx| {
+            norms::write_description(tx, text)
+        })
+    }
+
+    /// Adds a norm (admins and moderators); returns its id.
+    pub fn add_norm(
+        &mut self,
+        title: &str,
+        description: &str,
+        category: &str,
+        now: Timestamp,
+    ) -> Result<String> {
+        let mut id = [0u8; 8];
+        getrandom::getrandom(&mut id).map_err(|_| Error::Randomness)?;
+        let norm = Norm {
+            id: hex::encode(id),
+            title: title.to_owned(),
+            description: description.to_owned(),
+            category: category.to_owned(),
+        };
+        self.update_norm(&norm, now)?;
+        Ok(norm.id)
+    }
+
+    /// Adds or updates a norm (admins and moderators).
+    pub fn update_norm(&mut self, norm: &Norm, now: Timestamp) -> Result<()> {
+        norm.validate()?;
+        self.write_doc(DocId::Community, now, |tx| norm.write(tx))
+    }
+
+    /// Removes a norm (admins and moderators).
+    pub fn remove_norm(&mut self, id: &str, now: Timestamp) -> Result<()> {
+        self.write_doc(DocId::Community, now, |tx| {
+            if Norm::delete(tx, id)? {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument("no such norm".into()))
+            }
+        })
+    }
+
+    /// The norms, by id.
+    pub fn norms(&self) -> Result<Vec<Norm>> {
+        let mut stmt = self.db.conn().prepare_cached(
+            "SELECT norm_id, title, description, category FROM norms ORDER BY norm_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Norm {
+                id: r.get(0)?,
+                title: r.get(1)?,
+                description: r.get(2)?,
+                category: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Current members with roles and profiles, most senior first.
+    pub fn members(&self) -> Result<Vec<MemberView>> {
+        let mut stmt = self.db.conn().prepare_cached(
+            "SELECT m.member_id, m.role, m.admitted_at,
+                    p.name, p.bio, p.location, p.availability, p.skills
+             FROM members m LEFT JOIN profiles p ON p.member_id = m.member_id
+             ORDER BY m.seniority",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let id: Vec<u8> = r.get(0)?;
+            let role: String = r.get(1)?;
+            let name: Option<String> = r.get(3)?;
+            let profile = match name {
+                Some(_) => Some(profile_row_at(r, 3)?),
+                None => None,
+            };
+            Ok((id, role, r.get::<_, i64>(2)?, profile))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, role, admitted_at, profile) = row?;
+            let id = member_from_blob(&id)?;
+            let role = Role::parse(&role).ok_or_else(|| Error::Corrupt("role".into()))?;
+            out.push(MemberView {
+                id,
+                role,
+                admitted_at: Timestamp::from_millis(admitted_at),
+                profile,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Makes a change to one document as this member, validates it with the
+    /// shared validator, and stores it with its projection update.
+    fn write_doc(
+        &mut self,
+        doc_id: DocId,
+        now: Timestamp,
+        edit: impl FnOnce(&mut DocTx<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let me = self.me();
+        if self.auth.role(&me).is_none() {
+            return Err(Rejection::NotAMember(me).into());
+        }
+        let result = self.write_doc_inner(&doc_id, now, edit);
+        if result.is_err() {
+            // The in-memory document may hold the refused change: read it again.
+            self.docs.remove(&doc_id);
+        }
+        result
+    }
+
+    fn write_doc_inner(
+        &mut self,
+        doc_id: &DocId,
+        now: Timestamp,
+        edit: impl FnOnce(&mut DocTx<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let Community {
+            id,
+            db,
+            keys,
+            log,
+            auth,
+            docs,
+            compact_every,
+        } = self;
+        let loaded = load_doc(db, docs, doc_id, &actor_of(&keys.member_id()))?;
+        let mut tx = loaded.doc.transaction();
+        if let Err(e) = edit(&mut tx) {
+            tx.rollback();
+            return Err(e);
+        }
+        let (hash, _) = tx.commit_with(CommitOptions::default().with_time(now.as_millis()));
+        let Some(hash) = hash else {
+            return Ok(());
+        };
+        let mut change = loaded
+            .doc
+            .get_change_by_hash(&hash)
+            .ok_or_else(|| Error::Corrupt("committed change missing".into()))?;
+        let signed = SignedChange::sign(*id, doc_id, &mut change, log.heads(), keys);
+        let authentic = signed.authenticate(*id)?;
+        authentic.authorize(auth)?;
+        let mut touched = Touched::default();
+        db.write(|tx| {
+            store_change(tx, &authentic, loaded, *compact_every)?;
+            touched.note(&authentic);
+            project_docs(tx, docs_view(loaded, doc_id), &touched)
+        })
+    }
+
+    // ----- exchange -------------------------------------------------------
+
+    /// What this replica holds: authority heads and each document's heads.
+    pub fn heads(&mut self) -> Result<Heads> {
+        let mut heads = Heads {
+            auth: self.log.heads(),
+            ..Heads::default()
+        };
+        let actor = actor_of(&self.me());
+        for doc_id in DocId::FIXED {
+            let loaded = load_doc(&self.db, &mut self.docs, &doc_id, &actor)?;
+            let doc_heads: Vec<[u8; 32]> = loaded.doc.get_heads().iter().map(|h| h.0).collect();
+            if !doc_heads.is_empty() {
+                heads.docs.insert(doc_id.as_str().to_owned(), doc_heads);
+            }
+        }
+        Ok(heads)
+    }
+
+    /// Everything this replica holds that a replica at `since` lacks.
+    pub fn changes_since(&mut self, since: &Heads) -> Result<Bundle> {
+        let mut bundle = Bundle::new(self.id);
+        // Authority ops: all but the causal past of their heads, in stored
+        // (causal) order.
+        let mut theirs: HashSet<OpHash> = HashSet::new();
+        let mut stack: Vec<OpHash> = since
+            .auth
+            .iter()
+            .filter(|h| self.log.contains(h))
+            .copied()
+            .collect();
+        while let Some(h) = stack.pop() {
+            if theirs.insert(h) {
+                if let Some(op) = self.log.get(&h) {
+                    stack.extend(op.op.parents.iter().copied());
+                }
+            }
+        }
+        {
+            let mut stmt = self
+                .db
+                .conn()
+                .prepare_cached("SELECT hash, bytes FROM auth_ops ORDER BY rowid")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            for row in rows {
+                let (hash, bytes) = row?;
+                let hash = OpHash::from_bytes(
+                    hash.try_into()
+                        .map_err(|_| Error::Corrupt("op hash".into()))?,
+                );
+                if !theirs.contains(&hash) {
+                    bundle.ops.push(bytes);
+                }
+            }
+        }
+        // Changes: per document, those not in the past of their heads.
+        let actor = actor_of(&self.me());
+        for doc_id in DocId::FIXED {
+            let name = doc_id.as_str();
+            let want: Option<HashSet<[u8; 32]>> = match since.docs.get(name) {
+                Some(their) if !their.is_empty() => {
+                    let loaded = load_doc(&self.db, &mut self.docs, &doc_id, &actor)?;
+                    let their: Vec<ChangeHash> = their.iter().map(|h| ChangeHash(*h)).collect();
+                    if loaded.doc.get_missing_deps(&their).is_empty() {
+                        Some(
+                            loaded
+                                .doc
+                                .get_changes(&their)
+                                .iter()
+                                .map(|c| c.hash().0)
+                                .collect(),
+                        )
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            };
+            if want.as_ref().is_some_and(HashSet::is_empty) {
+                continue;
+            }
+            let mut stmt = self.db.conn().prepare_cached(
+                "SELECT hash, envelope, bytes FROM changes WHERE doc_id = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([name], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (hash, envelope, bytes) = row?;
+                if let Some(want) = &want {
+                    if !want.contains(&change_hash(&hash)?.0) {
+                        continue;
+                    }
+                }
+                bundle.changes.push(SignedChange {
+                    envelope: codec::decode(&envelope, "stored envelope")?,
+                    bytes,
+                });
+            }
+        }
+        Ok(bundle)
+    }
+
+    /// Applies a bundle from another replica: each op and change is stored
+    /// only if valid (or parked if it waits for something), and the whole
+    /// bundle is one SQLite transaction.
+    pub fn apply(&mut self, bundle: &Bundle) -> Result<Report> {
+        if bundle.community != self.id {
+            return Err(Rejection::WrongCommunity.into());
+        }
+        let result = self.apply_inner(bundle);
+        if result.is_err() {
+            self.reload()?;
+        }
+        result
+    }
+
+    fn apply_inner(&mut self, bundle: &Bundle) -> Result<Report> {
+        let mut report = Report::default();
+        // Authority ops first, on a copy of the log until the file has them.
+        let mut log = self.log.clone();
+        let mut added: Vec<OpHash> = Vec::new();
+        let mut parked: Vec<(OpHash, Vec<u8>)> = Vec::new();
+        for bytes in &bundle.ops {
+            let op = match SignedOp::decode(bytes) {
+                Ok(op) => op,
+                Err(_) => {
+                    report.rejected.push((Item::Op(None), Rejection::Malformed));
+                    continue;
+                }
+            };
+            let hash = op.hash();
+            match log.insert(op) {
+                Ok(Inserted::Added(hashes)) => added.extend(hashes),
+                Ok(Inserted::Pending) => {
+                    parked.push((hash, bytes.clone()));
+                    report.pending.push(Item::Op(Some(hash)));
+                }
+                Ok(Inserted::Duplicate) => report.duplicates += 1,
+                Err(reason) => report.rejected.push((Item::Op(Some(hash)), reason)),
+            }
+        }
+        let resolved = (!added.is_empty()).then(|| log.resolve());
+        let Community {
+            id,
+            db,
+            keys,
+            auth,
+            docs,
+            compact_every,
+            ..
+        } = self;
+        let auth_now = resolved.as_ref().unwrap_or(auth);
+        let actor = actor_of(&keys.member_id());
+        db.write(|tx| {
+            for (hash, bytes) in &parked {
+                tx.execute(
+                    "INSERT OR IGNORE INTO auth_pending (hash, bytes) VALUES (?1, ?2)",
+                    params![hash.as_bytes().as_slice(), bytes],
+                )?;
+            }
+            for hash in &added {
+                let op = log
+                    .get(hash)
+                    .ok_or_else(|| Error::Corrupt("added op missing".into()))?;
+                store_op(tx, hash, op)?;
+                tx.execute(
+                    "DELETE FROM auth_pending WHERE hash = ?1",
+                    [hash.as_bytes().as_slice()],
+                )?;
+                report.accepted.push(Item::Op(Some(*hash)));
+            }
+            if resolved.is_some() {
+                project_members(tx, auth_now)?;
+            }
+            let mut touched = Touched::default();
+            let mut waiting: Vec<SignedChange> = Vec::new();
+            for signed in &bundle.changes {
+                let item = item_of(signed);
+                let authentic = match signed.authenticate(*id) {
+                    Ok(a) => a,
+                    Err(reason) => {
+                        report.rejected.push((item, reason));
+                        continue;
+                    }
+                };
+                match try_accept(tx, docs, &authentic, auth_now, &actor, *compact_every)? {
+                    Step::Accepted => {
+                        touched.note(&authentic);
+                        report.accepted.push(item);
+                    }
+                    Step::Duplicate => report.duplicates += 1,
+                    Step::Wait => waiting.push(signed.clone()),
+                    Step::Rejected(reason) => report.rejected.push((item, reason)),
+                }
+            }
+            // Earlier pending changes, and this bundle's waiting ones, until
+            // nothing moves.
+            let mut pending = load_pending(tx)?;
+            pending.extend(waiting);
+            loop {
+                let mut moved = false;
+                let mut still = Vec::new();
+                for signed in pending {
+                    let item = item_of(&signed);
+                    let authentic = match signed.authenticate(*id) {
+                        Ok(a) => a,
+                        Err(reason) => {
+                            report.rejected.push((item, reason));
+                            continue;
+                        }
+                    };
+                    match try_accept(tx, docs, &authentic, auth_now, &actor, *compact_every)? {
+                        Step::Accepted => {
+                            touched.note(&authentic);
+                            report.accepted.push(item);
+                            moved = true;
+                        }
+                        Step::Duplicate => {}
+                        Step::Wait => still.push(signed),
+                        Step::Rejected(reason) => report.rejected.push((item, reason)),
+                    }
+                }
+                pending = still;
+                if !moved {
+                    break;
+                }
+            }
+            tx.execute("DELETE FROM pending_changes", [])?;
+            for signed in &pending {
+                tx.execute(
+                    "INSERT INTO pending_changes (hash, doc_id, signed) VALUES (?1, ?2, ?3)",
+                    params![
+                        signed.envelope.change_hash.as_slice(),
+                        signed.envelope.doc,
+                        codec::encode(signed)
+                    ],
+                )?;
+            }
+            let newly_pending: HashSet<Item> = bundle.changes.iter().map(item_of).collect();
+            report.pending.extend(
+                pending
+                    .iter()
+                    .map(item_of)
+                    .filter(|i| newly_pending.contains(i)),
+            );
+            project_all_docs(tx, docs, &touched)
+        })?;
+        if let Some(resolved) = resolved {
+            self.log = log;
+            self.auth = resolved;
+        }
+        Ok(report)
+    }
+
+    /// Rebuilds every projection from the log and the documents.
+    pub fn rebuild_projections(&mut self) -> Result<()> {
+        let actor = actor_of(&self.me());
+        for doc_id in DocId::FIXED {
+            load_doc(&self.db, &mut self.docs, &doc_id, &actor)?;
+        }
+        let Community { db, docs, auth, .. } = self;
+        let mut touched = Touched {
+            community: true,
+            ..Touched::default()
+        };
+        if let Some(loaded) = docs.get(&DocId::Profiles) {
+            for key in loaded.doc.keys(ROOT) {
+                if let Ok(member) = MemberId::from_hex(&key) {
+                    touched.profiles.insert(member);
+                }
+            }
+        }
+        db.write(|tx| {
+            tx.execute("DELETE FROM profiles", [])?;
+            project_members(tx, auth)?;
+            project_all_docs(tx, docs, &touched)?;
+            tx.execute("DELETE FROM meta WHERE key = 'rebuild_projections'", [])?;
+            Ok(())
+        })
+    }
+
+    /// The projections as rows, for comparing replicas and rebuilds.
+    pub fn projection_dump(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (table, order) in [
+            ("members", "member_id"),
+            ("profiles", "member_id"),
+            ("norms", "norm_id"),
+        ] {
+            let mut stmt = self
+                .db
+                .conn()
+                .prepare(&format!("SELECT * FROM {table} ORDER BY {order}"))?;
+            let n = stmt.column_count();
+            let rows = stmt.query_map([], |r| {
+                let mut cols = Vec::with_capacity(n);
+                for i in 0..n {
+                    cols.push(format!("{:?}", r.get_ref(i)?));
+                }
+                Ok(format!("{table}: {}", cols.join(" | ")))
+            })?;
+            for row in rows {
+                out.push(row?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+enum Step {
+    Accepted,
+    Duplicate,
+    Wait,
+    Rejected(Rejection),
+}
+
+impl Touched {
+    fn note(&mut self, change: &Authentic) {
+        match change.doc {
+            DocId::Profiles => {
+                self.profiles.insert(change.author());
+            }
+            DocId::Community => self.community = true,
+        }
+    }
+}
+
+fn item_of(signed: &SignedChange) -> Item {
+    Item::Change {
+        doc: signed.envelope.doc.clone(),
+        hash: signed.envelope.change_hash,
+    }
+}
+
+/// Accepts an authenticated change from another replica if it is valid
+/// and everything it depends on is here.
+fn try_accept(
+    tx: &Transaction<'_>,
+    docs: &mut HashMap<DocId, Loaded>,
+    change: &Authentic,
+    auth: &Resolved,
+    actor: &automerge::ActorId,
+    compact_every: u32,
+) -> Result<Step> {
+    let exists: bool = tx
+        .prepare_cached("SELECT 1 FROM changes WHERE hash = ?1")?
+        .exists([change.signed.envelope.change_hash.as_slice()])?;
+    if exists {
+        return Ok(Step::Duplicate);
+    }
+    if !auth.knows(&change.signed.envelope.auth_heads) {
+        return Ok(Step::Wait);
+    }
+    if let Err(reason) = change.authorize(auth) {
+        return Ok(Step::Rejected(reason));
+    }
+    let loaded = load_doc_tx(tx, docs, &change.doc, actor)?;
+    if !loaded.doc.get_missing_deps(change.change.deps()).is_empty() {
+        return Ok(Step::Wait);
+    }
+    loaded.doc.apply_changes([change.change.clone()])?;
+    store_change(tx, change, loaded, compact_every)?;
+    Ok(Step::Accepted)
+}
+
+fn load_pending(tx: &Transaction<'_>) -> Result<Vec<SignedChange>> {
+    let mut stmt = tx.prepare_cached("SELECT signed FROM pending_changes")?;
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(codec::decode(&row?, "pending change")?);
+    }
+    Ok(out)
+}
+
+/// Stores an accepted change, and a snapshot when one is due.
+fn store_change(
+    tx: &Transaction<'_>,
+    change: &Authentic,
+    loaded: &mut Loaded,
+    compact_every: u32,
+) -> Result<()> {
+    let env = &change.signed.envelope;
+    tx.prepare_cached(
+        "INSERT INTO changes (doc_id, hash, author, actor_seq, envelope, bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        env.doc,
+        env.change_hash.as_slice(),
+        env.author.as_bytes().as_slice(),
+        i64::try_from(change.change.seq()).unwrap_or(i64::MAX),
+        codec::encode(env),
+        change.signed.bytes,
+    ])?;
+    loaded.since_snapshot += 1;
+    if loaded.since_snapshot >= compact_every {
+        tx.prepare_cached(
+            "INSERT INTO snapshots (doc_id, through_seq, bytes)
+             VALUES (?1, (SELECT MAX(seq) FROM changes WHERE doc_id = ?1), ?2)
+             ON CONFLICT (doc_id) DO UPDATE
+             SET through_seq = excluded.through_seq, bytes = excluded.bytes",
+        )?
+        .execute(params![env.doc, loaded.doc.save()])?;
+        loaded.since_snapshot = 0;
+    }
+    Ok(())
+}
+
+fn store_op(tx: &Transaction<'_>, hash: &OpHash, op: &SignedOp) -> Result<()> {
+    tx.prepare_cached("INSERT OR IGNORE INTO auth_ops (hash, bytes) VALUES (?1, ?2)")?
+        .execute(params![hash.as_bytes().as_slice(), op.encode()])?;
+    Ok(())
+}
+
+fn load_log(db: &Db, id: CommunityId) -> Result<AuthorityLog> {
+    let stored: Option<Vec<u8>> = db
+        .conn()
+        .query_row("SELECT value FROM meta WHERE key = 'community_id'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if stored.as_deref() != Some(id.as_bytes().as_slice()) {
+        return Err(Error::Corrupt("community file belongs to another community".into()));
+    }
+    let mut stmt = db
+        .conn()
+        .prepare("SELECT bytes FROM auth_ops ORDER BY rowid")?;
+    let mut ops = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter();
+    let genesis = SignedOp::decode(&ops.next().ok_or_else(|| Error::Corrupt("no genesis".into()))?)?;
+    let mut log = AuthorityLog::new(genesis)?;
+    if log.community_id() != id {
+        return Err(Error::Corrupt("genesis does not match the community".into()));
+    }
+    for bytes in ops {
+        log.insert(SignedOp::decode(&bytes)?)?;
+    }
+    let mut stmt = db.conn().prepare("SELECT bytes FROM auth_pending")?;
+    let pending = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for bytes in pending {
+        log.insert(SignedOp::decode(&bytes)?)?;
+    }
+    Ok(log)
+}
+
+fn load_doc<'a>(
+    db: &Db,
+    docs: &'a mut HashMap<DocId, Loaded>,
+    doc_id: &DocId,
+    actor: &automerge::ActorId,
+) -> Result<&'a mut Loaded> {
+    db.read(|tx| load_doc_tx(tx, docs, doc_id, actor).map(|_| ()))?;
+    docs.get_mut(doc_id)
+        .ok_or_else(|| Error::Corrupt("document not loaded".into()))
+}
+
+/// Loads a document from its snapshot and later changes, once.
+fn load_doc_tx<'a>(
+    tx: &Transaction<'_>,
+    docs: &'a mut HashMap<DocId, Loaded>,
+    doc_id: &DocId,
+    actor: &automerge::ActorId,
+) -> Result<&'a mut Loaded> {
+    if !docs.contains_key(doc_id) {
+        let name = doc_id.as_str();
+        let snapshot: Option<(i64, Vec<u8>)> = tx
+            .prepare_cached("SELECT through_seq, bytes FROM snapshots WHERE doc_id = ?1")?
+            .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (through, mut doc) = match snapshot {
+            Some((through, bytes)) => (through, Automerge::load(&bytes)?),
+            None => (0, Automerge::new()),
+        };
+        let mut stmt = tx.prepare_cached(
+            "SELECT bytes FROM changes WHERE doc_id = ?1 AND seq > ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![name, through], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut changes = Vec::new();
+        for row in rows {
+            changes.push(
+                automerge::Change::from_bytes(row?)
+                    .map_err(|_| Error::Corrupt("stored change".into()))?,
+            );
+        }
+        let since_snapshot = u32::try_from(changes.len()).unwrap_or(u32::MAX);
+        doc.apply_changes(changes)?;
+        doc.set_actor(actor.clone());
+        docs.insert(
+            doc_id.clone(),
+            Loaded {
+                doc,
+                since_snapshot,
+            },
+        );
+    }
+    docs.get_mut(doc_id)
+        .ok_or_else(|| Error::Corrupt("document not loaded".into()))
+}
+
+fn project_members(tx: &Transaction<'_>, auth: &Resolved) -> Result<()> {
+    tx.execute("DELETE FROM members", [])?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO members (member_id, role, admitted_at, seniority) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for m in auth.members.values() {
+        stmt.execute(params![
+            m.id.as_bytes().as_slice(),
+            m.role.as_str(),
+            m.admitted_at.as_millis(),
+            m.seniority
+        ])?;
+    }
+    Ok(())
+}
+
+/// The loaded documents a projection update may read.
+struct DocsView<'a> {
+    community: Option<&'a Automerge>,
+    profiles: Option<&'a Automerge>,
+}
+
+fn docs_view<'a>(loaded: &'a Loaded, doc_id: &DocId) -> DocsView<'a> {
+    match doc_id {
+        DocId::Community => DocsView {
+            community: Some(&loaded.doc),
+            profiles: None,
+        },
+        DocId::Profiles => DocsView {
+            community: None,
+            profiles: Some(&loaded.doc),
+        },
+    }
+}
+
+fn project_all_docs(
+    tx: &Transaction<'_>,
+    docs: &HashMap<DocId, Loaded>,
+    touched: &Touched,
+) -> Result<()> {
+    project_docs(
+        tx,
+        DocsView {
+            community: docs.get(&DocId::Community).map(|l| &l.doc),
+            profiles: docs.get(&DocId::Profiles).map(|l| &l.doc),
+        },
+        touched,
+    )
+}
+
+/// Moves the projections of what a batch of changes touched.
+fn project_docs(tx: &Transaction<'_>, docs: DocsView<'_>, touched: &Touched) -> Result<()> {
+    if let Some(doc) = docs.profiles {
+        for member in &touched.profiles {
+            match Profile::read(doc, member)? {
+                Some(p) => {
+                    tx.prepare_cached(
+                        "INSERT INTO profiles (member_id, name, bio, location, availability, skills)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (member_id) DO UPDATE SET name = excluded.name,
+                           bio = excluded.bio, location = excluded.location,
+                           availability = excluded.availability, skills = excluded.skills",
+                    )?
+                    .execute(params![
+                        member.as_bytes().as_slice(),
+                        p.name,
+                        p.bio,
+                        p.location,
+                        p.availability,
+                        p.skills.join(",")
+                    ])?;
+                }
+                None => {
+                    tx.prepare_cached("DELETE FROM profiles WHERE member_id = ?1")?
+                        .execute([member.as_bytes().as_slice()])?;
+                }
+            }
+        }
+    }
+    if let (true, Some(doc)) = (touched.community, docs.community) {
+        tx.execute("DELETE FROM norms", [])?;
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO norms (norm_id, title, description, category) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for n in Norm::read_all(doc)? {
+            stmt.execute(params![n.id, n.title, n.description, n.category])?;
+        }
+        match norms::read_description(doc)? {
+            Some(d) => tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('description', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [d],
+            )?,
+            None => tx.execute("DELETE FROM meta WHERE key = 'description'", [])?,
+        };
+    }
+    Ok(())
+}
+
+fn profile_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Profile> {
+    profile_row_at(r, 0)
+}
+
+fn profile_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Profile> {
+    let skills: String = r.get(at + 4)?;
+    Ok(Profile {
+        name: r.get(at)?,
+        bio: r.get(at + 1)?,
+        location: r.get(at + 2)?,
+        availability: r.get(at + 3)?,
+        skills: skills
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+pub(crate) fn member_from_blob(bytes: &[u8]) -> Result<MemberId> {
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| Error::Corrupt("member id".into()))?;
+    MemberId::from_bytes(bytes).map_err(|_| Error::Corrupt("member id".into()))
+}

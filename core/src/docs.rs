@@ -1,0 +1,381 @@
+//! Content documents: which Automerge documents a community holds, the
+//! signed envelope every change travels in, and the one validator every
+//! replica (device or server) runs before a change is stored.
+//!
+//! Validation looks only at the change: its signature, its actor, the
+//! author's role at the authority heads it cites, and each operation it
+//! carries. An operation names its object by the id of the op that created
+//! it, and that id contains the creating actor, so "is this object the
+//! author's own?" is answered without the document. The cost is linear in
+//! the size of the change, never in the size of the document.
+
+use std::fmt;
+
+use automerge::legacy::{Key, ObjectId, OpType};
+use automerge::{ActorId, Change, ChangeHash, ScalarValue};
+use serde::{Deserialize, Serialize};
+
+use crate::authority::{CommunityId, OpHash, Resolved, Role};
+use crate::codec;
+use crate::error::{Error, Rejection, Result};
+use crate::identity::{Keypair, MemberId, Signature, SigningTag};
+
+/// A content document of a community.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum DocId {
+    /// Description and norms; written by admins and moderators.
+    Community,
+    /// One entry per member; each member writes only their own.
+    Profiles,
+}
+
+impl DocId {
+    /// Every document a community has from its start.
+    pub const FIXED: [DocId; 2] = [DocId::Community, DocId::Profiles];
+
+    /// The stable name used in envelopes, storage and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DocId::Community => "community",
+            DocId::Profiles => "profiles",
+        }
+    }
+
+    /// Parses a document name.
+    pub fn parse(s: &str) -> Option<DocId> {
+        match s {
+            "community" => Some(DocId::Community),
+            "profiles" => Some(DocId::Profiles),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The Automerge actor id of a member: their public key.
+pub fn actor_of(member: &MemberId) -> ActorId {
+    ActorId::from(member.as_bytes().as_slice())
+}
+
+/// The signed facts about one change. The signature covers every field
+/// but itself, under the change-envelope tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The community it belongs to (so it cannot be replayed elsewhere).
+    pub community: CommunityId,
+    /// The document's name (kept as text so an unknown one is reported as such).
+    pub doc: String,
+    /// The Automerge change hash.
+    pub change_hash: [u8; 32],
+    /// The authority-log heads the author saw when making it.
+    pub auth_heads: Vec<OpHash>,
+    /// The author, whose key is also the change's actor.
+    pub author: MemberId,
+    /// The author's signature.
+    pub signature: Signature,
+}
+
+#[derive(Serialize)]
+struct Signed<'a> {
+    community: &'a CommunityId,
+    doc: &'a str,
+    change_hash: &'a [u8; 32],
+    auth_heads: &'a [OpHash],
+    author: &'a MemberId,
+}
+
+impl Envelope {
+    fn signed_bytes(&self) -> Vec<u8> {
+        codec::encode(&Signed {
+            community: &self.community,
+            doc: &self.doc,
+            change_hash: &self.change_hash,
+            auth_heads: &self.auth_heads,
+            author: &self.author,
+        })
+    }
+}
+
+/// A change with its envelope, as stored and sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedChange {
+    /// The signed facts.
+    pub envelope: Envelope,
+    /// The Automerge change bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl SignedChange {
+    /// Signs a change made by `keys`.
+    pub fn sign(
+        community: CommunityId,
+        doc: &DocId,
+        change: &mut Change,
+        auth_heads: Vec<OpHash>,
+        keys: &Keypair,
+    ) -> Self {
+        let mut envelope = Envelope {
+            community,
+            doc: doc.as_str().to_owned(),
+            change_hash: change.hash().0,
+            auth_heads,
+            author: keys.member_id(),
+            signature: Signature::from_bytes([0; 64]),
+        };
+        envelope.signature = keys.sign(SigningTag::ChangeEnvelope, &envelope.signed_bytes());
+        SignedChange {
+            envelope,
+            bytes: change.bytes().into_owned(),
+        }
+    }
+
+    /// Checks everything that needs no authority state: community,
+    /// document name, signature, hash and actor; decodes the change.
+    pub fn authenticate(&self, community: CommunityId) -> std::result::Result<Authentic, Rejection> {
+        let env = &self.envelope;
+        if env.community != community {
+            return Err(Rejection::WrongCommunity);
+        }
+        let doc = DocId::parse(&env.doc).ok_or(Rejection::UnknownDocument)?;
+        env.author
+            .verify(SigningTag::ChangeEnvelope, &env.signed_bytes(), &env.signature)
+            .map_err(|_| Rejection::BadSignature)?;
+        let change = Change::from_bytes(self.bytes.clone()).map_err(|_| Rejection::Malformed)?;
+        if change.hash().0 != env.change_hash {
+            return Err(Rejection::HashMismatch);
+        }
+        if *change.actor_id() != actor_of(&env.author) {
+            return Err(Rejection::ActorMismatch);
+        }
+        Ok(Authentic {
+            doc,
+            change,
+            signed: self.clone(),
+        })
+    }
+}
+
+/// A change whose signature, hash and actor hold; not yet authorized.
+#[derive(Debug, Clone)]
+pub struct Authentic {
+    /// Which document.
+    pub doc: DocId,
+    /// The decoded change.
+    pub change: Change,
+    /// What was received.
+    pub signed: SignedChange,
+}
+
+impl Authentic {
+    /// The author.
+    pub fn author(&self) -> MemberId {
+        self.signed.envelope.author
+    }
+
+    /// Authorizes the change against the community's authority state:
+    /// the author's role where they made it (strong remove included) and
+    /// the document's per-path rules. The caller checks first that the
+    /// cited authority heads are known (else the change waits).
+    pub fn authorize(&self, auth: &Resolved) -> std::result::Result<(), Rejection> {
+        let author = self.author();
+        let (at_heads, left) = auth.content_role(
+            &author,
+            &self.signed.envelope.auth_heads,
+            self.doc.as_str(),
+            self.change.seq(),
+        )?;
+        let needed = self.check_paths()?;
+        if at_heads < needed {
+            return Err(Rejection::NotPermitted);
+        }
+        if left < needed {
+            return Err(Rejection::RoleRevoked(author));
+        }
+        Ok(())
+    }
+
+    /// Checks each operation against the document's schema and returns the
+    /// role the change needs.
+    fn check_paths(&self) -> std::result::Result<Role, Rejection> {
+        let expanded = self.change.decode();
+        let own = actor_of(&self.author());
+        let own_key = self.author().to_string();
+        let rules = match self.doc {
+            DocId::Community => &COMMUNITY_RULES,
+            DocId::Profiles => &PROFILE_RULES,
+        };
+        for op in &expanded.operations {
+            let Key::Map(key) = &op.key else {
+                return Err(Rejection::DisallowedOperation);
+            };
+            match &op.obj {
+                ObjectId::Root => (rules.root)(key, &op.action, &own_key)?,
+                ObjectId::Id(id) => {
+                    if rules.owned_objects && *id.actor() != own {
+                        return Err(Rejection::ForeignEntry);
+                    }
+                    (rules.entry)(key, &op.action)?;
+                }
+            }
+        }
+        Ok(rules.role)
+    }
+}
+
+/// The schema of one document kind.
+struct Rules {
+    /// Least role that may write it.
+    role: Role,
+    /// Whether a member may write only inside objects they created.
+    owned_objects: bool,
+    /// Check of an op on the root map: key, action, the author's hex id.
+    root: fn(&str, &OpType, &str) -> std::result::Result<(), Rejection>,
+    /// Check of an op inside an entry object.
+    entry: fn(&str, &OpType) -> std::result::Result<(), Rejection>,
+}
+
+static PROFILE_RULES: Rules = Rules {
+    role: Role::Member,
+    owned_objects: true,
+    root: |key, action, own| {
+        if key != own {
+            return Err(Rejection::ForeignEntry);
+        }
+        match action {
+            OpType::Make(automerge::ObjType::Map) | OpType::Delete => Ok(()),
+            _ => Err(Rejection::DisallowedOperation),
+        }
+    },
+    entry: |key, action| {
+        let field = ProfileField::parse(key).ok_or_else(|| Rejection::InvalidField(key.into()))?;
+        match action {
+            OpType::Delete => Ok(()),
+            OpType::Put(value) if field.accepts(value) => Ok(()),
+            OpType::Put(_) => Err(Rejection::InvalidField(key.into())),
+            _ => Err(Rejection::DisallowedOperation),
+        }
+    },
+};
+
+static COMMUNITY_RULES: Rules = Rules {
+    role: Role::Moderator,
+    owned_objects: false,
+    root: |key, action, _| match (key, action) {
+        ("description", OpType::Put(ScalarValue::Str(s))) if s.chars().count() <= MAX_TEXT => {
+            Ok(())
+        }
+        ("description", OpType::Delete) => Ok(()),
+        (k, OpType::Make(automerge::ObjType::Map) | OpType::Delete)
+            if k.strip_prefix(NORM_PREFIX).is_some_and(valid_norm_id) =>
+        {
+            Ok(())
+        }
+        (k, OpType::Put(_) | OpType::Make(_) | OpType::Delete) => {
+            Err(Rejection::InvalidField(k.into()))
+        }
+        _ => Err(Rejection::DisallowedOperation),
+    },
+    entry: |key, action| {
+        let max = match key {
+            "title" => 120,
+            "description" => MAX_TEXT,
+            "category" => 40,
+            _ => return Err(Rejection::InvalidField(key.into())),
+        };
+        match action {
+            OpType::Put(ScalarValue::Str(s)) if s.chars().count() <= max => Ok(()),
+            OpType::Delete => Ok(()),
+            OpType::Put(_) => Err(Rejection::InvalidField(key.into())),
+            _ => Err(Rejection::DisallowedOperation),
+        }
+    },
+};
+
+/// Longest description or bio, in characters.
+pub const MAX_TEXT: usize = 4_000;
+/// Root keys of norm entries in the `community` document start with this.
+pub const NORM_PREFIX: &str = "norm:";
+/// Keys of skills in a profile entry start with this; the value is `true`.
+pub const SKILL_PREFIX: &str = "skill:";
+
+/// A norm id: 1–64 characters of `[a-z0-9-]`.
+pub fn valid_norm_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The fields of a profile entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProfileField {
+    Name,
+    Bio,
+    Location,
+    Availability,
+    Skill,
+}
+
+impl ProfileField {
+    pub(crate) fn parse(key: &str) -> Option<Self> {
+        match key {
+            "name" => Some(ProfileField::Name),
+            "bio" => Some(ProfileField::Bio),
+            "location" => Some(ProfileField::Location),
+            "availability" => Some(ProfileField::Availability),
+            k => k
+                .strip_prefix(SKILL_PREFIX)
+                .filter(|s| valid_skill(s))
+                .map(|_| ProfileField::Skill),
+        }
+    }
+
+    fn accepts(self, value: &ScalarValue) -> bool {
+        match (self, value) {
+            (ProfileField::Name, ScalarValue::Str(s)) => crate::authority::valid_name(s),
+            (ProfileField::Bio, ScalarValue::Str(s)) => s.chars().count() <= 1_000,
+            (ProfileField::Location, ScalarValue::Str(s)) => valid_geohash(s),
+            (ProfileField::Availability, ScalarValue::Str(s)) => s.chars().count() <= 200,
+            (ProfileField::Skill, ScalarValue::Boolean(true)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A skill tag: 1–40 characters of `[a-z0-9-]`.
+pub fn valid_skill(tag: &str) -> bool {
+    (1..=40).contains(&tag.len())
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A coarse location: a geohash of at most 5 characters (about 5 km).
+pub fn valid_geohash(s: &str) -> bool {
+    (1..=5).contains(&s.len())
+        && s
+            .bytes()
+            .all(|b| b"0123456789bcdefghjkmnpqrstuvwxyz".contains(&b))
+}
+
+/// A string value of a map, if the key holds one.
+pub(crate) fn get_str(
+    doc: &impl automerge::ReadDoc,
+    obj: &automerge::ObjId,
+    key: &str,
+) -> Result<Option<String>> {
+    Ok(doc
+        .get(obj, key)?
+        .and_then(|(v, _)| v.as_str().map(str::to_owned)))
+}
+
+/// Decodes a change hash from stored bytes.
+pub(crate) fn change_hash(bytes: &[u8]) -> Result<ChangeHash> {
+    ChangeHash::try_from(bytes).map_err(|_| Error::Corrupt("change hash".into()))
+}

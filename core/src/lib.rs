@@ -1,0 +1,62 @@
+//! # karmyq-core
+//!
+//! The whole Karmyq domain as an embedded, local-first library: a device
+//! holds its communities in SQLite files, one per community, replicated as
+//! Automerge documents plus a signed authority log, and exchanges
+//! [`Bundle`]s with other devices (directly, or through the sync server).
+//!
+//! ```
+//! use karmyq_core::{Heads, Karmyq, Profile, Timestamp, Visibility};
+//!
+//! # fn main() -> karmyq_core::Result<()> {
+//! let now = Timestamp::from_millis(1_800_000_000_000);
+//! let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+//! let mut alice = Karmyq::open(dir_a.path())?;
+//! let mut bob = Karmyq::open(dir_b.path())?;
+//!
+//! // Alice founds a public community; Bob receives it and joins.
+//! let id = alice.create_community("Elm Street", "Neighbours helping neighbours", Visibility::Public, now)?;
+//! let bundle = alice.community(id)?.changes_since(&Heads::empty())?;
+//! bob.receive(&bundle, now)?;
+//! bob.community(id)?.join(now)?;
+//! bob.community(id)?.set_profile(&Profile { name: "Bob".into(), ..Profile::default() }, now)?;
+//!
+//! // Alice catches up from what she holds.
+//! let heads = alice.community(id)?.heads()?;
+//! let back = bob.community(id)?.changes_since(&heads)?;
+//! let report = alice.receive(&back, now)?;
+//! assert!(report.rejected.is_empty());
+//! assert_eq!(alice.community(id)?.members()?.len(), 2);
+//! # Ok(())
+//! # }
+//! ```
+
+mod authority;
+mod bundle;
+mod client;
+mod codec;
+mod community;
+mod docs;
+mod error;
+mod identity;
+mod invite;
+mod norms;
+mod profile;
+mod store;
+mod time;
+
+pub use authority::{
+    AuthorityLog, CommunityId, ContentCutoff, Inserted, Invite, InviteKey, InviteProof, Member,
+    Op, OpBody, OpHash, RequestTtlDays, Resolved, Role, Settings, SettingsPatch, SignedOp,
+    Visibility,
+};
+pub use bundle::{Bundle, Heads, Item, Report};
+pub use client::{CommunitySummary, Karmyq};
+pub use community::{Community, CommunityInfo, DEFAULT_COMPACT_EVERY, MemberView};
+pub use docs::{Authentic, DocId, Envelope, SignedChange, actor_of};
+pub use error::{Error, Rejection, Result};
+pub use identity::{Keypair, MemberId, Signature, SigningTag};
+pub use invite::InviteToken;
+pub use norms::Norm;
+pub use profile::Profile;
+pub use time::Timestamp;

@@ -1,0 +1,118 @@
+//! SQLite storage: one connection per file, `user_version` migrations, and
+//! `read` / `write` helpers that commit only on `Ok`.
+//!
+//! Files: `account.sqlite3` (identity, communities) and
+//! `communities/<community_id>.sqlite3` (authority ops, changes with their
+//! envelopes, pending changes, snapshots, projections). See [`schema`].
+
+pub mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+use crate::error::{Error, Result};
+
+/// A database's schema: its current version, the DDL of that version, and
+/// how to upgrade an older file step by step.
+#[derive(Debug)]
+pub struct Schema {
+    /// Which file this is, for errors.
+    pub name: &'static str,
+    /// The current `user_version`.
+    pub version: u32,
+    /// The whole current schema, for a fresh file.
+    pub create: &'static str,
+    /// Upgrades a file at `from` to `from + 1`.
+    pub upgrade_from: fn(&Transaction<'_>, u32) -> Result<()>,
+}
+
+/// One SQLite file, with its single connection (the only writer).
+#[derive(Debug)]
+pub struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    /// Opens (creating if needed) and migrates a file.
+    pub fn open(path: &Path, schema: &Schema) -> Result<Db> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        Self::setup(conn, schema, true)
+    }
+
+    /// An in-memory database, for tests.
+    #[cfg(test)]
+    pub fn open_in_memory(schema: &Schema) -> Result<Db> {
+        Self::setup(Connection::open_in_memory()?, schema, false)
+    }
+
+    fn setup(conn: Connection, schema: &Schema, wal: bool) -> Result<Db> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // Journal mode cannot change inside a transaction: set it first.
+        if wal {
+            let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(Error::Corrupt(format!("{}: WAL refused", schema.name)));
+            }
+        }
+        conn.execute_batch(
+            "PRAGMA synchronous=NORMAL; PRAGMA temp_store=2; PRAGMA foreign_keys=ON;",
+        )?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let mut db = Db { conn };
+        db.migrate(schema)?;
+        Ok(db)
+    }
+
+    fn migrate(&mut self, schema: &Schema) -> Result<()> {
+        self.write(|tx| {
+            let version: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if version > schema.version {
+                return Err(Error::Corrupt(format!(
+                    "{} is version {version}, newer than this library ({})",
+                    schema.name, schema.version
+                )));
+            }
+            if version == 0 {
+                tx.execute_batch(schema.create)?;
+            } else {
+                for from in version..schema.version {
+                    (schema.upgrade_from)(tx, from)?;
+                }
+            }
+            tx.pragma_update(None, "user_version", schema.version)?;
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in a read transaction.
+    pub fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        // `unchecked_transaction` only needs `&self`; reads never commit changes.
+        let tx = self.conn.unchecked_transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction, committed only if `f` returns
+    /// `Ok`; on `Err` (or a panic) everything `f` wrote is rolled back.
+    pub fn write<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The connection, for queries outside a transaction.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}

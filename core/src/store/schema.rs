@@ -1,0 +1,203 @@
+//! The schemas of the account file and of a community file.
+//!
+//! Each has a `VERSION`, the full current DDL for a fresh file, and
+//! `upgrade_from(tx, version)` for older ones. A test checks that a file
+//! migrated from version 1 equals a fresh one.
+
+use rusqlite::Transaction;
+
+use super::Schema;
+use crate::error::{Error, Result};
+
+/// `account.sqlite3`: the device's identity and its communities.
+pub static ACCOUNT: Schema = Schema {
+    name: "account",
+    version: 1,
+    create: ACCOUNT_V1,
+    upgrade_from: |_, from| Err(Error::Corrupt(format!("account: no upgrade from {from}"))),
+};
+
+const ACCOUNT_V1: &str = "
+CREATE TABLE identity (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    member_id BLOB NOT NULL,
+    secret BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE communities (
+    community_id BLOB PRIMARY KEY,
+    name TEXT NOT NULL,
+    server_url TEXT,
+    added_at INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// `communities/<id>.sqlite3`: one community's log, documents and projections.
+pub static COMMUNITY: Schema = Schema {
+    name: "community",
+    version: 2,
+    create: COMMUNITY_CURRENT,
+    upgrade_from: community_upgrade_from,
+};
+
+/// The tables of version 1. Later versions add to them (see
+/// `community_upgrade_from`); the current DDL is version 1 plus each step.
+macro_rules! community_v1 {
+    () => {
+        "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE auth_ops (
+    hash BLOB PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
+CREATE TABLE auth_pending (
+    hash BLOB PRIMARY KEY,
+    bytes BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE changes (
+    seq INTEGER PRIMARY KEY,
+    doc_id TEXT NOT NULL,
+    hash BLOB NOT NULL UNIQUE,
+    author BLOB NOT NULL,
+    actor_seq INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    bytes BLOB NOT NULL
+);
+CREATE INDEX changes_doc ON changes (doc_id, seq);
+CREATE INDEX changes_author ON changes (author, doc_id, actor_seq);
+CREATE TABLE pending_changes (
+    hash BLOB PRIMARY KEY,
+    doc_id TEXT NOT NULL,
+    signed BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX pending_changes_doc ON pending_changes (doc_id);
+CREATE TABLE snapshots (
+    doc_id TEXT PRIMARY KEY,
+    through_seq INTEGER NOT NULL,
+    bytes BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE members (
+    member_id BLOB PRIMARY KEY,
+    role TEXT NOT NULL,
+    admitted_at INTEGER NOT NULL,
+    seniority INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE profiles (
+    member_id BLOB PRIMARY KEY,
+    name TEXT NOT NULL,
+    bio TEXT NOT NULL,
+    location TEXT,
+    availability TEXT NOT NULL,
+    skills TEXT NOT NULL
+) WITHOUT ROWID;
+"
+    };
+}
+
+/// The norms projection, added in version 2 (version 1 read norms from the
+/// document).
+macro_rules! norms_table {
+    () => {
+        "
+CREATE TABLE norms (
+    norm_id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    description TEXT NOT NULL,
+    category TEXT NOT NULL
+) WITHOUT ROWID;
+"
+    };
+}
+
+#[cfg(test)]
+pub(crate) const COMMUNITY_V1: &str = community_v1!();
+
+const COMMUNITY_CURRENT: &str = concat!(community_v1!(), norms_table!());
+
+fn community_upgrade_from(tx: &Transaction<'_>, from: u32) -> Result<()> {
+    match from {
+        // Norms got their projection; it is filled by a rebuild on open.
+        1 => tx.execute_batch(concat!(
+            norms_table!(),
+            "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
+                ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
+        ))?,
+        _ => return Err(Error::Corrupt(format!("community: no upgrade from {from}"))),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Db;
+
+    fn schema_of(db: &Db) -> Vec<(String, String, String)> {
+        let mut stmt = db
+            .conn()
+            .prepare("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name")
+            .expect("prepare");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    fn normalize(rows: Vec<(String, String, String)>) -> Vec<(String, String, String)> {
+        rows.into_iter()
+            .map(|(t, n, sql)| (t, n, sql.split_whitespace().collect::<Vec<_>>().join(" ")))
+            .collect()
+    }
+
+    #[test]
+    fn migrated_community_file_equals_fresh_one() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("old.sqlite3");
+        {
+            let conn = rusqlite::Connection::open(&path)?;
+            conn.execute_batch(COMMUNITY_V1)?;
+            conn.pragma_update(None, "user_version", 1)?;
+        }
+        let migrated = Db::open(&path, &COMMUNITY)?;
+        let fresh = Db::open(&dir.path().join("fresh.sqlite3"), &COMMUNITY)?;
+        assert_eq!(normalize(schema_of(&migrated)), normalize(schema_of(&fresh)));
+        let version: u32 = migrated
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        assert_eq!(version, COMMUNITY.version);
+        let flagged: i64 = migrated.conn().query_row(
+            "SELECT count(*) FROM meta WHERE key = 'rebuild_projections'",
+            [],
+            |r| r.get(0),
+        )?;
+        assert_eq!(flagged, 1, "a migration asks for a projection rebuild");
+        Ok(())
+    }
+
+    #[test]
+    fn newer_file_is_refused() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("new.sqlite3");
+        {
+            let conn = rusqlite::Connection::open(&path)?;
+            conn.pragma_update(None, "user_version", 99)?;
+        }
+        assert!(matches!(Db::open(&path, &COMMUNITY), Err(Error::Corrupt(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn write_rolls_back_on_error() -> Result<()> {
+        let mut db = Db::open_in_memory(&COMMUNITY)?;
+        let res: Result<()> = db.write(|tx| {
+            tx.execute("INSERT INTO meta (key, value) VALUES ('k', x'01')", [])?;
+            Err(Error::InvalidArgument("stop".into()))
+        });
+        assert!(res.is_err());
+        let n: i64 = db
+            .conn()
+            .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))?;
+        assert_eq!(n, 0);
+        Ok(())
+    }
+}
