@@ -245,24 +245,6 @@ impl InviteProof {
     }
 }
 
-/// How far a member's content had been seen when their role was lowered or
-/// they were removed: per document id, the highest change sequence number
-/// (Automerge's per-actor `seq`) of theirs that the op's author held.
-///
-/// Content changes by that member up to the cut-off keep the role they were
-/// made with; later ones that did not see the op are void (strong remove,
-/// applied to content). Without it a device joining late could not tell an
-/// honest old edit from one forged after the removal.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContentCutoff(pub BTreeMap<String, u64>);
-
-impl ContentCutoff {
-    /// Whether the change `seq` in `doc` was seen.
-    pub fn covers(&self, doc: &str, seq: u64) -> bool {
-        self.0.get(doc).is_some_and(|&s| seq <= s)
-    }
-}
-
 /// What an authority op does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -298,8 +280,6 @@ pub enum OpBody {
         member: MemberId,
         /// The new role.
         role: Role,
-        /// The member's content the admin had seen, which keeps its old role.
-        cutoff: ContentCutoff,
     },
     /// An admin or moderator removes a member.
     Remove {
@@ -307,14 +287,9 @@ pub enum OpBody {
         member: MemberId,
         /// Why (shown to moderators).
         reason: String,
-        /// The member's content the remover had seen, which stays valid.
-        cutoff: ContentCutoff,
     },
     /// The author leaves.
-    Leave {
-        /// The author's own content, which stays valid.
-        cutoff: ContentCutoff,
-    },
+    Leave,
     /// An admin creates an invite.
     CreateInvite {
         /// The invite's public key.
@@ -624,50 +599,6 @@ impl Resolved {
         self.cut.membership(member, &cut).map(|(role, _)| role)
     }
 
-    /// The role a content change may use: the author's role at the change's
-    /// `auth_heads`, lowered by every effective role change or removal of the
-    /// author that those heads did not see, unless the op's content cut-off
-    /// covers the change (`doc`, `seq`).
-    ///
-    /// Returns the role at the heads and the role left after later ops.
-    /// `Err(NotAMember)` if not a member at the heads, `Err(AuthorRemoved)` if
-    /// an unseen removal or leave voids the change.
-    pub fn content_role(
-        &self,
-        author: &MemberId,
-        heads: &[OpHash],
-        doc: &str,
-        seq: u64,
-    ) -> std::result::Result<(Role, Role), Rejection> {
-        let cut = self
-            .cut
-            .cut_of(heads)
-            .ok_or(Rejection::NotAMember(*author))?;
-        let Some((at_heads, _)) = self.cut.membership(author, &cut) else {
-            let removed = self.cut.affecting.get(author).is_some_and(|ops| {
-                ops.iter()
-                    .any(|&i| cut.get(i) && self.cut.kinds[i] == Some(Kind::Exit))
-            });
-            return Err(if removed {
-                Rejection::AuthorRemoved(*author)
-            } else {
-                Rejection::NotAMember(*author)
-            });
-        };
-        let mut left = at_heads;
-        for &i in self.cut.affecting.get(author).into_iter().flatten() {
-            if cut.get(i) || self.cut.cutoffs.get(&i).is_some_and(|c| c.covers(doc, seq)) {
-                continue;
-            }
-            match self.cut.kinds[i] {
-                Some(Kind::Exit) => return Err(Rejection::AuthorRemoved(*author)),
-                Some(Kind::SetRole(r)) => left = left.min(r),
-                _ => {}
-            }
-        }
-        Ok((at_heads, left))
-    }
-
     /// Whether every head is a known op.
     pub fn knows(&self, heads: &[OpHash]) -> bool {
         heads.iter().all(|h| self.cut.index.contains_key(h))
@@ -724,8 +655,6 @@ struct CutIndex {
     kinds: Vec<Option<Kind>>,
     /// Effective ops that affect each member's membership, in linear order.
     affecting: HashMap<MemberId, Vec<usize>>,
-    /// The content cut-off of each role change, removal and leave.
-    cutoffs: HashMap<usize, ContentCutoff>,
 }
 
 impl CutIndex {
@@ -810,26 +739,14 @@ impl<'a> Resolver<'a> {
                     OpBody::Genesis { .. } => Some((op.author, Kind::Entry(Role::Admin))),
                     OpBody::Join { .. } => Some((op.author, Kind::Entry(Role::Member))),
                     OpBody::Admit { member, role } => Some((*member, Kind::Entry(*role))),
-                    OpBody::SetRole { member, role, .. } => {
-                        Some((*member, Kind::SetRole(*role)))
-                    }
+                    OpBody::SetRole { member, role } => Some((*member, Kind::SetRole(*role))),
                     OpBody::Remove { member, .. } => Some((*member, Kind::Exit)),
-                    OpBody::Leave { .. } => Some((op.author, Kind::Exit)),
+                    OpBody::Leave => Some((op.author, Kind::Exit)),
                     _ => None,
                 }
             })
             .collect();
         let kinds = targets.iter().map(|t| t.map(|(_, k)| k)).collect();
-        let cutoffs = ops
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| match &s.op.body {
-                OpBody::SetRole { cutoff, .. }
-                | OpBody::Remove { cutoff, .. }
-                | OpBody::Leave { cutoff } => Some((i, cutoff.clone())),
-                _ => None,
-            })
-            .collect();
         Resolver {
             log,
             order,
@@ -840,7 +757,6 @@ impl<'a> Resolver<'a> {
                 ancestors,
                 kinds,
                 affecting: HashMap::new(),
-                cutoffs,
             },
         }
     }
@@ -1011,7 +927,7 @@ impl<'a> Resolver<'a> {
                 }
                 Ok(())
             }
-            OpBody::Leave { .. } => need(Role::Member),
+            OpBody::Leave => need(Role::Member),
             OpBody::CreateInvite {
                 expires_at,
                 max_uses,
@@ -1254,6 +1170,52 @@ fn linear_order(log: &AuthorityLog) -> Vec<OpHash> {
         }
     }
     order
+}
+
+
+impl AuthorityLog {
+    /// The log as it stood at `heads`: only the ops in their causal past.
+    /// `None` if a head is not held. A content change is judged against
+    /// exactly this state, which every replica computes alike.
+    pub fn at(&self, heads: &[OpHash]) -> Option<AuthorityLog> {
+        let mut ops = HashMap::new();
+        let mut stack: Vec<OpHash> = heads.to_vec();
+        while let Some(h) = stack.pop() {
+            if ops.contains_key(&h) {
+                continue;
+            }
+            let op = self.ops.get(&h)?;
+            stack.extend(op.op.parents.iter().copied());
+            ops.insert(h, op.clone());
+        }
+        if !ops.contains_key(&self.genesis()) {
+            return None;
+        }
+        let children = ops.values().flat_map(|o| o.op.parents.iter().copied()).collect();
+        Some(AuthorityLog {
+            id: self.id,
+            ops,
+            pending: HashMap::new(),
+            children,
+        })
+    }
+}
+
+impl Resolved {
+    /// The highest role the member ever held through an effective op, if
+    /// they were ever a member (to tell a demoted member from one who never
+    /// had the role).
+    pub fn highest_role(&self, member: &MemberId) -> Option<Role> {
+        self.cut
+            .affecting
+            .get(member)?
+            .iter()
+            .filter_map(|&i| match self.cut.kinds[i] {
+                Some(Kind::Entry(r) | Kind::SetRole(r)) => Some(r),
+                _ => None,
+            })
+            .max()
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use automerge::{Automerge, ChangeHash, ReadDoc, ROOT};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::authority::{
-    AuthorityLog, CommunityId, ContentCutoff, Inserted, InviteKey, InviteProof, Op, OpBody,
+    AuthorityLog, CommunityId, Inserted, InviteKey, InviteProof, Op, OpBody,
     OpHash, Resolved, Role, Settings, SettingsPatch, SignedOp, Visibility,
 };
 use crate::bundle::{Bundle, Heads, Item, Report};
@@ -83,6 +83,9 @@ pub struct Community {
     log: AuthorityLog,
     auth: Resolved,
     docs: HashMap<DocId, Loaded>,
+    /// The log resolved at earlier heads, for judging changes that cite
+    /// them. A cut's past never changes, so entries never go stale.
+    at_cache: HashMap<Vec<OpHash>, Resolved>,
     compact_every: u32,
 }
 
@@ -140,6 +143,7 @@ impl Community {
             log,
             auth,
             docs: HashMap::new(),
+            at_cache: HashMap::new(),
             compact_every: DEFAULT_COMPACT_EVERY,
         };
         let auth = &community.auth;
@@ -227,15 +231,7 @@ impl Community {
 
     /// Changes a member's role (admins).
     pub fn set_role(&mut self, member: MemberId, role: Role, now: Timestamp) -> Result<OpHash> {
-        let cutoff = self.cutoff_of(&member)?;
-        self.author_op(
-            OpBody::SetRole {
-                member,
-                role,
-                cutoff,
-            },
-            now,
-        )
+        self.author_op(OpBody::SetRole { member, role }, now)
     }
 
     /// Removes a member (admins, and moderators for plain members).
@@ -243,12 +239,10 @@ impl Community {
         if reason.chars().count() > 500 {
             return Err(Error::InvalidArgument("reason too long".into()));
         }
-        let cutoff = self.cutoff_of(&member)?;
         self.author_op(
             OpBody::Remove {
                 member,
                 reason: reason.to_owned(),
-                cutoff,
             },
             now,
         )
@@ -256,8 +250,7 @@ impl Community {
 
     /// Leaves the community.
     pub fn leave(&mut self, now: Timestamp) -> Result<OpHash> {
-        let cutoff = self.cutoff_of(&self.me())?;
-        self.author_op(OpBody::Leave { cutoff }, now)
+        self.author_op(OpBody::Leave, now)
     }
 
     /// Creates an invite (admins); the token is what to share.
@@ -287,22 +280,6 @@ impl Community {
     /// Changes name, visibility or settings (admins).
     pub fn update_settings(&mut self, patch: SettingsPatch, now: Timestamp) -> Result<OpHash> {
         self.author_op(OpBody::UpdateSettings(patch), now)
-    }
-
-    /// The member's latest change per document that this device holds.
-    fn cutoff_of(&self, member: &MemberId) -> Result<ContentCutoff> {
-        let mut stmt = self.db.conn().prepare_cached(
-            "SELECT doc_id, MAX(actor_seq) FROM changes WHERE author = ?1 GROUP BY doc_id",
-        )?;
-        let rows = stmt.query_map([member.as_bytes().as_slice()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        let mut cutoff = ContentCutoff::default();
-        for row in rows {
-            let (doc, seq) = row?;
-            cutoff.0.insert(doc, u64::try_from(seq).unwrap_or(0));
-        }
-        Ok(cutoff)
     }
 
     /// Signs an op on the current heads, checks it resolves as effective
@@ -478,6 +455,7 @@ impl Community {
             auth,
             docs,
             compact_every,
+            ..
         } = self;
         let loaded = load_doc(db, docs, doc_id, &actor_of(&keys.member_id()))?;
         let mut tx = loaded.doc.transaction();
@@ -657,10 +635,16 @@ impl Community {
             keys,
             auth,
             docs,
+            at_cache,
             compact_every,
             ..
         } = self;
         let auth_now = resolved.as_ref().unwrap_or(auth);
+        let mut judge = Judge {
+            log: &log,
+            now: auth_now,
+            cache: at_cache,
+        };
         let actor = actor_of(&keys.member_id());
         db.write(|tx| {
             for (hash, bytes) in &parked {
@@ -694,7 +678,7 @@ impl Community {
                         continue;
                     }
                 };
-                match try_accept(tx, docs, &authentic, auth_now, &actor, *compact_every)? {
+                match try_accept(tx, docs, &authentic, &mut judge, &actor, *compact_every)? {
                     Step::Accepted => {
                         touched.note(&authentic);
                         report.accepted.push(item);
@@ -720,7 +704,7 @@ impl Community {
                             continue;
                         }
                     };
-                    match try_accept(tx, docs, &authentic, auth_now, &actor, *compact_every)? {
+                    match try_accept(tx, docs, &authentic, &mut judge, &actor, *compact_every)? {
                         Step::Accepted => {
                             touched.note(&authentic);
                             report.accepted.push(item);
@@ -843,13 +827,43 @@ fn item_of(signed: &SignedChange) -> Item {
     }
 }
 
+/// Finds the authority state a change cites.
+struct Judge<'a> {
+    log: &'a AuthorityLog,
+    now: &'a Resolved,
+    cache: &'a mut HashMap<Vec<OpHash>, Resolved>,
+}
+
+impl Judge<'_> {
+    /// Most entries a cache of earlier resolutions keeps.
+    const CACHE: usize = 64;
+
+    /// The log resolved at `heads`, or `None` if some head is not here yet.
+    fn at(&mut self, heads: &[OpHash]) -> Option<&Resolved> {
+        let mut key = heads.to_vec();
+        key.sort();
+        key.dedup();
+        if key == self.now.heads {
+            return Some(self.now);
+        }
+        if !self.cache.contains_key(&key) {
+            let past = self.log.at(&key)?;
+            if self.cache.len() >= Self::CACHE {
+                self.cache.clear();
+            }
+            self.cache.insert(key.clone(), past.resolve());
+        }
+        self.cache.get(&key)
+    }
+}
+
 /// Accepts an authenticated change from another replica if it is valid
 /// and everything it depends on is here.
 fn try_accept(
     tx: &Transaction<'_>,
     docs: &mut HashMap<DocId, Loaded>,
     change: &Authentic,
-    auth: &Resolved,
+    judge: &mut Judge<'_>,
     actor: &automerge::ActorId,
     compact_every: u32,
 ) -> Result<Step> {
@@ -859,10 +873,10 @@ fn try_accept(
     if exists {
         return Ok(Step::Duplicate);
     }
-    if !auth.knows(&change.signed.envelope.auth_heads) {
+    let Some(at) = judge.at(&change.signed.envelope.auth_heads) else {
         return Ok(Step::Wait);
-    }
-    if let Err(reason) = change.authorize(auth) {
+    };
+    if let Err(reason) = change.authorize(at) {
         return Ok(Step::Rejected(reason));
     }
     let loaded = load_doc_tx(tx, docs, &change.doc, actor)?;

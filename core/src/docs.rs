@@ -178,24 +178,28 @@ impl Authentic {
         self.signed.envelope.author
     }
 
-    /// Authorizes the change against the community's authority state:
-    /// the author's role where they made it (strong remove included) and
-    /// the document's per-path rules. The caller checks first that the
-    /// cited authority heads are known (else the change waits).
-    pub fn authorize(&self, auth: &Resolved) -> std::result::Result<(), Rejection> {
+    /// Authorizes the change against the authority state its author saw
+    /// (`at`: the log resolved at the envelope's `auth_heads`, see
+    /// [`crate::AuthorityLog::at`]) and the document's per-path rules.
+    ///
+    /// Judging a change only by the state it cites makes the verdict the
+    /// same on every replica, whatever else it holds, so replicas converge.
+    pub fn authorize(&self, at: &Resolved) -> std::result::Result<(), Rejection> {
         let author = self.author();
-        let (at_heads, left) = auth.content_role(
-            &author,
-            &self.signed.envelope.auth_heads,
-            self.doc.as_str(),
-            self.change.seq(),
-        )?;
         let needed = self.check_paths()?;
-        if at_heads < needed {
-            return Err(Rejection::NotPermitted);
-        }
-        if left < needed {
-            return Err(Rejection::RoleRevoked(author));
+        let Some(role) = at.role(&author) else {
+            return Err(if at.was_removed(&author) {
+                Rejection::AuthorRemoved(author)
+            } else {
+                Rejection::NotAMember(author)
+            });
+        };
+        if role < needed {
+            return Err(if at.highest_role(&author).is_some_and(|r| r >= needed) {
+                Rejection::RoleRevoked(author)
+            } else {
+                Rejection::NotPermitted
+            });
         }
         Ok(())
     }

@@ -46,7 +46,7 @@ mod store;
 mod time;
 
 pub use authority::{
-    AuthorityLog, CommunityId, ContentCutoff, Inserted, Invite, InviteKey, InviteProof, Member,
+    AuthorityLog, CommunityId, Inserted, Invite, InviteKey, InviteProof, Member,
     Op, OpBody, OpHash, RequestTtlDays, Resolved, Role, Settings, SettingsPatch, SignedOp,
     Visibility,
 };

@@ -1,1 +1,142 @@
-//! End-to-end tests.
+//! Support for Karmyq's end-to-end tests: devices in temp dirs, a clock the
+//! tests control, bundle exchange, forged changes and a look at the files.
+
+use std::path::PathBuf;
+
+use automerge::transaction::Transaction;
+use automerge::{Automerge, ChangeHash, ReadDoc};
+use karmyq_core::{
+    Bundle, CommunityId, DocId, Heads, Karmyq, Keypair, MemberId, OpHash, Report, Result,
+    SignedChange,
+    Timestamp, actor_of,
+};
+use tempfile::TempDir;
+
+/// A fixed epoch for tests: 2027-01-15.
+pub const EPOCH: i64 = 1_800_000_000_000;
+
+/// `minutes` after the test epoch.
+pub fn at(minutes: i64) -> Timestamp {
+    Timestamp::from_millis(EPOCH + minutes * 60_000)
+}
+
+/// A device: a Karmyq client over its own temp dir.
+pub struct Device {
+    /// The client.
+    pub k: Karmyq,
+    dir: TempDir,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Device({:?})", self.k.member_id())
+    }
+}
+
+impl Device {
+    /// A new device with a new identity.
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let k = Karmyq::open(dir.path())?;
+        Ok(Device { k, dir })
+    }
+
+    /// Closes and reopens the client on the same directory.
+    pub fn reopen(&mut self) -> Result<()> {
+        let k = Karmyq::open(self.dir.path())?;
+        self.k = k;
+        Ok(())
+    }
+
+    /// The community file of `id`.
+    pub fn file(&self, id: CommunityId) -> PathBuf {
+        self.dir
+            .path()
+            .join("communities")
+            .join(format!("{id}.sqlite3"))
+    }
+
+    /// Rows in a table of the community file, read with a separate
+    /// connection (what is really on disk).
+    pub fn rows(&self, id: CommunityId, table: &str) -> Result<i64> {
+        let conn = rusqlite::Connection::open(self.file(id))?;
+        Ok(conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?)
+    }
+
+    /// Everything this device holds of the community that `other` lacks.
+    pub fn bundle_for(&mut self, other: &mut Device, id: CommunityId) -> Result<Bundle> {
+        let heads = match other.k.community(id) {
+            Ok(c) => c.heads()?,
+            Err(_) => Heads::empty(),
+        };
+        self.k.community(id)?.changes_since(&heads)
+    }
+
+    /// Sends this device's news to `other`.
+    pub fn send_to(&mut self, other: &mut Device, id: CommunityId, now: Timestamp) -> Result<Report> {
+        let bundle = self.bundle_for(other, id)?;
+        other.k.receive(&bundle, now)
+    }
+}
+
+/// Both directions, so the two devices hold the same.
+pub fn sync(a: &mut Device, b: &mut Device, id: CommunityId, now: Timestamp) -> Result<()> {
+    a.send_to(b, id, now)?;
+    b.send_to(a, id, now)?;
+    Ok(())
+}
+
+/// A document rebuilt from the changes of a bundle (what any member holds).
+pub fn doc_from(bundle: &Bundle, doc: &DocId) -> Result<Automerge> {
+    let mut out = Automerge::new();
+    let changes = bundle
+        .changes
+        .iter()
+        .filter(|c| c.envelope.doc == doc.as_str())
+        .map(|c| automerge::Change::from_bytes(c.bytes.clone()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| karmyq_core::Error::Decode { what: "change" })?;
+    out.apply_changes(changes)?;
+    Ok(out)
+}
+
+/// A change made directly on a raw document by `keys`, signed as the API
+/// would sign it: what a modified client could send.
+pub fn forge(
+    community: CommunityId,
+    doc_id: &DocId,
+    doc: &mut Automerge,
+    auth_heads: Vec<OpHash>,
+    keys: &Keypair,
+    edit: impl FnOnce(&mut Transaction<'_>) -> std::result::Result<(), automerge::AutomergeError>,
+) -> Result<SignedChange> {
+    forge_as(community, doc_id, doc, auth_heads, keys, &keys.member_id(), edit)
+}
+
+/// Like [`forge`], but the change's Automerge actor is `actor`'s key.
+pub fn forge_as(
+    community: CommunityId,
+    doc_id: &DocId,
+    doc: &mut Automerge,
+    auth_heads: Vec<OpHash>,
+    keys: &Keypair,
+    actor: &MemberId,
+    edit: impl FnOnce(&mut Transaction<'_>) -> std::result::Result<(), automerge::AutomergeError>,
+) -> Result<SignedChange> {
+    doc.set_actor(actor_of(actor));
+    let mut tx = doc.transaction();
+    edit(&mut tx)?;
+    let (hash, _) = tx.commit();
+    let hash: ChangeHash = hash.ok_or(karmyq_core::Error::InvalidArgument("empty edit".into()))?;
+    let mut change = doc
+        .get_change_by_hash(&hash)
+        .ok_or(karmyq_core::Error::InvalidArgument("no change".into()))?;
+    Ok(SignedChange::sign(community, doc_id, &mut change, auth_heads, keys))
+}
+
+/// A bundle carrying just these changes.
+pub fn bundle_of(community: CommunityId, changes: Vec<SignedChange>) -> Bundle {
+    let mut b = Bundle::new(community);
+    b.changes = changes;
+    b
+}

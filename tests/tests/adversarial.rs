@@ -1,0 +1,377 @@
+//! Forged and broken input from another device: each refused with its own
+//! typed reason, and nothing of it reaches the file.
+
+use automerge::transaction::Transactable;
+use automerge::{ObjType, ROOT, ReadDoc};
+use karmyq_core::{
+    Bundle, CommunityId, DocId, Error, Heads, Item, Keypair, Profile, Rejection, Result, Role,
+    Signature, Visibility,
+};
+use karmyq_tests::{Device, at, bundle_of, doc_from, forge, forge_as, sync};
+
+/// Alice (founder), Bob, Mallory (members) and Moe (moderator), all synced.
+struct World {
+    alice: Device,
+    bob: Device,
+    mallory: Device,
+    moe: Device,
+    id: CommunityId,
+}
+
+impl World {
+    fn new() -> Result<Self> {
+        let mut alice = Device::new()?;
+        let mut bob = Device::new()?;
+        let mut mallory = Device::new()?;
+        let mut moe = Device::new()?;
+        let id = alice
+            .k
+            .create_community("Elm Street", "Neighbours", Visibility::Public, at(0))?;
+        for d in [&mut bob, &mut mallory, &mut moe] {
+            alice.send_to(d, id, at(1))?;
+            d.k.community(id)?.join(at(2))?;
+            d.send_to(&mut alice, id, at(3))?;
+        }
+        let moe_id = moe.k.member_id();
+        alice.k.community(id)?.set_role(moe_id, Role::Moderator, at(4))?;
+        for (n, d) in [&mut bob, &mut mallory, &mut moe].into_iter().enumerate() {
+            let name = ["Bob", "Mallory", "Moe"][n];
+            d.k.community(id)?.set_profile(&profile(name), at(5))?;
+            sync(&mut alice, d, id, at(6))?;
+        }
+        let mut w = World {
+            alice,
+            bob,
+            mallory,
+            moe,
+            id,
+        };
+        w.moe.k.community(id)?.add_norm("Be kind", "Assume good faith", "conduct", at(7))?;
+        sync(&mut w.alice, &mut w.moe, id, at(8))?;
+        for d in [&mut w.bob, &mut w.mallory] {
+            sync(&mut w.alice, d, id, at(9))?;
+        }
+        Ok(w)
+    }
+
+    /// Alice's file, as counts and projections, to prove nothing changed.
+    fn alice_state(&mut self) -> Result<(i64, i64, Vec<String>)> {
+        Ok((
+            self.alice.rows(self.id, "changes")?,
+            self.alice.rows(self.id, "pending_changes")?,
+            self.alice.k.community(self.id)?.projection_dump()?,
+        ))
+    }
+
+    /// Applies a bundle to Alice and returns the single refusal.
+    fn refused(&mut self, bundle: &Bundle) -> Result<Rejection> {
+        let before = self.alice_state()?;
+        let report = self.alice.k.receive(bundle, at(30))?;
+        assert!(report.accepted.is_empty(), "accepted: {report:?}");
+        assert!(report.pending.is_empty(), "pending: {report:?}");
+        assert_eq!(report.rejected.len(), 1, "{report:?}");
+        assert_eq!(self.alice_state()?, before, "the file changed");
+        Ok(report.rejected[0].1.clone())
+    }
+
+    fn everything(&mut self, device: Who) -> Result<Bundle> {
+        let id = self.id;
+        self.device(device).k.community(id)?.changes_since(&Heads::empty())
+    }
+
+    fn device(&mut self, who: Who) -> &mut Device {
+        match who {
+            Who::Alice => &mut self.alice,
+            Who::Bob => &mut self.bob,
+            Who::Mallory => &mut self.mallory,
+            Who::Moe => &mut self.moe,
+        }
+    }
+
+    fn auth_heads(&mut self, who: Who) -> Result<Vec<karmyq_core::OpHash>> {
+        let id = self.id;
+        Ok(self.device(who).k.community(id)?.heads()?.auth)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Who {
+    Alice,
+    Bob,
+    Mallory,
+    Moe,
+}
+
+fn profile(name: &str) -> Profile {
+    Profile {
+        name: name.into(),
+        bio: format!("{name} lives on Elm Street"),
+        location: Some("u0yjj".into()),
+        availability: "evenings".into(),
+        skills: vec!["cooking".into()],
+    }
+}
+
+/// A fresh, valid profile change by Bob, not yet on Alice's device.
+fn bobs_new_change(w: &mut World) -> Result<karmyq_core::SignedChange> {
+    let id = w.id;
+    let mut p = profile("Bob");
+    p.bio = "now with a bike".into();
+    w.bob.k.community(id)?.set_profile(&p, at(20))?;
+    let heads = w.alice.k.community(id)?.heads()?;
+    let bundle = w.bob.k.community(id)?.changes_since(&heads)?;
+    assert_eq!(bundle.changes.len(), 1);
+    Ok(bundle.changes[0].clone())
+}
+
+#[test]
+fn forged_signature_is_refused() -> Result<()> {
+    let mut w = World::new()?;
+    let mut change = bobs_new_change(&mut w)?;
+    let mut sig = change.envelope.signature.to_bytes();
+    sig[10] ^= 1;
+    change.envelope.signature = Signature::from_bytes(sig);
+    assert_eq!(w.refused(&bundle_of(w.id, vec![change]))?, Rejection::BadSignature);
+    Ok(())
+}
+
+#[test]
+fn actor_other_than_author_is_refused() -> Result<()> {
+    let mut w = World::new()?;
+    let all = w.everything(Who::Mallory)?;
+    let mut doc = doc_from(&all, &DocId::Profiles)?;
+    let heads = w.auth_heads(Who::Mallory)?;
+    let bob = w.bob.k.member_id();
+    let mallory = Keypair::import_secret(&w.mallory.k.export_secret())?;
+    // Mallory writes Bob's entry under Bob's actor id, signing as herself.
+    let change = forge_as(w.id, &DocId::Profiles, &mut doc, heads, &mallory, &bob, |tx| {
+        let (_, entry) = tx
+            .get(ROOT, bob.to_string())?
+            .ok_or(automerge::AutomergeError::InvalidObjId("bob".into()))?;
+        tx.put(&entry, "bio", "hacked")
+    })?;
+    assert_eq!(w.refused(&bundle_of(w.id, vec![change]))?, Rejection::ActorMismatch);
+    Ok(())
+}
+
+#[test]
+fn non_member_change_is_refused() -> Result<()> {
+    let mut w = World::new()?;
+    // Eve holds the public community's data but never joined.
+    let mut eve = Device::new()?;
+    w.alice.send_to(&mut eve, w.id, at(10))?;
+    let eve_keys = Keypair::import_secret(&eve.k.export_secret())?;
+    let all = w.everything(Who::Alice)?;
+    let mut doc = doc_from(&all, &DocId::Profiles)?;
+    let heads = w.auth_heads(Who::Alice)?;
+    let me = eve_keys.member_id().to_string();
+    let change = forge(w.id, &DocId::Profiles, &mut doc, heads, &eve_keys, |tx| {
+        let entry = tx.put_object(ROOT, me.as_str(), ObjType::Map)?;
+        tx.put(&entry, "name", "Eve")
+    })?;
+    assert_eq!(
+        w.refused(&bundle_of(w.id, vec![change]))?,
+        Rejection::NotAMember(eve_keys.member_id())
+    );
+    // The API refuses the same write with the same reason.
+    let err = eve.k.community(w.id)?.set_profile(&profile("Eve"), at(11));
+    assert!(
+        matches!(err, Err(Error::Rejected(Rejection::NotAMember(m))) if m == eve_keys.member_id())
+    );
+    Ok(())
+}
+
+#[test]
+fn editing_another_members_profile_is_refused() -> Result<()> {
+    let mut w = World::new()?;
+    let all = w.everything(Who::Mallory)?;
+    let heads = w.auth_heads(Who::Mallory)?;
+    let mallory = Keypair::import_secret(&w.mallory.k.export_secret())?;
+    let bob = w.bob.k.member_id().to_string();
+    // Inside Bob's entry object.
+    let mut doc = doc_from(&all, &DocId::Profiles)?;
+    let inside = forge(w.id, &DocId::Profiles, &mut doc, heads.clone(), &mallory, |tx| {
+        let (_, entry) = tx
+            .get(ROOT, bob.as_str())?
+            .ok_or(automerge::AutomergeError::InvalidObjId("bob".into()))?;
+        tx.put(&entry, "name", "Bobby Tables")
+    })?;
+    assert_eq!(w.refused(&bundle_of(w.id, vec![inside]))?, Rejection::ForeignEntry);
+    // Replacing Bob's entry at the root.
+    let mut doc = doc_from(&all, &DocId::Profiles)?;
+    let root = forge(w.id, &DocId::Profiles, &mut doc, heads, &mallory, |tx| {
+        tx.put_object(ROOT, bob.as_str(), ObjType::Map).map(|_| ())
+    })?;
+    assert_eq!(w.refused(&bundle_of(w.id, vec![root]))?, Rejection::ForeignEntry);
+    // Bob's profile is untouched on Alice's device.
+    let bob_id = w.bob.k.member_id();
+    let seen = w.alice.k.community(w.id)?.profile(&bob_id)?;
+    assert_eq!(seen.map(|p| p.name), Some("Bob".into()));
+    Ok(())
+}
+
+#[test]
+fn member_writing_norms_is_refused_by_api_and_validator() -> Result<()> {
+    let mut w = World::new()?;
+    let err = w.bob.k.community(w.id)?.add_norm("Mine", "", "x", at(10));
+    assert!(matches!(err, Err(Error::Rejected(Rejection::NotPermitted))), "{err:?}");
+    let all = w.everything(Who::Bob)?;
+    let heads = w.auth_heads(Who::Bob)?;
+    let bob = Keypair::import_secret(&w.bob.k.export_secret())?;
+    let mut doc = doc_from(&all, &DocId::Community)?;
+    let change = forge(w.id, &DocId::Community, &mut doc, heads, &bob, |tx| {
+        tx.put(ROOT, "description", "Bob's street now")
+    })?;
+    assert_eq!(w.refused(&bundle_of(w.id, vec![change]))?, Rejection::NotPermitted);
+    Ok(())
+}
+
+#[test]
+fn demoted_moderator_edit_after_demotion_is_refused() -> Result<()> {
+    let mut w = World::new()?;
+    let moe_id = w.moe.k.member_id();
+    // Before: Moe's norm edit is fine.
+    let norms = w.moe.k.community(w.id)?.norms()?;
+    assert_eq!(norms.len(), 1);
+    w.alice.k.community(w.id)?.set_role(moe_id, Role::Member, at(12))?;
+    sync(&mut w.alice, &mut w.moe, w.id, at(13))?;
+    // The API on Moe's device refuses.
+    let mut norm = norms[0].clone();
+    norm.title = "Be kind, or else".into();
+    let err = w.moe.k.community(w.id)?.update_norm(&norm, at(14));
+    assert!(
+        matches!(err, Err(Error::Rejected(Rejection::RoleRevoked(m))) if m == moe_id),
+        "{err:?}"
+    );
+    // A hand-made change citing the demotion is refused by Alice's validator.
+    let all = w.everything(Who::Moe)?;
+    let heads = w.auth_heads(Who::Moe)?;
+    let moe = Keypair::import_secret(&w.moe.k.export_secret())?;
+    let key = format!("norm:{}", norm.id);
+    let mut doc = doc_from(&all, &DocId::Community)?;
+    let change = forge(w.id, &DocId::Community, &mut doc, heads, &moe, |tx| {
+        let (_, entry) = tx
+            .get(ROOT, key.as_str())?
+            .ok_or(automerge::AutomergeError::InvalidObjId("norm".into()))?;
+        tx.put(&entry, "title", "Moe rules")
+    })?;
+    assert_eq!(
+        w.refused(&bundle_of(w.id, vec![change]))?,
+        Rejection::RoleRevoked(moe_id)
+    );
+    assert_eq!(w.alice.k.community(w.id)?.norms()?[0].title, "Be kind");
+    Ok(())
+}
+
+#[test]
+fn removed_member_change_is_refused() -> Result<()> {
+    let mut w = World::new()?;
+    let mallory_id = w.mallory.k.member_id();
+    w.alice
+        .k
+        .community(w.id)?
+        .remove(mallory_id, "spam", at(12))?;
+    sync(&mut w.alice, &mut w.mallory, w.id, at(13))?;
+    let err = w.mallory.k.community(w.id)?.set_profile(&profile("Mal"), at(14));
+    assert!(
+        matches!(err, Err(Error::Rejected(Rejection::NotAMember(m))) if m == mallory_id),
+        "{err:?}"
+    );
+    let all = w.everything(Who::Mallory)?;
+    let heads = w.auth_heads(Who::Mallory)?;
+    let mallory = Keypair::import_secret(&w.mallory.k.export_secret())?;
+    let me = mallory_id.to_string();
+    let mut doc = doc_from(&all, &DocId::Profiles)?;
+    let change = forge(w.id, &DocId::Profiles, &mut doc, heads, &mallory, |tx| {
+        let (_, entry) = tx
+            .get(ROOT, me.as_str())?
+            .ok_or(automerge::AutomergeError::InvalidObjId("me".into()))?;
+        tx.put(&entry, "bio", "still here")
+    })?;
+    assert_eq!(
+        w.refused(&bundle_of(w.id, vec![change]))?,
+        Rejection::AuthorRemoved(mallory_id)
+    );
+    Ok(())
+}
+
+#[test]
+fn replay_into_another_community_is_refused() -> Result<()> {
+    let mut w = World::new()?;
+    let other = w
+        .alice
+        .k
+        .create_community("Oak Lane", "", Visibility::Public, at(10))?;
+    w.alice.send_to(&mut w.bob, other, at(11))?;
+    w.bob.k.community(other)?.join(at(12))?;
+    w.bob.send_to(&mut w.alice, other, at(13))?;
+    let change = bobs_new_change(&mut w)?;
+    let before = (
+        w.alice.rows(other, "changes")?,
+        w.alice.k.community(other)?.projection_dump()?,
+    );
+    let report = w.alice.k.receive(&bundle_of(other, vec![change]), at(14))?;
+    assert_eq!(report.reasons(), vec![&Rejection::WrongCommunity]);
+    assert_eq!(
+        (
+            w.alice.rows(other, "changes")?,
+            w.alice.k.community(other)?.projection_dump()?
+        ),
+        before
+    );
+    Ok(())
+}
+
+#[test]
+fn unknown_document_and_mismatched_hash_are_refused() -> Result<()> {
+    let mut w = World::new()?;
+    let mut change = bobs_new_change(&mut w)?;
+    let mut unknown = change.clone();
+    unknown.envelope.doc = "ledger".into();
+    assert_eq!(
+        w.refused(&bundle_of(w.id, vec![unknown]))?,
+        Rejection::UnknownDocument
+    );
+    // Bytes of another change under this envelope.
+    let other = w.everything(Who::Bob)?.changes[0].bytes.clone();
+    change.bytes = other;
+    assert_eq!(w.refused(&bundle_of(w.id, vec![change]))?, Rejection::HashMismatch);
+    Ok(())
+}
+
+#[test]
+fn truncated_and_garbage_bytes_are_refused() -> Result<()> {
+    let mut w = World::new()?;
+    let change = bobs_new_change(&mut w)?;
+    let bundle = bundle_of(w.id, vec![change.clone()]);
+    let bytes = bundle.encode();
+    // Whole bundles: typed decode errors.
+    for bad in [
+        bytes[..bytes.len() / 2].to_vec(),
+        vec![0xff; 64],
+        Vec::new(),
+        [bytes.as_slice(), &[0]].concat(),
+    ] {
+        assert!(matches!(Bundle::decode(&bad), Err(Error::Decode { .. })));
+    }
+    // Inside a well-formed bundle: the change's bytes cut short or garbage.
+    for cut in [change.bytes.len() / 2, 3] {
+        let mut c = change.clone();
+        c.bytes.truncate(cut);
+        assert_eq!(w.refused(&bundle_of(w.id, vec![c]))?, Rejection::Malformed);
+    }
+    let mut c = change.clone();
+    c.bytes = vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3];
+    assert_eq!(w.refused(&bundle_of(w.id, vec![c]))?, Rejection::Malformed);
+    // A garbage authority op.
+    let before = w.alice.rows(w.id, "auth_ops")?;
+    let mut b = Bundle::new(w.id);
+    b.ops.push(vec![1, 2, 3]);
+    let report = w.alice.k.receive(&b, at(30))?;
+    assert_eq!(report.rejected, vec![(Item::Op(None), Rejection::Malformed)]);
+    assert_eq!(w.alice.rows(w.id, "auth_ops")?, before);
+    // After all that, the valid change still applies.
+    let report = w.alice.k.receive(&bundle, at(31))?;
+    assert_eq!(report.accepted.len(), 1, "{report:?}");
+    Ok(())
+}
