@@ -48,6 +48,11 @@ impl Device {
         Ok(())
     }
 
+    /// The data directory.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// The community file of `id`.
     pub fn file(&self, id: CommunityId) -> PathBuf {
         self.dir
