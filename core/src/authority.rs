@@ -232,7 +232,10 @@ impl InviteProof {
     pub fn new(invite: &Keypair, community: CommunityId, joiner: MemberId) -> Self {
         InviteProof {
             invite_key: InviteKey(invite.member_id()),
-            signature: invite.sign(SigningTag::InviteProof, &codec::encode(&(community, joiner))),
+            signature: invite.sign(
+                SigningTag::InviteProof,
+                &codec::encode(&(community, joiner)),
+            ),
         }
     }
 
@@ -359,7 +362,10 @@ impl SignedOp {
 
     /// Checks the signature, the shape, and (for a join) the invite proof.
     /// `community` is `None` when checking a genesis op.
-    pub fn authenticate(&self, community: Option<CommunityId>) -> std::result::Result<(), Rejection> {
+    pub fn authenticate(
+        &self,
+        community: Option<CommunityId>,
+    ) -> std::result::Result<(), Rejection> {
         let op = &self.op;
         op.author
             .verify(SigningTag::AuthorityOp, &codec::encode(op), &self.signature)
@@ -834,7 +840,11 @@ impl<'a> Resolver<'a> {
     }
 
     /// The state (visibility, settings) in op `i`'s causal past.
-    fn settings_in_past(&self, i: usize, verdicts: &[std::result::Result<(), Rejection>]) -> (Visibility, Settings) {
+    fn settings_in_past(
+        &self,
+        i: usize,
+        verdicts: &[std::result::Result<(), Rejection>],
+    ) -> (Visibility, Settings) {
         let past = &self.cut.ancestors[i];
         let (mut visibility, mut settings) = match &self.ops[0].op.body {
             OpBody::Genesis {
@@ -919,7 +929,9 @@ impl<'a> Resolver<'a> {
                 let Some((target_role, _)) = self.role_in_past(member, i) else {
                     return Err(Rejection::TargetNotMember);
                 };
-                if author_role.map(|(r, _)| r) == Some(Role::Moderator) && target_role != Role::Member {
+                if author_role.map(|(r, _)| r) == Some(Role::Moderator)
+                    && target_role != Role::Member
+                {
                     return Err(Rejection::NotPermitted);
                 }
                 if senior_admin(member) {
@@ -960,7 +972,12 @@ impl<'a> Resolver<'a> {
     }
 
     /// The effective `CreateInvite` for `key` in op `i`'s causal past.
-    fn find_invite(&self, i: usize, key: &InviteKey, verdicts: &[std::result::Result<(), Rejection>]) -> Option<usize> {
+    fn find_invite(
+        &self,
+        i: usize,
+        key: &InviteKey,
+        verdicts: &[std::result::Result<(), Rejection>],
+    ) -> Option<usize> {
         let past = &self.cut.ancestors[i];
         (0..i).find(|&j| {
             past.get(j)
@@ -969,7 +986,12 @@ impl<'a> Resolver<'a> {
         })
     }
 
-    fn check_invite(&self, i: usize, proof: &InviteProof, pass: &Pass) -> std::result::Result<(), Rejection> {
+    fn check_invite(
+        &self,
+        i: usize,
+        proof: &InviteProof,
+        pass: &Pass,
+    ) -> std::result::Result<(), Rejection> {
         let key = proof.invite_key;
         let Some(created) = self.find_invite(i, &key, &pass.verdicts) else {
             return Err(Rejection::InviteInvalid("unknown"));
@@ -1044,7 +1066,12 @@ impl<'a> Resolver<'a> {
                 settings,
                 ..
             } => (name.clone(), *visibility, *settings, description.clone()),
-            _ => (String::new(), Visibility::Private, Settings::default(), String::new()),
+            _ => (
+                String::new(),
+                Visibility::Private,
+                Settings::default(),
+                String::new(),
+            ),
         };
         for member in self.cut.affecting.keys() {
             if let Some((role, entry)) = self.cut.membership(member, &all) {
@@ -1097,12 +1124,7 @@ impl<'a> Resolver<'a> {
                 _ => {}
             }
         }
-        let verdicts = self
-            .order
-            .iter()
-            .copied()
-            .zip(pass.verdicts)
-            .collect();
+        let verdicts = self.order.iter().copied().zip(pass.verdicts).collect();
         Resolved {
             community: self.log.id,
             name,
@@ -1172,7 +1194,6 @@ fn linear_order(log: &AuthorityLog) -> Vec<OpHash> {
     order
 }
 
-
 impl AuthorityLog {
     /// The log as it stood at `heads`: only the ops in their causal past.
     /// `None` if a head is not held. A content change is judged against
@@ -1191,7 +1212,10 @@ impl AuthorityLog {
         if !ops.contains_key(&self.genesis()) {
             return None;
         }
-        let children = ops.values().flat_map(|o| o.op.parents.iter().copied()).collect();
+        let children = ops
+            .values()
+            .flat_map(|o| o.op.parents.iter().copied())
+            .collect();
         Some(AuthorityLog {
             id: self.id,
             ops,

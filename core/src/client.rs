@@ -184,7 +184,9 @@ impl Karmyq {
             .account
             .conn()
             .prepare_cached("SELECT community_id, name FROM communities ORDER BY added_at, name")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, name) = row?;
@@ -243,9 +245,9 @@ impl Karmyq {
     /// Joins a community with an invite link, once its log is on this device.
     pub fn join_with_invite(&mut self, link: &str, now: Timestamp) -> Result<()> {
         let token = InviteToken::parse(link)?;
-        let community = self
-            .community(token.community())
-            .map_err(|_| Error::Rejected(Rejection::InviteInvalid("community not on this device")))?;
+        let community = self.community(token.community()).map_err(|_| {
+            Error::Rejected(Rejection::InviteInvalid("community not on this device"))
+        })?;
         community.join_with_invite(&token, now)?;
         Ok(())
     }

@@ -12,12 +12,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use automerge::transaction::{CommitOptions, Transaction as DocTx};
-use automerge::{Automerge, ChangeHash, ReadDoc, ROOT};
+use automerge::{Automerge, ChangeHash, ROOT, ReadDoc};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::authority::{
-    AuthorityLog, CommunityId, Inserted, InviteKey, InviteProof, Op, OpBody,
-    OpHash, Resolved, Role, Settings, SettingsPatch, SignedOp, Visibility,
+    AuthorityLog, CommunityId, Inserted, InviteKey, InviteProof, Op, OpBody, OpHash, Resolved,
+    Role, Settings, SettingsPatch, SignedOp, Visibility,
 };
 use crate::bundle::{Bundle, Heads, Item, Report};
 use crate::codec;
@@ -123,9 +123,11 @@ impl Community {
         let rebuild: bool = community
             .db
             .conn()
-            .query_row("SELECT 1 FROM meta WHERE key = 'rebuild_projections'", [], |_| {
-                Ok(true)
-            })
+            .query_row(
+                "SELECT 1 FROM meta WHERE key = 'rebuild_projections'",
+                [],
+                |_| Ok(true),
+            )
             .optional()?
             .unwrap_or(false);
         if rebuild {
@@ -179,9 +181,11 @@ impl Community {
         let doc_description: Option<String> = self
             .db
             .conn()
-            .query_row("SELECT value FROM meta WHERE key = 'description'", [], |r| {
-                r.get::<_, String>(0)
-            })
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'description'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
             .optional()?;
         Ok(CommunityInfo {
             id: self.id,
@@ -514,10 +518,10 @@ impl Community {
             .copied()
             .collect();
         while let Some(h) = stack.pop() {
-            if theirs.insert(h) {
-                if let Some(op) = self.log.get(&h) {
-                    stack.extend(op.op.parents.iter().copied());
-                }
+            if theirs.insert(h)
+                && let Some(op) = self.log.get(&h)
+            {
+                stack.extend(op.op.parents.iter().copied());
             }
         }
         {
@@ -525,7 +529,9 @@ impl Community {
                 .db
                 .conn()
                 .prepare_cached("SELECT hash, bytes FROM auth_ops ORDER BY rowid")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
             for row in rows {
                 let (hash, bytes) = row?;
                 let hash = OpHash::from_bytes(
@@ -575,10 +581,10 @@ impl Community {
             })?;
             for row in rows {
                 let (hash, envelope, bytes) = row?;
-                if let Some(want) = &want {
-                    if !want.contains(&change_hash(&hash)?.0) {
-                        continue;
-                    }
+                if let Some(want) = &want
+                    && !want.contains(&change_hash(&hash)?.0)
+                {
+                    continue;
                 }
                 bundle.changes.push(SignedChange {
                     envelope: codec::decode(&envelope, "stored envelope")?,
@@ -941,12 +947,16 @@ fn store_op(tx: &Transaction<'_>, hash: &OpHash, op: &SignedOp) -> Result<()> {
 fn load_log(db: &Db, id: CommunityId) -> Result<AuthorityLog> {
     let stored: Option<Vec<u8>> = db
         .conn()
-        .query_row("SELECT value FROM meta WHERE key = 'community_id'", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'community_id'",
+            [],
+            |r| r.get(0),
+        )
         .optional()?;
     if stored.as_deref() != Some(id.as_bytes().as_slice()) {
-        return Err(Error::Corrupt("community file belongs to another community".into()));
+        return Err(Error::Corrupt(
+            "community file belongs to another community".into(),
+        ));
     }
     let mut stmt = db
         .conn()
@@ -955,10 +965,15 @@ fn load_log(db: &Db, id: CommunityId) -> Result<AuthorityLog> {
         .query_map([], |r| r.get::<_, Vec<u8>>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?
         .into_iter();
-    let genesis = SignedOp::decode(&ops.next().ok_or_else(|| Error::Corrupt("no genesis".into()))?)?;
+    let genesis = SignedOp::decode(
+        &ops.next()
+            .ok_or_else(|| Error::Corrupt("no genesis".into()))?,
+    )?;
     let mut log = AuthorityLog::new(genesis)?;
     if log.community_id() != id {
-        return Err(Error::Corrupt("genesis does not match the community".into()));
+        return Err(Error::Corrupt(
+            "genesis does not match the community".into(),
+        ));
     }
     for bytes in ops {
         log.insert(SignedOp::decode(&bytes)?)?;

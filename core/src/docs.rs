@@ -137,14 +137,21 @@ impl SignedChange {
 
     /// Checks everything that needs no authority state: community,
     /// document name, signature, hash and actor; decodes the change.
-    pub fn authenticate(&self, community: CommunityId) -> std::result::Result<Authentic, Rejection> {
+    pub fn authenticate(
+        &self,
+        community: CommunityId,
+    ) -> std::result::Result<Authentic, Rejection> {
         let env = &self.envelope;
         if env.community != community {
             return Err(Rejection::WrongCommunity);
         }
         let doc = DocId::parse(&env.doc).ok_or(Rejection::UnknownDocument)?;
         env.author
-            .verify(SigningTag::ChangeEnvelope, &env.signed_bytes(), &env.signature)
+            .verify(
+                SigningTag::ChangeEnvelope,
+                &env.signed_bytes(),
+                &env.signature,
+            )
             .map_err(|_| Rejection::BadSignature)?;
         let change = Change::from_bytes(self.bytes.clone()).map_err(|_| Rejection::Malformed)?;
         if change.hash().0 != env.change_hash {
@@ -363,8 +370,7 @@ pub fn valid_skill(tag: &str) -> bool {
 /// A coarse location: a geohash of at most 5 characters (about 5 km).
 pub fn valid_geohash(s: &str) -> bool {
     (1..=5).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b"0123456789bcdefghjkmnpqrstuvwxyz".contains(&b))
 }
 

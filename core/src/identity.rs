@@ -180,7 +180,8 @@ impl Keypair {
     /// Imports a secret exported by [`Keypair::export_secret`].
     pub fn import_secret(hex_secret: &str) -> Result<Self> {
         let mut bytes = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(hex_secret.trim(), bytes.as_mut()).map_err(|_| Error::InvalidSecret)?;
+        hex::decode_to_slice(hex_secret.trim(), bytes.as_mut())
+            .map_err(|_| Error::InvalidSecret)?;
         Ok(Self::from_secret_bytes(&bytes))
     }
 
@@ -192,7 +193,11 @@ impl Keypair {
 
 impl fmt::Debug for Keypair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Keypair({}, SecretKey(..))", self.member_id().fmt_short())
+        write!(
+            f,
+            "Keypair({}, SecretKey(..))",
+            self.member_id().fmt_short()
+        )
     }
 }
 
@@ -223,7 +228,10 @@ mod tests {
         let secret = kp.export_secret();
         let back = Keypair::import_secret(&secret)?;
         assert_eq!(kp.member_id(), back.member_id());
-        assert!(matches!(Keypair::import_secret("zz"), Err(Error::InvalidSecret)));
+        assert!(matches!(
+            Keypair::import_secret("zz"),
+            Err(Error::InvalidSecret)
+        ));
         Ok(())
     }
 

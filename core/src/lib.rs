@@ -46,9 +46,8 @@ mod store;
 mod time;
 
 pub use authority::{
-    AuthorityLog, CommunityId, Inserted, Invite, InviteKey, InviteProof, Member,
-    Op, OpBody, OpHash, RequestTtlDays, Resolved, Role, Settings, SettingsPatch, SignedOp,
-    Visibility,
+    AuthorityLog, CommunityId, Inserted, Invite, InviteKey, InviteProof, Member, Op, OpBody,
+    OpHash, RequestTtlDays, Resolved, Role, Settings, SettingsPatch, SignedOp, Visibility,
 };
 pub use bundle::{Bundle, Heads, Item, Report};
 pub use client::{CommunitySummary, Karmyq};

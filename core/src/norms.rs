@@ -2,7 +2,7 @@
 //! written by admins and moderators.
 
 use automerge::transaction::Transactable;
-use automerge::{Automerge, ObjType, ReadDoc, ROOT};
+use automerge::{Automerge, ObjType, ROOT, ReadDoc};
 
 use crate::docs::{MAX_TEXT, NORM_PREFIX, get_str, valid_norm_id};
 use crate::error::{Error, Result};
@@ -82,9 +82,8 @@ impl Norm {
             if !v.is_object() {
                 continue;
             }
-            let text = |f: &str| -> Result<String> {
-                Ok(get_str(doc, &entry, f)?.unwrap_or_default())
-            };
+            let text =
+                |f: &str| -> Result<String> { Ok(get_str(doc, &entry, f)?.unwrap_or_default()) };
             out.push(Norm {
                 id: id.to_owned(),
                 title: text("title")?,

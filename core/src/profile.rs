@@ -2,7 +2,7 @@
 //! by the member's hex id, written only by that member.
 
 use automerge::transaction::Transactable;
-use automerge::{Automerge, ObjId, ObjType, ReadDoc, ROOT};
+use automerge::{Automerge, ObjId, ObjType, ROOT, ReadDoc};
 
 use crate::authority::valid_name;
 use crate::docs::{SKILL_PREFIX, get_str, valid_geohash, valid_skill};

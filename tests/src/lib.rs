@@ -7,8 +7,7 @@ use automerge::transaction::Transaction;
 use automerge::{Automerge, ChangeHash, ReadDoc};
 use karmyq_core::{
     Bundle, CommunityId, DocId, Heads, Karmyq, Keypair, MemberId, OpHash, Report, Result,
-    SignedChange,
-    Timestamp, actor_of,
+    SignedChange, Timestamp, actor_of,
 };
 use tempfile::TempDir;
 
@@ -78,7 +77,12 @@ impl Device {
     }
 
     /// Sends this device's news to `other`.
-    pub fn send_to(&mut self, other: &mut Device, id: CommunityId, now: Timestamp) -> Result<Report> {
+    pub fn send_to(
+        &mut self,
+        other: &mut Device,
+        id: CommunityId,
+        now: Timestamp,
+    ) -> Result<Report> {
         let bundle = self.bundle_for(other, id)?;
         other.k.receive(&bundle, now)
     }
@@ -115,7 +119,15 @@ pub fn forge(
     keys: &Keypair,
     edit: impl FnOnce(&mut Transaction<'_>) -> std::result::Result<(), automerge::AutomergeError>,
 ) -> Result<SignedChange> {
-    forge_as(community, doc_id, doc, auth_heads, keys, &keys.member_id(), edit)
+    forge_as(
+        community,
+        doc_id,
+        doc,
+        auth_heads,
+        keys,
+        &keys.member_id(),
+        edit,
+    )
 }
 
 /// Like [`forge`], but the change's Automerge actor is `actor`'s key.
@@ -136,7 +148,13 @@ pub fn forge_as(
     let mut change = doc
         .get_change_by_hash(&hash)
         .ok_or(karmyq_core::Error::InvalidArgument("no change".into()))?;
-    Ok(SignedChange::sign(community, doc_id, &mut change, auth_heads, keys))
+    Ok(SignedChange::sign(
+        community,
+        doc_id,
+        &mut change,
+        auth_heads,
+        keys,
+    ))
 }
 
 /// A bundle carrying just these changes.

@@ -33,7 +33,10 @@ impl World {
             d.send_to(&mut alice, id, at(3))?;
         }
         let moe_id = moe.k.member_id();
-        alice.k.community(id)?.set_role(moe_id, Role::Moderator, at(4))?;
+        alice
+            .k
+            .community(id)?
+            .set_role(moe_id, Role::Moderator, at(4))?;
         for (n, d) in [&mut bob, &mut mallory, &mut moe].into_iter().enumerate() {
             let name = ["Bob", "Mallory", "Moe"][n];
             d.k.community(id)?.set_profile(&profile(name), at(5))?;
@@ -46,7 +49,10 @@ impl World {
             moe,
             id,
         };
-        w.moe.k.community(id)?.add_norm("Be kind", "Assume good faith", "conduct", at(7))?;
+        w.moe
+            .k
+            .community(id)?
+            .add_norm("Be kind", "Assume good faith", "conduct", at(7))?;
         sync(&mut w.alice, &mut w.moe, id, at(8))?;
         for d in [&mut w.bob, &mut w.mallory] {
             sync(&mut w.alice, d, id, at(9))?;
@@ -76,7 +82,10 @@ impl World {
 
     fn everything(&mut self, device: Who) -> Result<Bundle> {
         let id = self.id;
-        self.device(device).k.community(id)?.changes_since(&Heads::empty())
+        self.device(device)
+            .k
+            .community(id)?
+            .changes_since(&Heads::empty())
     }
 
     fn device(&mut self, who: Who) -> &mut Device {
@@ -131,7 +140,10 @@ fn forged_signature_is_refused() -> Result<()> {
     let mut sig = change.envelope.signature.to_bytes();
     sig[10] ^= 1;
     change.envelope.signature = Signature::from_bytes(sig);
-    assert_eq!(w.refused(&bundle_of(w.id, vec![change]))?, Rejection::BadSignature);
+    assert_eq!(
+        w.refused(&bundle_of(w.id, vec![change]))?,
+        Rejection::BadSignature
+    );
     Ok(())
 }
 
@@ -144,13 +156,24 @@ fn actor_other_than_author_is_refused() -> Result<()> {
     let bob = w.bob.k.member_id();
     let mallory = Keypair::import_secret(&w.mallory.k.export_secret())?;
     // Mallory writes Bob's entry under Bob's actor id, signing as herself.
-    let change = forge_as(w.id, &DocId::Profiles, &mut doc, heads, &mallory, &bob, |tx| {
-        let (_, entry) = tx
-            .get(ROOT, bob.to_string())?
-            .ok_or(automerge::AutomergeError::InvalidObjId("bob".into()))?;
-        tx.put(&entry, "bio", "hacked")
-    })?;
-    assert_eq!(w.refused(&bundle_of(w.id, vec![change]))?, Rejection::ActorMismatch);
+    let change = forge_as(
+        w.id,
+        &DocId::Profiles,
+        &mut doc,
+        heads,
+        &mallory,
+        &bob,
+        |tx| {
+            let (_, entry) = tx
+                .get(ROOT, bob.to_string())?
+                .ok_or(automerge::AutomergeError::InvalidObjId("bob".into()))?;
+            tx.put(&entry, "bio", "hacked")
+        },
+    )?;
+    assert_eq!(
+        w.refused(&bundle_of(w.id, vec![change]))?,
+        Rejection::ActorMismatch
+    );
     Ok(())
 }
 
@@ -190,19 +213,32 @@ fn editing_another_members_profile_is_refused() -> Result<()> {
     let bob = w.bob.k.member_id().to_string();
     // Inside Bob's entry object.
     let mut doc = doc_from(&all, &DocId::Profiles)?;
-    let inside = forge(w.id, &DocId::Profiles, &mut doc, heads.clone(), &mallory, |tx| {
-        let (_, entry) = tx
-            .get(ROOT, bob.as_str())?
-            .ok_or(automerge::AutomergeError::InvalidObjId("bob".into()))?;
-        tx.put(&entry, "name", "Bobby Tables")
-    })?;
-    assert_eq!(w.refused(&bundle_of(w.id, vec![inside]))?, Rejection::ForeignEntry);
+    let inside = forge(
+        w.id,
+        &DocId::Profiles,
+        &mut doc,
+        heads.clone(),
+        &mallory,
+        |tx| {
+            let (_, entry) = tx
+                .get(ROOT, bob.as_str())?
+                .ok_or(automerge::AutomergeError::InvalidObjId("bob".into()))?;
+            tx.put(&entry, "name", "Bobby Tables")
+        },
+    )?;
+    assert_eq!(
+        w.refused(&bundle_of(w.id, vec![inside]))?,
+        Rejection::ForeignEntry
+    );
     // Replacing Bob's entry at the root.
     let mut doc = doc_from(&all, &DocId::Profiles)?;
     let root = forge(w.id, &DocId::Profiles, &mut doc, heads, &mallory, |tx| {
         tx.put_object(ROOT, bob.as_str(), ObjType::Map).map(|_| ())
     })?;
-    assert_eq!(w.refused(&bundle_of(w.id, vec![root]))?, Rejection::ForeignEntry);
+    assert_eq!(
+        w.refused(&bundle_of(w.id, vec![root]))?,
+        Rejection::ForeignEntry
+    );
     // Bob's profile is untouched on Alice's device.
     let bob_id = w.bob.k.member_id();
     let seen = w.alice.k.community(w.id)?.profile(&bob_id)?;
@@ -214,7 +250,10 @@ fn editing_another_members_profile_is_refused() -> Result<()> {
 fn member_writing_norms_is_refused_by_api_and_validator() -> Result<()> {
     let mut w = World::new()?;
     let err = w.bob.k.community(w.id)?.add_norm("Mine", "", "x", at(10));
-    assert!(matches!(err, Err(Error::Rejected(Rejection::NotPermitted))), "{err:?}");
+    assert!(
+        matches!(err, Err(Error::Rejected(Rejection::NotPermitted))),
+        "{err:?}"
+    );
     let all = w.everything(Who::Bob)?;
     let heads = w.auth_heads(Who::Bob)?;
     let bob = Keypair::import_secret(&w.bob.k.export_secret())?;
@@ -222,7 +261,10 @@ fn member_writing_norms_is_refused_by_api_and_validator() -> Result<()> {
     let change = forge(w.id, &DocId::Community, &mut doc, heads, &bob, |tx| {
         tx.put(ROOT, "description", "Bob's street now")
     })?;
-    assert_eq!(w.refused(&bundle_of(w.id, vec![change]))?, Rejection::NotPermitted);
+    assert_eq!(
+        w.refused(&bundle_of(w.id, vec![change]))?,
+        Rejection::NotPermitted
+    );
     Ok(())
 }
 
@@ -233,7 +275,10 @@ fn demoted_moderator_edit_after_demotion_is_refused() -> Result<()> {
     // Before: Moe's norm edit is fine.
     let norms = w.moe.k.community(w.id)?.norms()?;
     assert_eq!(norms.len(), 1);
-    w.alice.k.community(w.id)?.set_role(moe_id, Role::Member, at(12))?;
+    w.alice
+        .k
+        .community(w.id)?
+        .set_role(moe_id, Role::Member, at(12))?;
     sync(&mut w.alice, &mut w.moe, w.id, at(13))?;
     // The API on Moe's device refuses.
     let mut norm = norms[0].clone();
@@ -272,7 +317,11 @@ fn removed_member_change_is_refused() -> Result<()> {
         .community(w.id)?
         .remove(mallory_id, "spam", at(12))?;
     sync(&mut w.alice, &mut w.mallory, w.id, at(13))?;
-    let err = w.mallory.k.community(w.id)?.set_profile(&profile("Mal"), at(14));
+    let err = w
+        .mallory
+        .k
+        .community(w.id)?
+        .set_profile(&profile("Mal"), at(14));
     assert!(
         matches!(err, Err(Error::Rejected(Rejection::NotAMember(m))) if m == mallory_id),
         "{err:?}"
@@ -335,7 +384,10 @@ fn unknown_document_and_mismatched_hash_are_refused() -> Result<()> {
     // Bytes of another change under this envelope.
     let other = w.everything(Who::Bob)?.changes[0].bytes.clone();
     change.bytes = other;
-    assert_eq!(w.refused(&bundle_of(w.id, vec![change]))?, Rejection::HashMismatch);
+    assert_eq!(
+        w.refused(&bundle_of(w.id, vec![change]))?,
+        Rejection::HashMismatch
+    );
     Ok(())
 }
 
@@ -368,7 +420,10 @@ fn truncated_and_garbage_bytes_are_refused() -> Result<()> {
     let mut b = Bundle::new(w.id);
     b.ops.push(vec![1, 2, 3]);
     let report = w.alice.k.receive(&b, at(30))?;
-    assert_eq!(report.rejected, vec![(Item::Op(None), Rejection::Malformed)]);
+    assert_eq!(
+        report.rejected,
+        vec![(Item::Op(None), Rejection::Malformed)]
+    );
     assert_eq!(w.alice.rows(w.id, "auth_ops")?, before);
     // After all that, the valid change still applies.
     let report = w.alice.k.receive(&bundle, at(31))?;

@@ -9,13 +9,38 @@ use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Action {
-    Profile { dev: usize, variant: u8 },
-    Norm { dev: usize, slot: u8, variant: u8 },
-    RemoveNorm { dev: usize, slot: u8 },
-    Describe { dev: usize, variant: u8 },
-    SetRole { dev: usize, target: usize, role: u8 },
-    Remove { dev: usize, target: usize },
-    Send { from: usize, to: usize, seed: u64, chunks: u8 },
+    Profile {
+        dev: usize,
+        variant: u8,
+    },
+    Norm {
+        dev: usize,
+        slot: u8,
+        variant: u8,
+    },
+    RemoveNorm {
+        dev: usize,
+        slot: u8,
+    },
+    Describe {
+        dev: usize,
+        variant: u8,
+    },
+    SetRole {
+        dev: usize,
+        target: usize,
+        role: u8,
+    },
+    Remove {
+        dev: usize,
+        target: usize,
+    },
+    Send {
+        from: usize,
+        to: usize,
+        seed: u64,
+        chunks: u8,
+    },
 }
 
 fn action(devices: usize) -> impl Strategy<Value = Action> {
@@ -78,7 +103,10 @@ fn send(
         part.ops = ops.iter().skip(k).step_by(chunks).cloned().collect();
         part.changes = changes.iter().skip(k).step_by(chunks).cloned().collect();
         let report = b.k.receive(&part, at(100))?;
-        assert!(report.rejected.is_empty(), "honest changes refused: {report:?}");
+        assert!(
+            report.rejected.is_empty(),
+            "honest changes refused: {report:?}"
+        );
     }
     Ok(())
 }
@@ -94,9 +122,10 @@ fn allowed(result: Result<impl Sized>) -> Result<()> {
 
 fn run(n: usize, actions: &[Action]) -> Result<()> {
     let mut devices = (0..n).map(|_| Device::new()).collect::<Result<Vec<_>>>()?;
-    let id = devices[0]
-        .k
-        .create_community("Elm Street", "Neighbours", Visibility::Public, at(0))?;
+    let id =
+        devices[0]
+            .k
+            .create_community("Elm Street", "Neighbours", Visibility::Public, at(0))?;
     for i in 1..n {
         let (founder, d) = pair(&mut devices, 0, i);
         founder.send_to(d, id, at(1))?;
@@ -135,7 +164,12 @@ fn run(n: usize, actions: &[Action]) -> Result<()> {
                 allowed(devices[dev].k.community(id)?.update_norm(&norm, now))?;
             }
             Action::RemoveNorm { dev, slot } => {
-                allowed(devices[dev].k.community(id)?.remove_norm(&format!("n{slot}"), now))?;
+                allowed(
+                    devices[dev]
+                        .k
+                        .community(id)?
+                        .remove_norm(&format!("n{slot}"), now),
+                )?;
             }
             Action::Describe { dev, variant } => {
                 let text = format!("Description {variant}");
@@ -143,10 +177,20 @@ fn run(n: usize, actions: &[Action]) -> Result<()> {
             }
             Action::SetRole { dev, target, role } => {
                 let role = [Role::Member, Role::Moderator, Role::Admin][usize::from(role)];
-                allowed(devices[dev].k.community(id)?.set_role(ids[target], role, now))?;
+                allowed(
+                    devices[dev]
+                        .k
+                        .community(id)?
+                        .set_role(ids[target], role, now),
+                )?;
             }
             Action::Remove { dev, target } => {
-                allowed(devices[dev].k.community(id)?.remove(ids[target], "test", now))?;
+                allowed(
+                    devices[dev]
+                        .k
+                        .community(id)?
+                        .remove(ids[target], "test", now),
+                )?;
             }
             Action::Send {
                 from,
@@ -177,10 +221,20 @@ fn run(n: usize, actions: &[Action]) -> Result<()> {
         assert_eq!(d.rows(id, "pending_changes")?, 0, "changes still pending");
         let c = d.k.community(id)?;
         let dump = c.projection_dump()?;
-        let view = (c.members()?, c.norms()?, c.info()?, dump.clone(), c.heads()?);
+        let view = (
+            c.members()?,
+            c.norms()?,
+            c.info()?,
+            dump.clone(),
+            c.heads()?,
+        );
         // Projections equal a full rebuild from the documents.
         c.rebuild_projections()?;
-        assert_eq!(c.projection_dump()?, dump, "projection differs from rebuild");
+        assert_eq!(
+            c.projection_dump()?,
+            dump,
+            "projection differs from rebuild"
+        );
         views.push(view);
     }
     for v in &views[1..] {

@@ -33,13 +33,22 @@ fn everything_is_there_after_reopening() -> Result<()> {
     bob.k.join_with_invite(&invite.to_link(), at(3))?;
     sync(&mut alice, &mut bob, id, at(4))?;
     let bob_id = bob.k.member_id();
-    alice.k.community(id)?.set_role(bob_id, Role::Moderator, at(5))?;
-    alice.k.community(id)?.set_profile(&profile("hello"), at(6))?;
+    alice
+        .k
+        .community(id)?
+        .set_role(bob_id, Role::Moderator, at(5))?;
+    alice
+        .k
+        .community(id)?
+        .set_profile(&profile("hello"), at(6))?;
     alice
         .k
         .community(id)?
         .add_norm("Be kind", "Assume good faith", "conduct", at(7))?;
-    alice.k.community(id)?.set_description("Our street", at(8))?;
+    alice
+        .k
+        .community(id)?
+        .set_description("Our street", at(8))?;
     sync(&mut alice, &mut bob, id, at(9))?;
 
     let before = {
@@ -114,18 +123,27 @@ fn a_local_write_that_fails_midway_leaves_nothing() -> Result<()> {
     let id = alice
         .k
         .create_community("Elm Street", "", Visibility::Public, at(0))?;
-    alice.k.community(id)?.set_profile(&profile("first"), at(1))?;
+    alice
+        .k
+        .community(id)?
+        .set_profile(&profile("first"), at(1))?;
     let changes = alice.rows(id, "changes")?;
     // The change row goes in first, then the projection fails.
     break_table(&alice, id, "norms")?;
-    let err = alice.k.community(id)?.add_norm("Be kind", "", "conduct", at(2));
+    let err = alice
+        .k
+        .community(id)?
+        .add_norm("Be kind", "", "conduct", at(2));
     assert!(matches!(err, Err(Error::Sqlite(_))), "{err:?}");
     assert_eq!(alice.rows(id, "changes")?, changes, "no half-stored change");
     assert_eq!(alice.rows(id, "norms")?, 0);
     mend_table(&alice, id)?;
     // Memory did not run ahead of the file: the next write works and the
     // refused norm is nowhere.
-    alice.k.community(id)?.add_norm("Be fair", "", "conduct", at(3))?;
+    alice
+        .k
+        .community(id)?
+        .add_norm("Be fair", "", "conduct", at(3))?;
     let c = alice.k.community(id)?;
     let titles: Vec<String> = c.norms()?.into_iter().map(|n| n.title).collect();
     assert_eq!(titles, vec!["Be fair".to_owned()]);
@@ -158,8 +176,15 @@ fn a_bundle_that_fails_midway_leaves_nothing() -> Result<()> {
     let before = (alice.rows(id, "auth_ops")?, alice.rows(id, "changes")?);
     break_table(&alice, id, "profiles")?;
     assert!(alice.k.receive(&bundle, at(5)).is_err());
-    assert_eq!((alice.rows(id, "auth_ops")?, alice.rows(id, "changes")?), before);
-    assert_eq!(alice.rows(id, "members")?, 1, "Bob's join is not half-applied");
+    assert_eq!(
+        (alice.rows(id, "auth_ops")?, alice.rows(id, "changes")?),
+        before
+    );
+    assert_eq!(
+        alice.rows(id, "members")?,
+        1,
+        "Bob's join is not half-applied"
+    );
     assert_eq!(alice.k.community(id)?.members()?.len(), 1);
     mend_table(&alice, id)?;
     let report = alice.k.receive(&bundle, at(6))?;
@@ -197,13 +222,20 @@ fn killed_writer_leaves_a_consistent_file() -> Result<()> {
         .create_community("Elm Street", "", Visibility::Public, at(0))?;
     alice.k.community(id)?.set_compact_every(16);
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["killed_writer_leaves_a_consistent_file", "--exact", "--nocapture"])
+        .args([
+            "killed_writer_leaves_a_consistent_file",
+            "--exact",
+            "--nocapture",
+        ])
         .env(CHILD_DIR, alice.path())
         .env(CHILD_COMMUNITY, id.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let stdout = child.stdout.take().ok_or(Error::InvalidArgument("no stdout".into()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or(Error::InvalidArgument("no stdout".into()))?;
     let mut last_ack = None;
     for line in BufReader::new(stdout).lines() {
         if let Some(n) = line?.strip_prefix("ack ") {
@@ -225,18 +257,25 @@ fn killed_writer_leaves_a_consistent_file() -> Result<()> {
         .strip_prefix("write ")
         .and_then(|n| n.parse().ok())
         .unwrap_or(-1);
-    assert!(written >= last_ack, "acknowledged write {last_ack} lost (file has {written})");
+    assert!(
+        written >= last_ack,
+        "acknowledged write {last_ack} lost (file has {written})"
+    );
     let dump = c.projection_dump()?;
     c.rebuild_projections()?;
-    assert_eq!(c.projection_dump()?, dump, "projection out of step with the documents");
+    assert_eq!(
+        c.projection_dump()?,
+        dump,
+        "projection out of step with the documents"
+    );
     // Every stored change still loads, and a new device takes them all.
     let bundle = c.changes_since(&Heads::empty())?;
     let mut bob = Device::new()?;
     let report = bob.k.receive(&bundle, at(1_000))?;
-    assert!(report.rejected.is_empty() && report.pending.is_empty(), "{report:?}");
-    assert_eq!(
-        bob.k.community(id)?.profile(&me)?.map(|p| p.bio),
-        Some(bio)
+    assert!(
+        report.rejected.is_empty() && report.pending.is_empty(),
+        "{report:?}"
     );
+    assert_eq!(bob.k.community(id)?.profile(&me)?.map(|p| p.bio), Some(bio));
     Ok(())
 }

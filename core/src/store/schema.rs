@@ -160,7 +160,10 @@ mod tests {
         }
         let migrated = Db::open(&path, &COMMUNITY)?;
         let fresh = Db::open(&dir.path().join("fresh.sqlite3"), &COMMUNITY)?;
-        assert_eq!(normalize(schema_of(&migrated)), normalize(schema_of(&fresh)));
+        assert_eq!(
+            normalize(schema_of(&migrated)),
+            normalize(schema_of(&fresh))
+        );
         let version: u32 = migrated
             .conn()
             .query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -182,7 +185,10 @@ mod tests {
             let conn = rusqlite::Connection::open(&path)?;
             conn.pragma_update(None, "user_version", 99)?;
         }
-        assert!(matches!(Db::open(&path, &COMMUNITY), Err(Error::Corrupt(_))));
+        assert!(matches!(
+            Db::open(&path, &COMMUNITY),
+            Err(Error::Corrupt(_))
+        ));
         Ok(())
     }
 
