@@ -30,6 +30,8 @@ pub struct CommunitySummary {
 /// A device's Karmyq: its identity and the communities it holds.
 pub struct Karmyq {
     dir: PathBuf,
+    /// Held for as long as this client is open: one writer per file.
+    _lock: std::fs::File,
     account: Db,
     keys: Arc<Keypair>,
     open: HashMap<CommunityId, Community>,
@@ -46,6 +48,8 @@ impl std::fmt::Debug for Karmyq {
 
 impl Karmyq {
     /// Opens a data directory, creating it and a new identity if empty.
+    /// Only one client at a time may hold a directory (in this process or
+    /// another): a second gets [`Error::DirectoryInUse`].
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(dir.as_ref(), None)
     }
@@ -60,6 +64,8 @@ impl Karmyq {
 
     fn open_with(dir: &Path, restore: Option<Keypair>) -> Result<Self> {
         std::fs::create_dir_all(dir.join("communities"))?;
+        let lock = std::fs::File::create(dir.join("lock"))?;
+        lock.try_lock().map_err(|_| Error::DirectoryInUse)?;
         let mut account = Db::open(&dir.join("account.sqlite3"), &schema::ACCOUNT)?;
         let stored: Option<Vec<u8>> = account
             .conn()
@@ -102,6 +108,7 @@ impl Karmyq {
         };
         Ok(Karmyq {
             dir: dir.to_owned(),
+            _lock: lock,
             account,
             keys: Arc::new(keys),
             open: HashMap::new(),

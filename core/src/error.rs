@@ -44,9 +44,9 @@ pub enum Error {
     /// This device's account has no such community.
     #[error("unknown community")]
     UnknownCommunity,
-    /// The data directory holds no account yet, or a different one.
-    #[error("no account in this data directory")]
-    NoAccount,
+    /// Another client holds this data directory.
+    #[error("the data directory is in use by another client")]
+    DirectoryInUse,
     /// A stored file is newer than this library or damaged.
     #[error("storage: {0}")]
     Corrupt(String),

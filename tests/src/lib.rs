@@ -42,8 +42,18 @@ impl Device {
 
     /// Closes and reopens the client on the same directory.
     pub fn reopen(&mut self) -> Result<()> {
-        let k = Karmyq::open(self.dir.path())?;
-        self.k = k;
+        self.close(|| Ok(()))
+    }
+
+    /// Closes the client, runs `meanwhile` (another process may use the
+    /// directory then), and opens it again.
+    pub fn close(&mut self, meanwhile: impl FnOnce() -> Result<()>) -> Result<()> {
+        // A placeholder holds `k` while the directory is free: a client on
+        // a directory of its own.
+        let spare = tempfile::tempdir()?;
+        drop(std::mem::replace(&mut self.k, Karmyq::open(spare.path())?));
+        meanwhile()?;
+        self.k = Karmyq::open(self.dir.path())?;
         Ok(())
     }
 

@@ -64,6 +64,11 @@ fn everything_is_there_after_reopening() -> Result<()> {
     let c = alice.k.community(id)?;
     assert_eq!((c.members()?, c.norms()?, c.info()?, c.heads()?), before);
     assert_eq!(alice.k.communities()?.len(), 1);
+    // One client per directory: a second open is refused while one holds it.
+    assert!(matches!(
+        Karmyq::open(alice.path()),
+        Err(Error::DirectoryInUse)
+    ));
     Ok(())
 }
 
@@ -221,35 +226,38 @@ fn killed_writer_leaves_a_consistent_file() -> Result<()> {
         .k
         .create_community("Elm Street", "", Visibility::Public, at(0))?;
     alice.k.community(id)?.set_compact_every(16);
-    let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "killed_writer_leaves_a_consistent_file",
-            "--exact",
-            "--nocapture",
-        ])
-        .env(CHILD_DIR, alice.path())
-        .env(CHILD_COMMUNITY, id.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or(Error::InvalidArgument("no stdout".into()))?;
     let mut last_ack = None;
-    for line in BufReader::new(stdout).lines() {
-        if let Some(n) = line?.strip_prefix("ack ") {
-            last_ack = n.parse::<i64>().ok();
-            if last_ack >= Some(60) {
-                break;
+    let dir = alice.path().to_owned();
+    alice.close(|| {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([
+                "killed_writer_leaves_a_consistent_file",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(CHILD_DIR, &dir)
+            .env(CHILD_COMMUNITY, id.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or(Error::InvalidArgument("no stdout".into()))?;
+        for line in BufReader::new(stdout).lines() {
+            if let Some(n) = line?.strip_prefix("ack ") {
+                last_ack = n.parse::<i64>().ok();
+                if last_ack >= Some(60) {
+                    break;
+                }
             }
         }
-    }
-    child.kill()?; // SIGKILL: no destructor, no commit, no checkpoint.
-    child.wait()?;
+        child.kill()?; // SIGKILL: no destructor, no commit, no checkpoint.
+        child.wait()?;
+        Ok(())
+    })?;
     let last_ack = last_ack.ok_or(Error::InvalidArgument("child wrote nothing".into()))?;
 
-    alice.reopen()?;
     let c = alice.k.community(id)?;
     let me = c.me();
     let bio = c.profile(&me)?.map(|p| p.bio).unwrap_or_default();
