@@ -20,12 +20,12 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{Automerge, ObjType, ROOT};
+use automerge::{Automerge, ObjType, ROOT, ReadDoc};
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use karmyq_core::{
-    AuthorityLog, Bundle, CommunityId, ContentCutoff, DocId, Heads, InviteKey, InviteProof, Karmyq,
-    Keypair, Norm, Op, OpBody, OpHash, Profile, Role, Settings, SettingsPatch, SignedChange,
-    SignedOp, Timestamp, Visibility, actor_of,
+    AuthorityLog, Bundle, CommunityId, DocId, Heads, InviteKey, InviteProof, Karmyq, Keypair, Norm,
+    Op, OpBody, OpHash, Profile, Role, Settings, SettingsPatch, SignedChange, SignedOp, Timestamp,
+    Visibility, actor_of,
 };
 use tempfile::TempDir;
 
@@ -493,7 +493,6 @@ fn authority_log(n: usize) -> AuthorityLog {
                         OpBody::SetRole {
                             member: people[m].keys.member_id(),
                             role,
-                            cutoff: ContentCutoff::default(),
                         },
                     )
                 }),
@@ -504,7 +503,6 @@ fn authority_log(n: usize) -> AuthorityLog {
                         OpBody::SetRole {
                             member: people[m].keys.member_id(),
                             role: Role::Member,
-                            cutoff: ContentCutoff::default(),
                         },
                     )
                 }),
@@ -517,19 +515,13 @@ fn authority_log(n: usize) -> AuthorityLog {
                             OpBody::Remove {
                                 member: people[m].keys.member_id(),
                                 reason: "Repeated no-shows".into(),
-                                cutoff: ContentCutoff::default(),
                             },
                         )
                     })
                 }),
                 72..=74 => pick_exact(&mut rng, &people, Role::Member).map(|m| {
                     people[m].role = None;
-                    (
-                        m,
-                        OpBody::Leave {
-                            cutoff: ContentCutoff::default(),
-                        },
-                    )
+                    (m, OpBody::Leave)
                 }),
                 75..=79 => pick(&mut rng, &people, Role::Admin).map(|a| {
                     let invite = fresh();

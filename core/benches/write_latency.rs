@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{Automerge, ObjType, ROOT};
+use automerge::{Automerge, ObjType, ROOT, ReadDoc};
 use karmyq_core::{
     Bundle, CommunityId, DocId, Karmyq, Keypair, Norm, Op, OpBody, OpHash, Profile, Settings,
     SettingsPatch, SignedChange, SignedOp, Timestamp, Visibility, actor_of,
