@@ -499,9 +499,18 @@ impl AuthorityLog {
             return Ok(Inserted::Duplicate);
         }
         op.authenticate(Some(self.id))?;
+        Ok(self.insert_authenticated(hash, op))
+    }
+
+    /// Adds an op that passed [`SignedOp::authenticate`] (`hash` is its
+    /// hash), or parks it until its parents arrive.
+    fn insert_authenticated(&mut self, hash: OpHash, op: SignedOp) -> Inserted {
+        if self.ops.contains_key(&hash) || self.pending.contains_key(&hash) {
+            return Inserted::Duplicate;
+        }
         if !op.op.parents.iter().all(|p| self.ops.contains_key(p)) {
             self.pending.insert(hash, op);
-            return Ok(Inserted::Pending);
+            return Inserted::Pending;
         }
         let mut added = vec![hash];
         self.add(hash, op);
@@ -523,7 +532,7 @@ impl AuthorityLog {
                 }
             }
         }
-        Ok(Inserted::Added(added))
+        Inserted::Added(added)
     }
 
     fn add(&mut self, hash: OpHash, op: SignedOp) {
@@ -633,6 +642,9 @@ impl Bits {
     fn get(&self, i: usize) -> bool {
         self.0[i / 64] & (1 << (i % 64)) != 0
     }
+    fn intersects(&self, other: &Bits) -> bool {
+        self.0.iter().zip(&other.0).any(|(a, b)| a & b != 0)
+    }
     fn union(&mut self, other: &Bits) {
         for (a, b) in self.0.iter_mut().zip(&other.0) {
             *a |= b;
@@ -692,12 +704,12 @@ impl CutIndex {
         let mut state: Option<(Role, usize)> = None;
         for &i in ops.iter().filter(|&&i| cut.get(i)) {
             match self.kinds[i] {
-                None => {}
-                Some(Kind::Entry(role)) => {
-                    if state.is_none() && !exits.iter().any(|&x| self.concurrent(i, x)) {
-                        state = Some((role, i));
-                    }
+                Some(Kind::Entry(role))
+                    if state.is_none() && !exits.iter().any(|&x| self.concurrent(i, x)) =>
+                {
+                    state = Some((role, i));
                 }
+                None | Some(Kind::Entry(_)) => {}
                 Some(Kind::SetRole(role)) => {
                     if let Some((r, _)) = state.as_mut() {
                         *r = role;
@@ -777,24 +789,34 @@ impl<'a> Resolver<'a> {
                 .filter(|&i| pass.verdicts[i].is_ok())
                 .filter(|&i| matches!(self.ops[i].op.body, OpBody::Remove { .. }))
                 .collect();
-            removals.sort_by_key(|&i| (pass.seniority_of(&self.ops[i].op.author), i));
-            let mut newly = vec![false; n];
+            // Seniority is the position of the remover's current entry, as in
+            // `Member::seniority`.
+            removals.sort_by_key(|&i| {
+                let entry = self.role_in_past(&self.ops[i].op.author, i);
+                (entry.map_or(usize::MAX, |(_, e)| e), i)
+            });
+            let mut newly = Bits::new(n);
             for r in removals {
-                if newly[r] {
+                if newly.get(r) {
                     continue;
+                }
+                // What this round voided may change whether `r` is valid:
+                // re-check it (and every less senior removal) first.
+                if self.cut.ancestors[r].intersects(&newly) {
+                    break;
                 }
                 let Some((target, _)) = self.targets[r] else {
                     continue;
                 };
-                for o in 0..n {
-                    if self.ops[o].op.author == target && self.cut.concurrent(o, r) {
-                        newly[o] = true;
+                for (o, &v) in voided.iter().enumerate() {
+                    if !v && self.ops[o].op.author == target && self.cut.concurrent(o, r) {
+                        newly.set(o);
                     }
                 }
             }
             let mut grew = false;
-            for (v, nv) in voided.iter_mut().zip(newly) {
-                if nv && !*v {
+            for (o, v) in voided.iter_mut().enumerate() {
+                if newly.get(o) {
                     *v = true;
                     grew = true;
                 }
@@ -812,15 +834,14 @@ impl<'a> Resolver<'a> {
         let n = self.ops.len();
         let mut pass = Pass {
             verdicts: Vec::with_capacity(n),
-            seniority: HashMap::new(),
             uses: HashMap::new(),
             member_count: 0,
             running: HashMap::new(),
         };
         self.cut.affecting.clear();
         let genesis = self.log.genesis();
-        for i in 0..n {
-            let verdict = if voided[i] {
+        for (i, &v) in voided.iter().enumerate() {
+            let verdict = if v {
                 Err(Rejection::ConcurrentWithRemoval)
             } else if self.order[i] == genesis {
                 Ok(())
@@ -941,13 +962,16 @@ impl<'a> Resolver<'a> {
             }
             OpBody::Leave => need(Role::Member),
             OpBody::CreateInvite {
+                invite_key,
                 expires_at,
                 max_uses,
-                ..
             } => {
                 need(Role::Admin)?;
                 if *max_uses == 0 || *expires_at <= op.created_at {
                     return Err(Rejection::InviteInvalid("empty"));
+                }
+                if self.find_invite(i, invite_key, &pass.verdicts).is_some() {
+                    return Err(Rejection::InviteInvalid("duplicate"));
                 }
                 Ok(())
             }
@@ -1034,13 +1058,20 @@ impl<'a> Resolver<'a> {
             self.cut.affecting.entry(member).or_default().push(i);
             let was = pass.running.get(&member).copied().unwrap_or(false);
             let is = match kind {
-                Kind::Entry(_) => true,
+                // Remove wins: an entry concurrent with an earlier exit of
+                // the same member does not count (as in `membership`).
+                Kind::Entry(_) => {
+                    was || !self.cut.affecting.get(&member).is_some_and(|ops| {
+                        ops.iter().any(|&x| {
+                            self.cut.kinds[x] == Some(Kind::Exit) && self.cut.concurrent(i, x)
+                        })
+                    })
+                }
                 Kind::SetRole(_) => was,
                 Kind::Exit => false,
             };
             if is && !was {
                 pass.member_count += 1;
-                pass.seniority.entry(member).or_insert(i);
             }
             if was && !is {
                 pass.member_count = pass.member_count.saturating_sub(1);
@@ -1104,17 +1135,16 @@ impl<'a> Resolver<'a> {
                     expires_at,
                     max_uses,
                 } => {
-                    invites.insert(
-                        *invite_key,
-                        Invite {
-                            key: *invite_key,
-                            created_by: s.op.author,
-                            expires_at: *expires_at,
-                            max_uses: *max_uses,
-                            uses: pass.uses.get(invite_key).copied().unwrap_or(0),
-                            revoked: false,
-                        },
-                    );
+                    // Of concurrent creations of one key, the first counts
+                    // (as in `find_invite`).
+                    invites.entry(*invite_key).or_insert(Invite {
+                        key: *invite_key,
+                        created_by: s.op.author,
+                        expires_at: *expires_at,
+                        max_uses: *max_uses,
+                        uses: pass.uses.get(invite_key).copied().unwrap_or(0),
+                        revoked: false,
+                    });
                 }
                 OpBody::RevokeInvite { invite_key } => {
                     if let Some(inv) = invites.get_mut(invite_key) {
@@ -1142,17 +1172,9 @@ impl<'a> Resolver<'a> {
 
 struct Pass {
     verdicts: Vec<std::result::Result<(), Rejection>>,
-    /// Linear position of each member's first effective entry.
-    seniority: HashMap<MemberId, usize>,
     uses: HashMap<InviteKey, u32>,
     member_count: u32,
     running: HashMap<MemberId, bool>,
-}
-
-impl Pass {
-    fn seniority_of(&self, member: &MemberId) -> usize {
-        self.seniority.get(member).copied().unwrap_or(usize::MAX)
-    }
 }
 
 /// A community or member name: 1–80 characters, no control characters.
@@ -1183,10 +1205,10 @@ fn linear_order(log: &AuthorityLog) -> Vec<OpHash> {
         for c in children.get(&h).into_iter().flatten() {
             if let Some(w) = waiting.get_mut(c) {
                 *w -= 1;
-                if *w == 0 {
-                    if let Some(op) = log.ops.get(c) {
-                        ready.push(std::cmp::Reverse((op.op.created_at, *c)));
-                    }
+                if *w == 0
+                    && let Some(op) = log.ops.get(c)
+                {
+                    ready.push(std::cmp::Reverse((op.op.created_at, *c)));
                 }
             }
         }
