@@ -602,9 +602,25 @@ impl Community {
         if bundle.community != self.id {
             return Err(Rejection::WrongCommunity.into());
         }
+        let span = tracing::debug_span!("apply", community = %self.id.fmt_short());
+        let _entered = span.enter();
         let result = self.apply_inner(bundle);
-        if result.is_err() {
-            self.reload()?;
+        match &result {
+            Ok(report) => {
+                for (item, reason) in &report.rejected {
+                    tracing::debug!(?item, reason = reason.code(), "refused");
+                }
+                tracing::debug!(
+                    accepted = report.accepted.len(),
+                    rejected = report.rejected.len(),
+                    pending = report.pending.len(),
+                    "bundle applied"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(%error, "bundle not applied; reloading from the file");
+                self.reload()?;
+            }
         }
         result
     }
