@@ -305,7 +305,7 @@ fn apply_10k_changes(c: &mut Criterion) {
     group
         .sample_size(10)
         .sampling_mode(SamplingMode::Flat)
-        .measurement_time(Duration::from_secs(8))
+        .measurement_time(Duration::from_secs(15))
         .throughput(Throughput::Elements(changes as u64));
     group.bench_function("apply_10k_changes", |b| {
         b.iter_batched(
