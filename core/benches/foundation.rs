@@ -25,7 +25,7 @@ use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group,
 use karmyq_core::{
     AuthorityLog, Bundle, CommunityId, DocId, Heads, InviteKey, InviteProof, Karmyq, Keypair, Norm,
     Op, OpBody, OpHash, Profile, Role, Settings, SettingsPatch, SignedChange, SignedOp, Timestamp,
-    Visibility, actor_of,
+    Visibility, actor_of, auth_message,
 };
 use tempfile::TempDir;
 
@@ -100,11 +100,15 @@ fn first_profile(
     tx.put(&entry, "name", format!("Member {n}")).expect("name");
     tx.put(&entry, "availability", "weekends")
         .expect("availability");
-    let (hash, _) = tx.commit_with(CommitOptions::default().with_time(now.as_millis()));
+    let (hash, _) = tx.commit_with(
+        CommitOptions::default()
+            .with_message(auth_message(auth_heads))
+            .with_time(now.as_millis()),
+    );
     let mut change = doc
         .get_change_by_hash(&hash.expect("a change"))
         .expect("committed change");
-    SignedChange::sign(id, &DocId::Profiles, &mut change, auth_heads.to_vec(), kp)
+    SignedChange::sign(id, &DocId::Profiles, &mut change, kp)
 }
 
 /// A community of `members` members besides its founder, each with a

@@ -17,7 +17,7 @@ use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{Automerge, ObjType, ROOT, ReadDoc};
 use karmyq_core::{
     Bundle, CommunityId, DocId, Karmyq, Keypair, Norm, Op, OpBody, OpHash, Profile, Settings,
-    SettingsPatch, SignedChange, SignedOp, Timestamp, Visibility, actor_of,
+    SettingsPatch, SignedChange, SignedOp, Timestamp, Visibility, actor_of, auth_message,
 };
 use tempfile::TempDir;
 
@@ -71,11 +71,15 @@ fn first_profile(
     tx.put(&entry, "name", format!("Member {n}")).expect("name");
     tx.put(&entry, "availability", "weekends")
         .expect("availability");
-    let (hash, _) = tx.commit_with(CommitOptions::default().with_time(now.as_millis()));
+    let (hash, _) = tx.commit_with(
+        CommitOptions::default()
+            .with_message(auth_message(auth_heads))
+            .with_time(now.as_millis()),
+    );
     let mut change = doc
         .get_change_by_hash(&hash.expect("a change"))
         .expect("committed change");
-    SignedChange::sign(id, &DocId::Profiles, &mut change, auth_heads.to_vec(), kp)
+    SignedChange::sign(id, &DocId::Profiles, &mut change, kp)
 }
 
 /// A community of `members` members besides its founder, each with a

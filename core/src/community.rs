@@ -21,7 +21,7 @@ use crate::authority::{
 };
 use crate::bundle::{Bundle, Heads, Item, Report};
 use crate::codec;
-use crate::docs::{Authentic, DocId, SignedChange, actor_of, change_hash};
+use crate::docs::{Authentic, DocId, SignedChange, actor_of, auth_message, change_hash};
 use crate::error::{Error, Rejection, Result};
 use crate::identity::{Keypair, MemberId};
 use crate::invite::InviteToken;
@@ -467,7 +467,10 @@ impl Community {
             tx.rollback();
             return Err(e);
         }
-        let (hash, _) = tx.commit_with(CommitOptions::default().with_time(now.as_millis()));
+        let options = CommitOptions::default()
+            .with_message(auth_message(&log.heads()))
+            .with_time(now.as_millis());
+        let (hash, _) = tx.commit_with(options);
         let Some(hash) = hash else {
             return Ok(());
         };
@@ -475,15 +478,38 @@ impl Community {
             .doc
             .get_change_by_hash(&hash)
             .ok_or_else(|| Error::Corrupt("committed change missing".into()))?;
-        let signed = SignedChange::sign(*id, doc_id, &mut change, log.heads(), keys);
+        let signed = SignedChange::sign(*id, doc_id, &mut change, keys);
         let authentic = signed.authenticate(*id)?;
         authentic.authorize(auth)?;
         let mut touched = Touched::default();
         db.write(|tx| {
-            store_change(tx, &authentic, loaded, *compact_every)?;
+            store_change(tx, &authentic)?;
+            loaded.since_snapshot += 1;
             touched.note(&authentic);
-            project_docs(tx, docs_view(loaded, doc_id), &touched)
+            project_docs(tx, docs_view(loaded, doc_id), &touched)?;
+            // Snapshots belong to quiet moments (`compact`); this only keeps
+            // a file that never gets one from growing without bound.
+            if loaded.since_snapshot >= compact_every.saturating_mul(4) {
+                save_snapshot(tx, doc_id, loaded)?;
+            }
+            Ok(())
         })
+    }
+
+    /// Writes a snapshot of every loaded document with changes since its
+    /// last one, and checkpoints the write-ahead log: work for a quiet
+    /// moment (app in the background, after a sync), kept off the write path.
+    pub fn compact(&mut self) -> Result<()> {
+        let Community { db, docs, .. } = self;
+        db.write(|tx| {
+            for (doc_id, loaded) in docs.iter_mut() {
+                if loaded.since_snapshot > 0 {
+                    save_snapshot(tx, doc_id, loaded)?;
+                }
+            }
+            Ok(())
+        })?;
+        self.db.checkpoint()
     }
 
     // ----- exchange -------------------------------------------------------
@@ -689,77 +715,45 @@ impl Community {
             if resolved.is_some() {
                 project_members(tx, auth_now)?;
             }
+            // This bundle's changes, then the ones that waited before it.
+            let fresh = bundle.changes.len();
+            let mut batch = Batch::default();
+            let mut seen = HashSet::new();
+            for (i, signed) in bundle
+                .changes
+                .iter()
+                .cloned()
+                .chain(load_pending(tx)?)
+                .enumerate()
+            {
+                let item = item_of(&signed);
+                if !seen.insert(signed.envelope.change_hash) || stored(tx, &signed)? {
+                    report.duplicates += usize::from(i < fresh);
+                    continue;
+                }
+                match signed.decode(*id) {
+                    Ok(change) => batch.push(change, item, i < fresh),
+                    Err(reason) => report.rejected.push((item, reason)),
+                }
+            }
+            batch.decide(tx, docs, &mut judge, &actor)?;
             let mut touched = Touched::default();
-            let mut waiting: Vec<SignedChange> = Vec::new();
-            for signed in &bundle.changes {
-                let item = item_of(signed);
-                let authentic = match signed.authenticate(*id) {
-                    Ok(a) => a,
-                    Err(reason) => {
-                        report.rejected.push((item, reason));
-                        continue;
-                    }
-                };
-                match try_accept(tx, docs, &authentic, &mut judge, &actor, *compact_every)? {
-                    Step::Accepted => {
-                        touched.note(&authentic);
-                        report.accepted.push(item);
-                    }
-                    Step::Duplicate => report.duplicates += 1,
-                    Step::Wait => waiting.push(signed.clone()),
-                    Step::Rejected(reason) => report.rejected.push((item, reason)),
-                }
-            }
-            // Earlier pending changes, and this bundle's waiting ones, until
-            // nothing moves.
-            let mut pending = load_pending(tx)?;
-            pending.extend(waiting);
-            loop {
-                let mut moved = false;
-                let mut still = Vec::new();
-                for signed in pending {
-                    let item = item_of(&signed);
-                    let authentic = match signed.authenticate(*id) {
-                        Ok(a) => a,
-                        Err(reason) => {
-                            report.rejected.push((item, reason));
-                            continue;
-                        }
-                    };
-                    match try_accept(tx, docs, &authentic, &mut judge, &actor, *compact_every)? {
-                        Step::Accepted => {
-                            touched.note(&authentic);
-                            report.accepted.push(item);
-                            moved = true;
-                        }
-                        Step::Duplicate => {}
-                        Step::Wait => still.push(signed),
-                        Step::Rejected(reason) => report.rejected.push((item, reason)),
-                    }
-                }
-                pending = still;
-                if !moved {
-                    break;
-                }
-            }
             tx.execute("DELETE FROM pending_changes", [])?;
-            for signed in &pending {
-                tx.execute(
-                    "INSERT INTO pending_changes (hash, doc_id, signed) VALUES (?1, ?2, ?3)",
-                    params![
-                        signed.envelope.change_hash.as_slice(),
-                        signed.envelope.doc,
-                        codec::encode(signed)
-                    ],
-                )?;
+            for (doc_id, changes) in batch.accepted_by_doc() {
+                let loaded = load_doc_tx(tx, docs, &doc_id, &actor)?;
+                loaded
+                    .doc
+                    .apply_changes(changes.iter().map(|c| c.change.clone()))?;
+                for change in &changes {
+                    store_change(tx, change)?;
+                    touched.note(change);
+                }
+                loaded.since_snapshot += u32::try_from(changes.len()).unwrap_or(u32::MAX);
+                if loaded.since_snapshot >= *compact_every {
+                    save_snapshot(tx, &doc_id, loaded)?;
+                }
             }
-            let newly_pending: HashSet<Item> = bundle.changes.iter().map(item_of).collect();
-            report.pending.extend(
-                pending
-                    .iter()
-                    .map(item_of)
-                    .filter(|i| newly_pending.contains(i)),
-            );
+            batch.report(tx, &mut report)?;
             project_all_docs(tx, docs, &touched)
         })?;
         if let Some(resolved) = resolved {
@@ -824,13 +818,6 @@ impl Community {
     }
 }
 
-enum Step {
-    Accepted,
-    Duplicate,
-    Wait,
-    Rejected(Rejection),
-}
-
 impl Touched {
     fn note(&mut self, change: &Authentic) {
         match change.doc {
@@ -879,35 +866,211 @@ impl Judge<'_> {
     }
 }
 
-/// Accepts an authenticated change from another replica if it is valid
-/// and everything it depends on is here.
-fn try_accept(
-    tx: &Transaction<'_>,
-    docs: &mut HashMap<DocId, Loaded>,
-    change: &Authentic,
-    judge: &mut Judge<'_>,
-    actor: &automerge::ActorId,
-    compact_every: u32,
-) -> Result<Step> {
-    let exists: bool = tx
+/// Whether a change is already stored.
+fn stored(tx: &Transaction<'_>, signed: &SignedChange) -> Result<bool> {
+    Ok(tx
         .prepare_cached("SELECT 1 FROM changes WHERE hash = ?1")?
-        .exists([change.signed.envelope.change_hash.as_slice()])?;
-    if exists {
-        return Ok(Step::Duplicate);
+        .exists([signed.envelope.change_hash.as_slice()])?)
+}
+
+/// Why a change's signature can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// Not looked at yet.
+    Unknown,
+    /// Its own signature verifies.
+    Verified,
+    /// An ancestor of this verified change by the same author.
+    Vouched(usize),
+}
+
+/// Where a change stands while a batch is decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Undecided,
+    Accepted,
+    Rejected(Rejection),
+}
+
+/// The changes of one apply: from the bundle and from the pending table.
+#[derive(Default)]
+struct Batch {
+    changes: Vec<Authentic>,
+    items: Vec<Item>,
+    fresh: Vec<bool>,
+    trust: Vec<Trust>,
+    verdicts: Vec<Verdict>,
+    /// Order of acceptance (dependencies first).
+    order: Vec<usize>,
+}
+
+impl Batch {
+    fn push(&mut self, change: Authentic, item: Item, fresh: bool) {
+        self.changes.push(change);
+        self.items.push(item);
+        self.fresh.push(fresh);
+        self.trust.push(Trust::Unknown);
+        self.verdicts.push(Verdict::Undecided);
     }
-    let Some(at) = judge.at(&change.signed.envelope.auth_heads) else {
-        return Ok(Step::Wait);
-    };
-    if let Err(reason) = change.authorize(at) {
-        return Ok(Step::Rejected(reason));
+
+    /// Signatures: each author's newest change in a document is verified;
+    /// the older ones it descends from are vouched for by it.
+    fn vouch(&mut self) {
+        let mut by_hash: HashMap<(&DocId, [u8; 32]), usize> = HashMap::new();
+        let mut groups: HashMap<(&DocId, MemberId), Vec<usize>> = HashMap::new();
+        for (i, c) in self.changes.iter().enumerate() {
+            by_hash.insert((&c.doc, c.change.hash().0), i);
+            groups.entry((&c.doc, c.author())).or_default().push(i);
+        }
+        let mut trust = std::mem::take(&mut self.trust);
+        for ((doc, author), mut members) in groups {
+            members.sort_by_key(|&i| std::cmp::Reverse(self.changes[i].change.seq()));
+            for tip in members {
+                if trust[tip] != Trust::Unknown || self.verdicts[tip] != Verdict::Undecided {
+                    continue;
+                }
+                if let Err(reason) = self.changes[tip].verify_signature() {
+                    self.verdicts[tip] = Verdict::Rejected(reason);
+                    continue;
+                }
+                trust[tip] = Trust::Verified;
+                let mut stack: Vec<ChangeHash> = self.changes[tip].change.deps().to_vec();
+                let mut walked = HashSet::new();
+                while let Some(h) = stack.pop() {
+                    let Some(&j) = by_hash.get(&(doc, h.0)) else {
+                        continue;
+                    };
+                    if !walked.insert(j) {
+                        continue;
+                    }
+                    if self.changes[j].author() == author && trust[j] == Trust::Unknown {
+                        trust[j] = Trust::Vouched(tip);
+                    }
+                    stack.extend(self.changes[j].change.deps().iter().copied());
+                }
+            }
+        }
+        self.trust = trust;
     }
-    let loaded = load_doc_tx(tx, docs, &change.doc, actor)?;
-    if !loaded.doc.get_missing_deps(change.change.deps()).is_empty() {
-        return Ok(Step::Wait);
+
+    /// Decides every change: accepted (valid, everything it needs here),
+    /// rejected with a reason, or left undecided (it waits).
+    fn decide(
+        &mut self,
+        tx: &Transaction<'_>,
+        docs: &mut HashMap<DocId, Loaded>,
+        judge: &mut Judge<'_>,
+        actor: &automerge::ActorId,
+    ) -> Result<()> {
+        self.vouch();
+        loop {
+            self.accept_ready(tx, docs, judge, actor)?;
+            // A change vouched for by one that was not accepted needs its
+            // own signature; if that fails, decide again without it.
+            let mut again = false;
+            for i in 0..self.changes.len() {
+                if let (Trust::Vouched(v), Verdict::Accepted) = (self.trust[i], &self.verdicts[i]) {
+                    if self.verdicts[v] == Verdict::Accepted {
+                        continue;
+                    }
+                    match self.changes[i].verify_signature() {
+                        Ok(()) => self.trust[i] = Trust::Verified,
+                        Err(reason) => {
+                            self.verdicts[i] = Verdict::Rejected(reason);
+                            again = true;
+                        }
+                    }
+                }
+            }
+            if !again {
+                return Ok(());
+            }
+            for v in &mut self.verdicts {
+                if *v == Verdict::Accepted {
+                    *v = Verdict::Undecided;
+                }
+            }
+            self.order.clear();
+        }
     }
-    loaded.doc.apply_changes([change.change.clone()])?;
-    store_change(tx, change, loaded, compact_every)?;
-    Ok(Step::Accepted)
+
+    /// Accepts, until nothing moves, every undecided change that is valid
+    /// and whose dependencies are in its document or accepted before it.
+    fn accept_ready(
+        &mut self,
+        tx: &Transaction<'_>,
+        docs: &mut HashMap<DocId, Loaded>,
+        judge: &mut Judge<'_>,
+        actor: &automerge::ActorId,
+    ) -> Result<()> {
+        let mut accepted: HashSet<[u8; 32]> = HashSet::new();
+        loop {
+            let mut moved = false;
+            for i in 0..self.changes.len() {
+                if self.verdicts[i] != Verdict::Undecided {
+                    continue;
+                }
+                let change = &self.changes[i];
+                let Some(at) = judge.at(&change.auth_heads) else {
+                    continue;
+                };
+                if let Err(reason) = change.authorize(at) {
+                    self.verdicts[i] = Verdict::Rejected(reason);
+                    continue;
+                }
+                let loaded = load_doc_tx(tx, docs, &change.doc, actor)?;
+                let missing = loaded.doc.get_missing_deps(change.change.deps());
+                if missing.iter().all(|d| accepted.contains(&d.0)) {
+                    accepted.insert(change.change.hash().0);
+                    self.verdicts[i] = Verdict::Accepted;
+                    self.order.push(i);
+                    moved = true;
+                }
+            }
+            if !moved {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The accepted changes per document, dependencies first.
+    fn accepted_by_doc(&self) -> Vec<(DocId, Vec<&Authentic>)> {
+        let mut out: Vec<(DocId, Vec<&Authentic>)> = Vec::new();
+        for &i in &self.order {
+            let change = &self.changes[i];
+            match out.iter_mut().find(|(d, _)| *d == change.doc) {
+                Some((_, list)) => list.push(change),
+                None => out.push((change.doc.clone(), vec![change])),
+            }
+        }
+        out
+    }
+
+    /// Fills the report and parks what still waits.
+    fn report(&self, tx: &Transaction<'_>, report: &mut Report) -> Result<()> {
+        for (i, verdict) in self.verdicts.iter().enumerate() {
+            let item = self.items[i].clone();
+            match verdict {
+                Verdict::Accepted => report.accepted.push(item),
+                Verdict::Rejected(reason) => report.rejected.push((item, reason.clone())),
+                Verdict::Undecided => {
+                    let signed = &self.changes[i].signed;
+                    tx.prepare_cached(
+                        "INSERT INTO pending_changes (hash, doc_id, signed) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![
+                        signed.envelope.change_hash.as_slice(),
+                        signed.envelope.doc,
+                        codec::encode(signed)
+                    ])?;
+                    if self.fresh[i] {
+                        report.pending.push(item);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn load_pending(tx: &Transaction<'_>) -> Result<Vec<SignedChange>> {
@@ -920,13 +1083,8 @@ fn load_pending(tx: &Transaction<'_>) -> Result<Vec<SignedChange>> {
     Ok(out)
 }
 
-/// Stores an accepted change, and a snapshot when one is due.
-fn store_change(
-    tx: &Transaction<'_>,
-    change: &Authentic,
-    loaded: &mut Loaded,
-    compact_every: u32,
-) -> Result<()> {
+/// Stores an accepted change with its envelope.
+fn store_change(tx: &Transaction<'_>, change: &Authentic) -> Result<()> {
     let env = &change.signed.envelope;
     tx.prepare_cached(
         "INSERT INTO changes (doc_id, hash, author, actor_seq, envelope, bytes)
@@ -940,17 +1098,19 @@ fn store_change(
         codec::encode(env),
         change.signed.bytes,
     ])?;
-    loaded.since_snapshot += 1;
-    if loaded.since_snapshot >= compact_every {
-        tx.prepare_cached(
-            "INSERT INTO snapshots (doc_id, through_seq, bytes)
-             VALUES (?1, (SELECT MAX(seq) FROM changes WHERE doc_id = ?1), ?2)
-             ON CONFLICT (doc_id) DO UPDATE
-             SET through_seq = excluded.through_seq, bytes = excluded.bytes",
-        )?
-        .execute(params![env.doc, loaded.doc.save()])?;
-        loaded.since_snapshot = 0;
-    }
+    Ok(())
+}
+
+/// Saves a document's snapshot, covering every change stored for it.
+fn save_snapshot(tx: &Transaction<'_>, doc_id: &DocId, loaded: &mut Loaded) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO snapshots (doc_id, through_seq, bytes)
+         VALUES (?1, (SELECT MAX(seq) FROM changes WHERE doc_id = ?1), ?2)
+         ON CONFLICT (doc_id) DO UPDATE
+         SET through_seq = excluded.through_seq, bytes = excluded.bytes",
+    )?
+    .execute(params![doc_id.as_str(), loaded.doc.save()])?;
+    loaded.since_snapshot = 0;
     Ok(())
 }
 

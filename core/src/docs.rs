@@ -63,8 +63,33 @@ pub fn actor_of(member: &MemberId) -> ActorId {
     ActorId::from(member.as_bytes().as_slice())
 }
 
+/// The authority-log heads a change cites live in its Automerge commit
+/// message, so the change hash covers them: a signature on an author's
+/// later change then vouches for them too (see `SignedChange::decode`).
+const AUTH_PREFIX: &str = "karmyq-auth:";
+
+/// Most authority heads a change may cite.
+const MAX_AUTH_HEADS: usize = 64;
+
+/// The commit message that records the authority heads a change was made on.
+pub fn auth_message(heads: &[OpHash]) -> String {
+    let hexes: Vec<String> = heads.iter().map(ToString::to_string).collect();
+    format!("{AUTH_PREFIX}{}", hexes.join(","))
+}
+
+fn parse_auth_message(message: Option<&str>) -> Option<Vec<OpHash>> {
+    let list = message?.strip_prefix(AUTH_PREFIX)?;
+    let heads: Vec<OpHash> = list
+        .split(',')
+        .map(OpHash::from_hex)
+        .collect::<Result<_>>()
+        .ok()?;
+    (!heads.is_empty() && heads.len() <= MAX_AUTH_HEADS).then_some(heads)
+}
+
 /// The signed facts about one change. The signature covers every field
-/// but itself, under the change-envelope tag.
+/// but itself, under the change-envelope tag; the authority heads are
+/// inside the change (see [`auth_message`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// The community it belongs to (so it cannot be replayed elsewhere).
@@ -73,8 +98,6 @@ pub struct Envelope {
     pub doc: String,
     /// The Automerge change hash.
     pub change_hash: [u8; 32],
-    /// The authority-log heads the author saw when making it.
-    pub auth_heads: Vec<OpHash>,
     /// The author, whose key is also the change's actor.
     pub author: MemberId,
     /// The author's signature.
@@ -86,7 +109,6 @@ struct Signed<'a> {
     community: &'a CommunityId,
     doc: &'a str,
     change_hash: &'a [u8; 32],
-    auth_heads: &'a [OpHash],
     author: &'a MemberId,
 }
 
@@ -96,7 +118,6 @@ impl Envelope {
             community: &self.community,
             doc: &self.doc,
             change_hash: &self.change_hash,
-            auth_heads: &self.auth_heads,
             author: &self.author,
         })
     }
@@ -112,19 +133,12 @@ pub struct SignedChange {
 }
 
 impl SignedChange {
-    /// Signs a change made by `keys`.
-    pub fn sign(
-        community: CommunityId,
-        doc: &DocId,
-        change: &mut Change,
-        auth_heads: Vec<OpHash>,
-        keys: &Keypair,
-    ) -> Self {
+    /// Signs a change made by `keys` (committed with [`auth_message`]).
+    pub fn sign(community: CommunityId, doc: &DocId, change: &mut Change, keys: &Keypair) -> Self {
         let mut envelope = Envelope {
             community,
             doc: doc.as_str().to_owned(),
             change_hash: change.hash().0,
-            auth_heads,
             author: keys.member_id(),
             signature: Signature::from_bytes([0; 64]),
         };
@@ -135,24 +149,19 @@ impl SignedChange {
         }
     }
 
-    /// Checks everything that needs no authority state: community,
-    /// document name, signature, hash and actor; decodes the change.
-    pub fn authenticate(
-        &self,
-        community: CommunityId,
-    ) -> std::result::Result<Authentic, Rejection> {
+    /// Checks everything but the signature: community, document name,
+    /// bytes, hash, actor, and the authority heads inside the change.
+    ///
+    /// The signature is checked apart ([`Authentic::verify_signature`]) so
+    /// that a batch can check only each author's newest change: every change
+    /// an author makes in a document depends on their previous one, so the
+    /// hash chain under a verified signature vouches for all that came before.
+    pub fn decode(&self, community: CommunityId) -> std::result::Result<Authentic, Rejection> {
         let env = &self.envelope;
         if env.community != community {
             return Err(Rejection::WrongCommunity);
         }
         let doc = DocId::parse(&env.doc).ok_or(Rejection::UnknownDocument)?;
-        env.author
-            .verify(
-                SigningTag::ChangeEnvelope,
-                &env.signed_bytes(),
-                &env.signature,
-            )
-            .map_err(|_| Rejection::BadSignature)?;
         let change = Change::from_bytes(self.bytes.clone()).map_err(|_| Rejection::Malformed)?;
         if change.hash().0 != env.change_hash {
             return Err(Rejection::HashMismatch);
@@ -160,26 +169,52 @@ impl SignedChange {
         if *change.actor_id() != actor_of(&env.author) {
             return Err(Rejection::ActorMismatch);
         }
+        let auth_heads = parse_auth_message(change.message()).ok_or(Rejection::Malformed)?;
         Ok(Authentic {
             doc,
             change,
+            auth_heads,
             signed: self.clone(),
         })
     }
+
+    /// [`SignedChange::decode`] and the signature: for a change on its own.
+    pub fn authenticate(
+        &self,
+        community: CommunityId,
+    ) -> std::result::Result<Authentic, Rejection> {
+        let authentic = self.decode(community)?;
+        authentic.verify_signature()?;
+        Ok(authentic)
+    }
 }
 
-/// A change whose signature, hash and actor hold; not yet authorized.
+/// A decoded change whose hash and actor hold; not yet authorized.
 #[derive(Debug, Clone)]
 pub struct Authentic {
     /// Which document.
     pub doc: DocId,
     /// The decoded change.
     pub change: Change,
+    /// The authority heads the change cites.
+    pub auth_heads: Vec<OpHash>,
     /// What was received.
     pub signed: SignedChange,
 }
 
 impl Authentic {
+    /// Checks the envelope's signature (strict ed25519).
+    pub fn verify_signature(&self) -> std::result::Result<(), Rejection> {
+        let env = &self.signed.envelope;
+        env.author
+            .verify(
+                SigningTag::ChangeEnvelope,
+                &env.signed_bytes(),
+                &env.signature,
+            )
+            .map_err(|_| Rejection::BadSignature)
+    }
+
     /// The author.
     pub fn author(&self) -> MemberId {
         self.signed.envelope.author

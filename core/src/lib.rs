@@ -52,7 +52,7 @@ pub use authority::{
 pub use bundle::{Bundle, Heads, Item, Report};
 pub use client::{CommunitySummary, Karmyq};
 pub use community::{Community, CommunityInfo, DEFAULT_COMPACT_EVERY, MemberView};
-pub use docs::{Authentic, DocId, Envelope, SignedChange, actor_of};
+pub use docs::{Authentic, DocId, Envelope, SignedChange, actor_of, auth_message};
 pub use error::{Error, Rejection, Result};
 pub use identity::{Keypair, MemberId, Signature, SigningTag};
 pub use invite::InviteToken;

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use automerge::transaction::Transaction;
+use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{Automerge, ChangeHash, ReadDoc};
 use karmyq_core::{
     Bundle, CommunityId, DocId, Heads, Karmyq, Keypair, MemberId, OpHash, Report, Result,
-    SignedChange, Timestamp, actor_of,
+    SignedChange, Timestamp, actor_of, auth_message,
 };
 use tempfile::TempDir;
 
@@ -153,18 +153,13 @@ pub fn forge_as(
     doc.set_actor(actor_of(actor));
     let mut tx = doc.transaction();
     edit(&mut tx)?;
-    let (hash, _) = tx.commit();
+    let (hash, _) =
+        tx.commit_with(CommitOptions::default().with_message(auth_message(&auth_heads)));
     let hash: ChangeHash = hash.ok_or(karmyq_core::Error::InvalidArgument("empty edit".into()))?;
     let mut change = doc
         .get_change_by_hash(&hash)
         .ok_or(karmyq_core::Error::InvalidArgument("no change".into()))?;
-    Ok(SignedChange::sign(
-        community,
-        doc_id,
-        &mut change,
-        auth_heads,
-        keys,
-    ))
+    Ok(SignedChange::sign(community, doc_id, &mut change, keys))
 }
 
 /// A bundle carrying just these changes.

@@ -430,3 +430,91 @@ fn truncated_and_garbage_bytes_are_refused() -> Result<()> {
     assert_eq!(report.accepted.len(), 1, "{report:?}");
     Ok(())
 }
+
+/// Bob's next `n` profile changes, as a bundle for Alice, in causal order.
+fn bobs_changes(w: &mut World, n: usize) -> Result<Vec<karmyq_core::SignedChange>> {
+    let id = w.id;
+    let heads = w.alice.k.community(id)?.heads()?;
+    for i in 0..n {
+        let mut p = profile("Bob");
+        p.bio = format!("version {i}");
+        w.bob
+            .k
+            .community(id)?
+            .set_profile(&p, at(20 + i64::try_from(i).unwrap_or(0)))?;
+    }
+    Ok(w.bob.k.community(id)?.changes_since(&heads)?.changes)
+}
+
+fn tamper(change: &mut karmyq_core::SignedChange) {
+    let mut sig = change.envelope.signature.to_bytes();
+    sig[0] ^= 0x55;
+    change.envelope.signature = Signature::from_bytes(sig);
+}
+
+#[test]
+fn an_authors_newest_signature_vouches_for_their_earlier_changes() -> Result<()> {
+    let mut w = World::new()?;
+    let mut changes = bobs_changes(&mut w, 3)?;
+    assert_eq!(changes.len(), 3);
+    // Only the newest signature is checked: the hash chain under it covers
+    // the earlier changes, so a mangled signature on one of them is moot.
+    tamper(&mut changes[1]);
+    let report = w.alice.k.receive(&bundle_of(w.id, changes), at(30))?;
+    assert_eq!(
+        (report.accepted.len(), report.rejected.len()),
+        (3, 0),
+        "{report:?}"
+    );
+    let bob = w.bob.k.member_id();
+    let bio = w.alice.k.community(w.id)?.profile(&bob)?.map(|p| p.bio);
+    assert_eq!(bio, Some("version 2".into()));
+    Ok(())
+}
+
+#[test]
+fn a_bad_newest_signature_vouches_for_nothing() -> Result<()> {
+    let mut w = World::new()?;
+    let mut changes = bobs_changes(&mut w, 3)?;
+    tamper(&mut changes[2]);
+    let report = w.alice.k.receive(&bundle_of(w.id, changes), at(30))?;
+    // The two earlier changes stand on their own signatures.
+    assert_eq!(report.accepted.len(), 2, "{report:?}");
+    assert_eq!(report.reasons(), vec![&Rejection::BadSignature]);
+    let bob = w.bob.k.member_id();
+    let bio = w.alice.k.community(w.id)?.profile(&bob)?.map(|p| p.bio);
+    assert_eq!(bio, Some("version 1".into()));
+    Ok(())
+}
+
+#[test]
+fn a_refused_newest_change_vouches_for_nothing() -> Result<()> {
+    let mut w = World::new()?;
+    let mut changes = bobs_changes(&mut w, 2)?;
+    tamper(&mut changes[1]);
+    // Bob's third change is validly signed but writes Mallory's entry.
+    let mut doc = doc_from(&w.everything(Who::Bob)?, &DocId::Profiles)?;
+    let heads = w.auth_heads(Who::Bob)?;
+    let bob = Keypair::import_secret(&w.bob.k.export_secret())?;
+    let mallory = w.mallory.k.member_id().to_string();
+    let bad = forge(w.id, &DocId::Profiles, &mut doc, heads, &bob, |tx| {
+        let (_, entry) = tx
+            .get(ROOT, mallory.as_str())?
+            .ok_or(automerge::AutomergeError::InvalidObjId("mallory".into()))?;
+        tx.put(&entry, "bio", "Bob was here")
+    })?;
+    changes.push(bad);
+    let before = w.alice.rows(w.id, "changes")?;
+    let report = w.alice.k.receive(&bundle_of(w.id, changes), at(30))?;
+    // The first change has its own good signature; the second's was
+    // mangled and nothing accepted vouches for it; the third breaks a rule.
+    assert_eq!(report.accepted.len(), 1, "{report:?}");
+    let mut reasons = report.reasons();
+    reasons.sort_by_key(|r| r.code());
+    assert_eq!(
+        reasons,
+        vec![&Rejection::BadSignature, &Rejection::ForeignEntry]
+    );
+    assert_eq!(w.alice.rows(w.id, "changes")?, before + 1);
+    Ok(())
+}

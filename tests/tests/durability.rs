@@ -79,29 +79,55 @@ fn documents_load_from_snapshots() -> Result<()> {
         .k
         .create_community("Elm Street", "", Visibility::Public, at(0))?;
     alice.k.community(id)?.set_compact_every(4);
+    let through = |d: &Device| -> Result<i64> {
+        let conn = rusqlite::Connection::open(d.file(id))?;
+        Ok(conn.query_row(
+            "SELECT coalesce(max(through_seq), 0) FROM snapshots",
+            [],
+            |r| r.get(0),
+        )?)
+    };
     for i in 0..10 {
         alice
             .k
             .community(id)?
             .set_profile(&profile(&format!("bio {i}")), at(i))?;
     }
+    // Local writes leave snapshots to quiet moments...
+    assert_eq!(alice.rows(id, "snapshots")?, 0);
+    alice.k.community(id)?.compact()?;
     assert_eq!(alice.rows(id, "snapshots")?, 1);
-    assert_eq!(alice.rows(id, "changes")?, 10);
+    assert_eq!(through(&alice)?, 10);
+    // ...unless none comes: after four times the interval, a write takes one.
+    for i in 10..26 {
+        alice
+            .k
+            .community(id)?
+            .set_profile(&profile(&format!("bio {i}")), at(i))?;
+    }
+    assert_eq!(through(&alice)?, 26);
+    for i in 26..30 {
+        alice
+            .k
+            .community(id)?
+            .set_profile(&profile(&format!("bio {i}")), at(i))?;
+    }
+    assert_eq!(alice.rows(id, "changes")?, 30);
     let heads = alice.k.community(id)?.heads()?;
     alice.reopen()?;
     let c = alice.k.community(id)?;
     assert_eq!(c.heads()?, heads);
     let me = c.me();
-    assert_eq!(c.profile(&me)?.map(|p| p.bio), Some("bio 9".into()));
+    assert_eq!(c.profile(&me)?.map(|p| p.bio), Some("bio 29".into()));
     // A new device catches up with every change, envelopes and all.
     let bundle = c.changes_since(&Heads::empty())?;
-    assert_eq!(bundle.changes.len(), 10);
+    assert_eq!(bundle.changes.len(), 30);
     let mut bob = Device::new()?;
     let report = bob.k.receive(&bundle, at(20))?;
     assert!(report.rejected.is_empty() && report.pending.is_empty());
     assert_eq!(
         bob.k.community(id)?.profile(&me)?.map(|p| p.bio),
-        Some("bio 9".into())
+        Some("bio 29".into())
     );
     Ok(())
 }
