@@ -1,0 +1,170 @@
+//! Setup shared by the benchmarks: deterministic keys, a fixed clock, and
+//! communities of many members built from signed ops without a device per
+//! member. Each bench target uses part of it.
+#![allow(dead_code)]
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{Automerge, ObjType, ROOT, ReadDoc};
+use karmyq_core::{
+    Bundle, CommunityId, DocId, Karmyq, Keypair, Norm, Op, OpBody, OpHash, Profile, Settings,
+    SettingsPatch, SignedChange, SignedOp, Timestamp, Visibility, actor_of, auth_message,
+};
+use tempfile::TempDir;
+
+/// A fixed clock: `offset` milliseconds after 2027-01-15.
+pub fn at(offset: i64) -> Timestamp {
+    Timestamp::from_millis(1_800_000_000_000 + offset)
+}
+
+/// A deterministic key pair, so every run builds the same data.
+pub fn key(n: u64) -> Keypair {
+    let mut seed = [0x4b; 32];
+    seed[..8].copy_from_slice(&n.to_le_bytes());
+    Keypair::from_secret_bytes(&seed)
+}
+
+/// A device in a temporary directory (kept alive with it).
+pub fn device() -> (TempDir, Karmyq) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let karmyq = Karmyq::open(dir.path()).expect("open device");
+    (dir, karmyq)
+}
+
+/// Signed `Join`s of a public community, one after another (each on the
+/// heads the previous one left), as members arriving over time.
+pub fn joins(id: CommunityId, mut heads: Vec<OpHash>, keys: &[Keypair], now: Timestamp) -> Bundle {
+    let mut bundle = Bundle::new(id);
+    for kp in keys {
+        let op = Op {
+            community: Some(id),
+            parents: heads,
+            author: kp.member_id(),
+            created_at: now,
+            body: OpBody::Join { invite: None },
+        };
+        let signed = SignedOp::sign(op, kp).expect("sign join");
+        heads = vec![signed.hash()];
+        bundle.ops.push(signed.encode());
+    }
+    bundle
+}
+
+/// A member's first profile, made as their device would (a change by their
+/// actor, signed on `auth_heads`) without opening a device per member.
+pub fn first_profile(
+    id: CommunityId,
+    auth_heads: &[OpHash],
+    kp: &Keypair,
+    n: usize,
+    now: Timestamp,
+) -> SignedChange {
+    let member = kp.member_id();
+    let mut doc = Automerge::new();
+    doc.set_actor(actor_of(&member));
+    let mut tx = doc.transaction();
+    let entry = tx
+        .put_object(ROOT, member.to_string(), ObjType::Map)
+        .expect("profile entry");
+    tx.put(&entry, "name", format!("Member {n}")).expect("name");
+    tx.put(&entry, "availability", "weekends")
+        .expect("availability");
+    let (hash, _) = tx.commit_with(
+        CommitOptions::default()
+            .with_message(auth_message(auth_heads))
+            .with_time(now.as_millis()),
+    );
+    let mut change = doc
+        .get_change_by_hash(&hash.expect("a change"))
+        .expect("committed change");
+    SignedChange::sign(id, &DocId::Profiles, &mut change, kp)
+}
+
+/// A community of `members` members besides its founder, each with a
+/// profile, and ten norms; returns the founder's device.
+pub fn large_community(members: usize) -> (TempDir, Karmyq, CommunityId) {
+    let (dir, mut founder) = device();
+    let id = founder
+        .create_community("Bench", "A large community", Visibility::Public, at(0))
+        .expect("create community");
+    let community = founder.community(id).expect("community");
+    let limit = Settings {
+        member_limit: 10_000,
+        ..Settings::default()
+    };
+    community
+        .update_settings(
+            SettingsPatch {
+                settings: Some(limit),
+                ..SettingsPatch::default()
+            },
+            at(1),
+        )
+        .expect("raise member limit");
+    let keys: Vec<Keypair> = (1..=members as u64).map(key).collect();
+    let heads = community.authority().heads.clone();
+    let report = founder
+        .receive(&joins(id, heads, &keys, at(2)), at(2))
+        .expect("joins");
+    assert!(
+        report.rejected.is_empty(),
+        "joins refused: {:?}",
+        report.reasons()
+    );
+    let heads = founder
+        .community(id)
+        .expect("community")
+        .authority()
+        .heads
+        .clone();
+    let mut profiles = Bundle::new(id);
+    profiles.changes = keys
+        .iter()
+        .enumerate()
+        .map(|(n, kp)| first_profile(id, &heads, kp, n, at(3)))
+        .collect();
+    let report = founder.receive(&profiles, at(3)).expect("profiles");
+    assert!(
+        report.rejected.is_empty(),
+        "profiles refused: {:?}",
+        report.reasons()
+    );
+    let community = founder.community(id).expect("community");
+    for n in 0..10 {
+        community
+            .add_norm(&format!("Norm {n}"), "Be kind.", "conduct", at(4))
+            .expect("add norm");
+    }
+    assert_eq!(community.members().expect("members").len(), members + 1);
+    (dir, founder, id)
+}
+
+/// The founder's norm, with one of two descriptions, so each write changes it.
+pub fn norm_version(id: &str, flip: bool) -> Norm {
+    Norm {
+        id: id.to_owned(),
+        title: "Return what you borrow".into(),
+        description: if flip {
+            "Within a week."
+        } else {
+            "Within two weeks."
+        }
+        .into(),
+        category: "lending".into(),
+    }
+}
+
+/// One of two profiles, so each write changes something.
+pub fn profile_version(flip: bool) -> Profile {
+    Profile {
+        name: "Founder".into(),
+        bio: if flip {
+            "Here most evenings."
+        } else {
+            "Away this week."
+        }
+        .into(),
+        location: Some("u4pru".into()),
+        availability: "evenings".into(),
+        skills: vec!["cooking".into(), "repairs".into()],
+    }
+}
