@@ -1,0 +1,260 @@
+//! Deciding a batch of changes from another replica: signatures (each
+//! author's newest vouches for their earlier ones), the authority state each
+//! change cites, and dependencies.
+
+use std::collections::{HashMap, HashSet};
+
+use automerge::{ChangeHash, ReadDoc};
+use rusqlite::{Transaction, params};
+
+use super::persist::{Loaded, load_doc_tx};
+use crate::authority::{AuthorityLog, OpHash, Resolved};
+use crate::bundle::{Item, Report};
+use crate::codec;
+use crate::docs::{Authentic, DocId, SignedChange};
+use crate::error::{Rejection, Result};
+use crate::identity::MemberId;
+
+pub(super) fn item_of(signed: &SignedChange) -> Item {
+    Item::Change {
+        doc: signed.envelope.doc.clone(),
+        hash: signed.envelope.change_hash,
+    }
+}
+
+/// Finds the authority state a change cites.
+pub(super) struct Judge<'a> {
+    pub(super) log: &'a AuthorityLog,
+    pub(super) now: &'a Resolved,
+    pub(super) cache: &'a mut HashMap<Vec<OpHash>, Resolved>,
+}
+
+impl Judge<'_> {
+    /// Most entries a cache of earlier resolutions keeps.
+    const CACHE: usize = 64;
+
+    /// The log resolved at `heads`, or `None` if some head is not here yet.
+    pub(super) fn at(&mut self, heads: &[OpHash]) -> Option<&Resolved> {
+        let mut key = heads.to_vec();
+        key.sort();
+        key.dedup();
+        if key == self.now.heads {
+            return Some(self.now);
+        }
+        if !self.cache.contains_key(&key) {
+            let past = self.log.at(&key)?;
+            if self.cache.len() >= Self::CACHE {
+                self.cache.clear();
+            }
+            self.cache.insert(key.clone(), past.resolve());
+        }
+        self.cache.get(&key)
+    }
+}
+
+/// Whether a change is already stored.
+pub(super) fn stored(tx: &Transaction<'_>, signed: &SignedChange) -> Result<bool> {
+    Ok(tx
+        .prepare_cached("SELECT 1 FROM changes WHERE hash = ?1")?
+        .exists([signed.envelope.change_hash.as_slice()])?)
+}
+
+/// Why a change's signature can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Trust {
+    /// Not looked at yet.
+    Unknown,
+    /// Its own signature verifies.
+    Verified,
+    /// An ancestor of this verified change by the same author.
+    Vouched(usize),
+}
+
+/// Where a change stands while a batch is decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Undecided,
+    Accepted,
+    Rejected(Rejection),
+}
+
+/// The changes of one apply: from the bundle and from the pending table.
+#[derive(Default)]
+pub(super) struct Batch {
+    changes: Vec<Authentic>,
+    items: Vec<Item>,
+    fresh: Vec<bool>,
+    trust: Vec<Trust>,
+    verdicts: Vec<Verdict>,
+    /// Order of acceptance (dependencies first).
+    order: Vec<usize>,
+}
+
+impl Batch {
+    pub(super) fn push(&mut self, change: Authentic, item: Item, fresh: bool) {
+        self.changes.push(change);
+        self.items.push(item);
+        self.fresh.push(fresh);
+        self.trust.push(Trust::Unknown);
+        self.verdicts.push(Verdict::Undecided);
+    }
+
+    /// Signatures: each author's newest change in a document is verified;
+    /// the older ones it descends from are vouched for by it.
+    fn vouch(&mut self) {
+        let mut by_hash: HashMap<(&DocId, [u8; 32]), usize> = HashMap::new();
+        let mut groups: HashMap<(&DocId, MemberId), Vec<usize>> = HashMap::new();
+        for (i, c) in self.changes.iter().enumerate() {
+            by_hash.insert((&c.doc, c.change.hash().0), i);
+            groups.entry((&c.doc, c.author())).or_default().push(i);
+        }
+        let mut trust = std::mem::take(&mut self.trust);
+        for ((doc, author), mut members) in groups {
+            members.sort_by_key(|&i| std::cmp::Reverse(self.changes[i].change.seq()));
+            for tip in members {
+                if trust[tip] != Trust::Unknown || self.verdicts[tip] != Verdict::Undecided {
+                    continue;
+                }
+                if let Err(reason) = self.changes[tip].verify_signature() {
+                    self.verdicts[tip] = Verdict::Rejected(reason);
+                    continue;
+                }
+                trust[tip] = Trust::Verified;
+                let mut stack: Vec<ChangeHash> = self.changes[tip].change.deps().to_vec();
+                let mut walked = HashSet::new();
+                while let Some(h) = stack.pop() {
+                    let Some(&j) = by_hash.get(&(doc, h.0)) else {
+                        continue;
+                    };
+                    if !walked.insert(j) {
+                        continue;
+                    }
+                    if self.changes[j].author() == author && trust[j] == Trust::Unknown {
+                        trust[j] = Trust::Vouched(tip);
+                    }
+                    stack.extend(self.changes[j].change.deps().iter().copied());
+                }
+            }
+        }
+        self.trust = trust;
+    }
+
+    /// Decides every change: accepted (valid, everything it needs here),
+    /// rejected with a reason, or left undecided (it waits).
+    pub(super) fn decide(
+        &mut self,
+        tx: &Transaction<'_>,
+        docs: &mut HashMap<DocId, Loaded>,
+        judge: &mut Judge<'_>,
+        actor: &automerge::ActorId,
+    ) -> Result<()> {
+        self.vouch();
+        loop {
+            self.accept_ready(tx, docs, judge, actor)?;
+            // A change vouched for by one that was not accepted needs its
+            // own signature; if that fails, decide again without it.
+            let mut again = false;
+            for i in 0..self.changes.len() {
+                if let (Trust::Vouched(v), Verdict::Accepted) = (self.trust[i], &self.verdicts[i]) {
+                    if self.verdicts[v] == Verdict::Accepted {
+                        continue;
+                    }
+                    match self.changes[i].verify_signature() {
+                        Ok(()) => self.trust[i] = Trust::Verified,
+                        Err(reason) => {
+                            self.verdicts[i] = Verdict::Rejected(reason);
+                            again = true;
+                        }
+                    }
+                }
+            }
+            if !again {
+                return Ok(());
+            }
+            for v in &mut self.verdicts {
+                if *v == Verdict::Accepted {
+                    *v = Verdict::Undecided;
+                }
+            }
+            self.order.clear();
+        }
+    }
+
+    /// Accepts, until nothing moves, every undecided change that is valid
+    /// and whose dependencies are in its document or accepted before it.
+    fn accept_ready(
+        &mut self,
+        tx: &Transaction<'_>,
+        docs: &mut HashMap<DocId, Loaded>,
+        judge: &mut Judge<'_>,
+        actor: &automerge::ActorId,
+    ) -> Result<()> {
+        let mut accepted: HashSet<[u8; 32]> = HashSet::new();
+        loop {
+            let mut moved = false;
+            for i in 0..self.changes.len() {
+                if self.verdicts[i] != Verdict::Undecided {
+                    continue;
+                }
+                let change = &self.changes[i];
+                let Some(at) = judge.at(&change.auth_heads) else {
+                    continue;
+                };
+                if let Err(reason) = change.authorize(at) {
+                    self.verdicts[i] = Verdict::Rejected(reason);
+                    continue;
+                }
+                let loaded = load_doc_tx(tx, docs, &change.doc, actor)?;
+                let missing = loaded.doc.get_missing_deps(change.change.deps());
+                if missing.iter().all(|d| accepted.contains(&d.0)) {
+                    accepted.insert(change.change.hash().0);
+                    self.verdicts[i] = Verdict::Accepted;
+                    self.order.push(i);
+                    moved = true;
+                }
+            }
+            if !moved {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The accepted changes per document, dependencies first.
+    pub(super) fn accepted_by_doc(&self) -> Vec<(DocId, Vec<&Authentic>)> {
+        let mut out: Vec<(DocId, Vec<&Authentic>)> = Vec::new();
+        for &i in &self.order {
+            let change = &self.changes[i];
+            match out.iter_mut().find(|(d, _)| *d == change.doc) {
+                Some((_, list)) => list.push(change),
+                None => out.push((change.doc.clone(), vec![change])),
+            }
+        }
+        out
+    }
+
+    /// Fills the report and parks what still waits.
+    pub(super) fn report(&self, tx: &Transaction<'_>, report: &mut Report) -> Result<()> {
+        for (i, verdict) in self.verdicts.iter().enumerate() {
+            let item = self.items[i].clone();
+            match verdict {
+                Verdict::Accepted => report.accepted.push(item),
+                Verdict::Rejected(reason) => report.rejected.push((item, reason.clone())),
+                Verdict::Undecided => {
+                    let signed = &self.changes[i].signed;
+                    tx.prepare_cached(
+                        "INSERT INTO pending_changes (hash, doc_id, signed) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![
+                        signed.envelope.change_hash.as_slice(),
+                        signed.envelope.doc,
+                        codec::encode(signed)
+                    ])?;
+                    if self.fresh[i] {
+                        report.pending.push(item);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! Reading and writing a community file: ops, changes, pending changes,
+//! snapshots, and documents loaded from them.
+
+use std::collections::HashMap;
+
+use automerge::Automerge;
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::authority::{AuthorityLog, CommunityId, OpHash, SignedOp};
+use crate::codec;
+use crate::docs::{Authentic, DocId, SignedChange};
+use crate::error::{Error, Result};
+use crate::store::Db;
+
+pub(super) struct Loaded {
+    pub(super) doc: Automerge,
+    /// Changes stored since the document's last snapshot.
+    pub(super) since_snapshot: u32,
+}
+
+pub(super) fn load_pending(tx: &Transaction<'_>) -> Result<Vec<SignedChange>> {
+    let mut stmt = tx.prepare_cached("SELECT signed FROM pending_changes")?;
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(codec::decode(&row?, "pending change")?);
+    }
+    Ok(out)
+}
+
+/// Stores an accepted change with its envelope.
+pub(super) fn store_change(tx: &Transaction<'_>, change: &Authentic) -> Result<()> {
+    let env = &change.signed.envelope;
+    tx.prepare_cached(
+        "INSERT INTO changes (doc_id, hash, author, actor_seq, envelope, bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        env.doc,
+        env.change_hash.as_slice(),
+        env.author.as_bytes().as_slice(),
+        i64::try_from(change.change.seq()).unwrap_or(i64::MAX),
+        codec::encode(env),
+        change.signed.bytes,
+    ])?;
+    Ok(())
+}
+
+/// Saves a document's snapshot, covering every change stored for it.
+pub(super) fn save_snapshot(
+    tx: &Transaction<'_>,
+    doc_id: &DocId,
+    loaded: &mut Loaded,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO snapshots (doc_id, through_seq, bytes)
+         VALUES (?1, (SELECT MAX(seq) FROM changes WHERE doc_id = ?1), ?2)
+         ON CONFLICT (doc_id) DO UPDATE
+         SET through_seq = excluded.through_seq, bytes = excluded.bytes",
+    )?
+    .execute(params![doc_id.as_str(), loaded.doc.save()])?;
+    loaded.since_snapshot = 0;
+    Ok(())
+}
+
+pub(super) fn store_op(tx: &Transaction<'_>, hash: &OpHash, op: &SignedOp) -> Result<()> {
+    tx.prepare_cached("INSERT OR IGNORE INTO auth_ops (hash, bytes) VALUES (?1, ?2)")?
+        .execute(params![hash.as_bytes().as_slice(), op.encode()])?;
+    Ok(())
+}
+
+pub(super) fn load_log(db: &Db, id: CommunityId) -> Result<AuthorityLog> {
+    let stored: Option<Vec<u8>> = db
+        .conn()
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'community_id'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if stored.as_deref() != Some(id.as_bytes().as_slice()) {
+        return Err(Error::Corrupt(
+            "community file belongs to another community".into(),
+        ));
+    }
+    let mut stmt = db
+        .conn()
+        .prepare("SELECT bytes FROM auth_ops ORDER BY rowid")?;
+    let mut ops = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter();
+    let genesis = SignedOp::decode(
+        &ops.next()
+            .ok_or_else(|| Error::Corrupt("no genesis".into()))?,
+    )?;
+    let mut log = AuthorityLog::new(genesis)?;
+    if log.community_id() != id {
+        return Err(Error::Corrupt(
+            "genesis does not match the community".into(),
+        ));
+    }
+    for bytes in ops {
+        log.insert(SignedOp::decode(&bytes)?)?;
+    }
+    let mut stmt = db.conn().prepare("SELECT bytes FROM auth_pending")?;
+    let pending = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for bytes in pending {
+        log.insert(SignedOp::decode(&bytes)?)?;
+    }
+    Ok(log)
+}
+
+pub(super) fn load_doc<'a>(
+    db: &Db,
+    docs: &'a mut HashMap<DocId, Loaded>,
+    doc_id: &DocId,
+    actor: &automerge::ActorId,
+) -> Result<&'a mut Loaded> {
+    db.read(|tx| load_doc_tx(tx, docs, doc_id, actor).map(|_| ()))?;
+    docs.get_mut(doc_id)
+        .ok_or_else(|| Error::Corrupt("document not loaded".into()))
+}
+
+/// Loads a document from its snapshot and later changes, once.
+pub(super) fn load_doc_tx<'a>(
+    tx: &Transaction<'_>,
+    docs: &'a mut HashMap<DocId, Loaded>,
+    doc_id: &DocId,
+    actor: &automerge::ActorId,
+) -> Result<&'a mut Loaded> {
+    if !docs.contains_key(doc_id) {
+        let name = doc_id.as_str();
+        let snapshot: Option<(i64, Vec<u8>)> = tx
+            .prepare_cached("SELECT through_seq, bytes FROM snapshots WHERE doc_id = ?1")?
+            .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (through, mut doc) = match snapshot {
+            Some((through, bytes)) => (through, Automerge::load(&bytes)?),
+            None => (0, Automerge::new()),
+        };
+        let mut stmt = tx.prepare_cached(
+            "SELECT bytes FROM changes WHERE doc_id = ?1 AND seq > ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![name, through], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut changes = Vec::new();
+        for row in rows {
+            changes.push(
+                automerge::Change::from_bytes(row?)
+                    .map_err(|_| Error::Corrupt("stored change".into()))?,
+            );
+        }
+        let since_snapshot = u32::try_from(changes.len()).unwrap_or(u32::MAX);
+        doc.apply_changes(changes)?;
+        doc.set_actor(actor.clone());
+        docs.insert(
+            doc_id.clone(),
+            Loaded {
+                doc,
+                since_snapshot,
+            },
+        );
+    }
+    docs.get_mut(doc_id)
+        .ok_or_else(|| Error::Corrupt("document not loaded".into()))
+}
