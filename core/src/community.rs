@@ -33,15 +33,18 @@ use crate::time::Timestamp;
 mod batch;
 mod persist;
 mod projection;
+mod requests;
+
+pub use requests::{RequestQuery, RequestSort, RequestSummary, RequestView};
 
 use batch::{Batch, Judge, item_of, stored};
 use persist::{
-    Loaded, load_doc, load_doc_tx, load_log, load_pending, save_snapshot, store_change, store_op,
+    Loaded, load_doc, load_doc_tx, load_heads, load_log, load_pending, save_heads, save_snapshot,
+    store_change, store_op,
 };
 pub(crate) use projection::member_from_blob;
 use projection::{
-    Touched, docs_view, profile_row, profile_row_at, project_all_docs, project_docs,
-    project_members,
+    Touched, profile_row, profile_row_at, project_all_docs, project_doc, project_members,
 };
 
 /// Write a snapshot of a document after this many changes since the last.
@@ -482,13 +485,14 @@ impl Community {
             .ok_or_else(|| Error::Corrupt("committed change missing".into()))?;
         let signed = SignedChange::sign(*id, doc_id, &mut change, keys);
         let authentic = signed.authenticate(*id)?;
-        authentic.authorize(auth)?;
+        authentic.authorize(auth, &loaded.doc)?;
         let mut touched = Touched::default();
         db.write(|tx| {
             store_change(tx, &authentic)?;
+            save_heads(tx, doc_id, &loaded.doc)?;
             loaded.since_snapshot += 1;
             touched.note(&authentic);
-            project_docs(tx, docs_view(loaded, doc_id), &touched)?;
+            project_doc(tx, doc_id, &loaded.doc, &touched)?;
             // Snapshots belong to quiet moments (`compact`); this only keeps
             // a file that never gets one from growing without bound.
             if loaded.since_snapshot >= compact_every.saturating_mul(4) {
@@ -518,19 +522,10 @@ impl Community {
 
     /// What this replica holds: authority heads and each document's heads.
     pub fn heads(&mut self) -> Result<Heads> {
-        let mut heads = Heads {
+        Ok(Heads {
             auth: self.log.heads(),
-            ..Heads::default()
-        };
-        let actor = actor_of(&self.me());
-        for doc_id in DocId::FIXED {
-            let loaded = load_doc(&self.db, &mut self.docs, &doc_id, &actor)?;
-            let doc_heads: Vec<[u8; 32]> = loaded.doc.get_heads().iter().map(|h| h.0).collect();
-            if !doc_heads.is_empty() {
-                heads.docs.insert(doc_id.as_str().to_owned(), doc_heads);
-            }
-        }
-        Ok(heads)
+            docs: load_heads(&self.db)?.into_iter().collect(),
+        })
     }
 
     /// Everything this replica holds that a replica at `since` lacks.
@@ -571,11 +566,16 @@ impl Community {
                 }
             }
         }
-        // Changes: per document, those not in the past of their heads.
+        // Changes: per document that differs, those not in the past of
+        // their heads (all of them if their heads are unknown here).
         let actor = actor_of(&self.me());
-        for doc_id in DocId::FIXED {
-            let name = doc_id.as_str();
-            let want: Option<HashSet<[u8; 32]>> = match since.docs.get(name) {
+        for (name, ours) in load_heads(&self.db)? {
+            let their = since.docs.get(&name);
+            if their == Some(&ours) {
+                continue;
+            }
+            let doc_id = DocId::parse(&name).ok_or_else(|| Error::Corrupt("doc id".into()))?;
+            let want: Option<HashSet<[u8; 32]>> = match their {
                 Some(their) if !their.is_empty() => {
                     let loaded = load_doc(&self.db, &mut self.docs, &doc_id, &actor)?;
                     let their: Vec<ChangeHash> = their.iter().map(|h| ChangeHash(*h)).collect();
@@ -594,13 +594,10 @@ impl Community {
                 }
                 _ => None,
             };
-            if want.as_ref().is_some_and(HashSet::is_empty) {
-                continue;
-            }
             let mut stmt = self.db.conn().prepare_cached(
                 "SELECT hash, envelope, bytes FROM changes WHERE doc_id = ?1 ORDER BY seq",
             )?;
-            let rows = stmt.query_map([name], |r| {
+            let rows = stmt.query_map([&name], |r| {
                 Ok((
                     r.get::<_, Vec<u8>>(0)?,
                     r.get::<_, Vec<u8>>(1)?,
@@ -743,13 +740,17 @@ impl Community {
             tx.execute("DELETE FROM pending_changes", [])?;
             for (doc_id, changes) in batch.accepted_by_doc() {
                 let loaded = load_doc_tx(tx, docs, &doc_id, &actor)?;
-                loaded
-                    .doc
-                    .apply_changes(changes.iter().map(|c| c.change.clone()))?;
-                for change in &changes {
+                loaded.doc.apply_changes(
+                    changes
+                        .iter()
+                        .filter(|(_, applied)| !applied)
+                        .map(|(c, _)| c.change.clone()),
+                )?;
+                for (change, _) in &changes {
                     store_change(tx, change)?;
                     touched.note(change);
                 }
+                save_heads(tx, &doc_id, &loaded.doc)?;
                 loaded.since_snapshot += u32::try_from(changes.len()).unwrap_or(u32::MAX);
                 if loaded.since_snapshot >= *compact_every {
                     save_snapshot(tx, &doc_id, loaded)?;
@@ -768,24 +769,49 @@ impl Community {
     /// Rebuilds every projection from the log and the documents.
     pub fn rebuild_projections(&mut self) -> Result<()> {
         let actor = actor_of(&self.me());
-        for doc_id in DocId::FIXED {
-            load_doc(&self.db, &mut self.docs, &doc_id, &actor)?;
-        }
-        let Community { db, docs, auth, .. } = self;
+        let names: Vec<String> = self
+            .db
+            .conn()
+            .prepare("SELECT DISTINCT doc_id FROM changes ORDER BY doc_id")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         let mut touched = Touched {
             community: true,
             ..Touched::default()
         };
-        if let Some(loaded) = docs.get(&DocId::Profiles) {
-            for key in loaded.doc.keys(ROOT) {
-                if let Ok(member) = MemberId::from_hex(&key) {
-                    touched.profiles.insert(member);
+        for name in &names {
+            let doc_id = DocId::parse(name).ok_or_else(|| Error::Corrupt("doc id".into()))?;
+            let loaded = load_doc(&self.db, &mut self.docs, &doc_id, &actor)?;
+            match doc_id {
+                DocId::Profiles => {
+                    for key in loaded.doc.keys(ROOT) {
+                        if let Ok(member) = MemberId::from_hex(&key) {
+                            touched.profiles.insert(member);
+                        }
+                    }
                 }
+                DocId::Request(id) => {
+                    touched.requests.insert(id);
+                }
+                DocId::Community => {}
             }
         }
+        let Community { db, docs, auth, .. } = self;
         db.write(|tx| {
-            tx.execute("DELETE FROM profiles", [])?;
+            for table in [
+                "profiles",
+                "norms",
+                "matches",
+                "offers",
+                "requests",
+                "requests_fts",
+            ] {
+                tx.execute(&format!("DELETE FROM {table}"), [])?;
+            }
             project_members(tx, auth)?;
+            for (doc_id, loaded) in docs.iter() {
+                save_heads(tx, doc_id, &loaded.doc)?;
+            }
             project_all_docs(tx, docs, &touched)?;
             tx.execute("DELETE FROM meta WHERE key = 'rebuild_projections'", [])?;
             Ok(())
@@ -799,6 +825,11 @@ impl Community {
             ("members", "member_id"),
             ("profiles", "member_id"),
             ("norms", "norm_id"),
+            ("requests", "request_id"),
+            ("offers", "offer_id"),
+            ("matches", "request_id"),
+            ("requests_fts", "title, description"),
+            ("doc_heads", "doc_id"),
         ] {
             let mut stmt = self
                 .db

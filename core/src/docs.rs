@@ -12,13 +12,15 @@
 use std::fmt;
 
 use automerge::legacy::{Key, ObjectId, OpType};
-use automerge::{ActorId, Change, ChangeHash, ScalarValue};
+use automerge::{ActorId, Automerge, Change, ChangeHash, ScalarValue};
 use serde::{Deserialize, Serialize};
 
 use crate::authority::{CommunityId, OpHash, Resolved, Role};
 use crate::codec;
 use crate::error::{Error, Rejection, Result};
 use crate::identity::{Keypair, MemberId, Signature, SigningTag};
+use crate::request::{self, RequestId, RequestState};
+use crate::time::Timestamp;
 
 /// A content document of a community.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -28,17 +30,21 @@ pub enum DocId {
     Community,
     /// One entry per member; each member writes only their own.
     Profiles,
+    /// One help request with its offers and its match.
+    Request(RequestId),
 }
 
 impl DocId {
     /// Every document a community has from its start.
     pub const FIXED: [DocId; 2] = [DocId::Community, DocId::Profiles];
 
-    /// The stable name used in envelopes, storage and logs.
-    pub fn as_str(&self) -> &'static str {
+    /// The stable name used in envelopes, storage and logs:
+    /// `community`, `profiles`, `request/<requester>.<nonce>`.
+    pub fn name(&self) -> String {
         match self {
-            DocId::Community => "community",
-            DocId::Profiles => "profiles",
+            DocId::Community => "community".into(),
+            DocId::Profiles => "profiles".into(),
+            DocId::Request(id) => format!("request/{id}"),
         }
     }
 
@@ -47,14 +53,17 @@ impl DocId {
         match s {
             "community" => Some(DocId::Community),
             "profiles" => Some(DocId::Profiles),
-            _ => None,
+            _ => s
+                .strip_prefix("request/")
+                .and_then(RequestId::parse)
+                .map(DocId::Request),
         }
     }
 }
 
 impl fmt::Display for DocId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.name())
     }
 }
 
@@ -137,7 +146,7 @@ impl SignedChange {
     pub fn sign(community: CommunityId, doc: &DocId, change: &mut Change, keys: &Keypair) -> Self {
         let mut envelope = Envelope {
             community,
-            doc: doc.as_str().to_owned(),
+            doc: doc.name(),
             change_hash: change.hash().0,
             author: keys.member_id(),
             signature: Signature::from_bytes([0; 64]),
@@ -226,15 +235,37 @@ impl Authentic {
     ///
     /// Judging a change only by the state it cites makes the verdict the
     /// same on every replica, whatever else it holds, so replicas converge.
-    pub fn authorize(&self, at: &Resolved) -> std::result::Result<(), Rejection> {
+    pub fn authorize(&self, at: &Resolved, doc: &Automerge) -> std::result::Result<(), Rejection> {
         let author = self.author();
-        let needed = self.check_paths()?;
         let Some(role) = at.role(&author) else {
             return Err(if at.was_removed(&author) {
                 Rejection::AuthorRemoved(author)
             } else {
                 Rejection::NotAMember(author)
             });
+        };
+        let needed = match &self.doc {
+            DocId::Request(id) => {
+                // Judged on the request as the author saw it: the document
+                // at the change's dependencies (which the caller holds).
+                let deps = self.change.deps();
+                let seen = if deps.is_empty() {
+                    None
+                } else {
+                    RequestState::read(doc, *id, Some(deps)).map_err(|_| Rejection::Malformed)?
+                };
+                let time = Timestamp::from_millis(self.change.timestamp());
+                request::check_change(
+                    id,
+                    &author,
+                    role,
+                    &self.change.decode(),
+                    seen.as_ref(),
+                    time,
+                )?;
+                Role::Member
+            }
+            _ => self.check_paths()?,
         };
         if role < needed {
             return Err(if at.highest_role(&author).is_some_and(|r| r >= needed) {
@@ -255,6 +286,7 @@ impl Authentic {
         let rules = match self.doc {
             DocId::Community => &COMMUNITY_RULES,
             DocId::Profiles => &PROFILE_RULES,
+            DocId::Request(_) => return Err(Rejection::UnknownDocument),
         };
         for op in &expanded.operations {
             let Key::Map(key) = &op.key else {

@@ -131,6 +131,15 @@ pub enum Rejection {
     /// An Automerge operation kind the schema does not allow.
     #[error("operation not allowed")]
     DisallowedOperation,
+    /// Only the requester writes this part of a request.
+    #[error("only the requester may do this")]
+    NotRequester,
+    /// Only an offer's responder writes it.
+    #[error("only the responder may do this")]
+    NotResponder,
+    /// Not a legal step from the state the author saw.
+    #[error("illegal transition: {0}")]
+    IllegalTransition(&'static str),
     /// A setting out of its range.
     #[error("invalid settings: {0}")]
     InvalidSettings(&'static str),
@@ -163,6 +172,9 @@ impl Rejection {
             Rejection::InvalidField(_) => "invalid_field",
             Rejection::DisallowedOperation => "disallowed_operation",
             Rejection::InvalidSettings(_) => "invalid_settings",
+            Rejection::NotRequester => "not_requester",
+            Rejection::NotResponder => "not_responder",
+            Rejection::IllegalTransition(_) => "illegal_transition",
         }
     }
 }

@@ -42,6 +42,7 @@ mod identity;
 mod invite;
 mod norms;
 mod profile;
+mod request;
 mod store;
 mod time;
 
@@ -51,11 +52,18 @@ pub use authority::{
 };
 pub use bundle::{Bundle, Heads, Item, Report};
 pub use client::{CommunitySummary, Karmyq};
-pub use community::{Community, CommunityInfo, DEFAULT_COMPACT_EVERY, MemberView};
+pub use community::{
+    Community, CommunityInfo, DEFAULT_COMPACT_EVERY, MemberView, RequestQuery, RequestSort,
+    RequestSummary, RequestView,
+};
 pub use docs::{Authentic, DocId, Envelope, SignedChange, actor_of, auth_message};
 pub use error::{Error, Rejection, Result};
 pub use identity::{Keypair, MemberId, Signature, SigningTag};
 pub use invite::InviteToken;
 pub use norms::Norm;
 pub use profile::Profile;
+pub use request::{
+    Category, MatchState, MatchStatus, OfferId, OfferState, OfferStatus, RequestDraft, RequestId,
+    RequestKind, RequestState, RequestStatus, Urgency,
+};
 pub use time::Timestamp;

@@ -111,7 +111,7 @@ pub fn doc_from(bundle: &Bundle, doc: &DocId) -> Result<Automerge> {
     let changes = bundle
         .changes
         .iter()
-        .filter(|c| c.envelope.doc == doc.as_str())
+        .filter(|c| c.envelope.doc == doc.name())
         .map(|c| automerge::Change::from_bytes(c.bytes.clone()))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|_| karmyq_core::Error::Decode { what: "change" })?;

@@ -3,7 +3,10 @@
 //! splits: they end with identical members, roles, profiles and norms, and
 //! their projections equal a rebuild from the documents.
 
-use karmyq_core::{Bundle, CommunityId, Error, Norm, Profile, Result, Role, Visibility};
+use karmyq_core::{
+    Bundle, Category, CommunityId, Error, Norm, OfferStatus, Profile, RequestDraft, RequestKind,
+    RequestQuery, Result, Role, Urgency, Visibility,
+};
 use karmyq_tests::{Device, at};
 use proptest::prelude::*;
 
@@ -41,6 +44,26 @@ enum Action {
         seed: u64,
         chunks: u8,
     },
+    Post {
+        dev: usize,
+        urgency: u8,
+    },
+    Offer {
+        dev: usize,
+        pick: u8,
+    },
+    Accept {
+        dev: usize,
+        pick: u8,
+    },
+    Confirm {
+        dev: usize,
+        pick: u8,
+    },
+    CancelMatch {
+        dev: usize,
+        pick: u8,
+    },
 }
 
 fn action(devices: usize) -> impl Strategy<Value = Action> {
@@ -54,8 +77,13 @@ fn action(devices: usize) -> impl Strategy<Value = Action> {
         2 => (d.clone(), d.clone(), 0..3u8)
             .prop_map(|(dev, target, role)| Action::SetRole { dev, target, role }),
         1 => (d.clone(), d.clone()).prop_map(|(dev, target)| Action::Remove { dev, target }),
-        4 => (d.clone(), d, any::<u64>(), 1..4u8)
+        4 => (d.clone(), d.clone(), any::<u64>(), 1..4u8)
             .prop_map(|(from, to, seed, chunks)| Action::Send { from, to, seed, chunks }),
+        2 => (d.clone(), 0..4u8).prop_map(|(dev, urgency)| Action::Post { dev, urgency }),
+        2 => (d.clone(), any::<u8>()).prop_map(|(dev, pick)| Action::Offer { dev, pick }),
+        2 => (d.clone(), any::<u8>()).prop_map(|(dev, pick)| Action::Accept { dev, pick }),
+        2 => (d.clone(), any::<u8>()).prop_map(|(dev, pick)| Action::Confirm { dev, pick }),
+        1 => (d, any::<u8>()).prop_map(|(dev, pick)| Action::CancelMatch { dev, pick }),
     ]
 }
 
@@ -200,6 +228,50 @@ fn run(n: usize, actions: &[Action]) -> Result<()> {
             } => {
                 if from != to {
                     send(&mut devices, id, from, to, seed, chunks)?;
+                }
+            }
+            Action::Post { dev, urgency } => {
+                let draft = RequestDraft {
+                    title: format!("Request {step}"),
+                    description: "help".into(),
+                    category: Category::Errands,
+                    urgency: Urgency::ALL[usize::from(urgency % 4)],
+                    kind: RequestKind::Generic,
+                    location: None,
+                    when: None,
+                };
+                allowed(devices[dev].k.community(id)?.post_request(&draft, now))?;
+            }
+            Action::Offer { dev, pick }
+            | Action::Accept { dev, pick }
+            | Action::Confirm { dev, pick }
+            | Action::CancelMatch { dev, pick } => {
+                let c = devices[dev].k.community(id)?;
+                let known = c.list_requests(
+                    &RequestQuery {
+                        limit: 100,
+                        ..RequestQuery::default()
+                    },
+                    now,
+                )?;
+                let Some(req) = known
+                    .get(usize::from(pick) % known.len().max(1))
+                    .map(|r| r.id)
+                else {
+                    continue;
+                };
+                match *a {
+                    Action::Offer { .. } => allowed(c.offer_help(req, "I can", now))?,
+                    Action::Accept { .. } => {
+                        let view = c.request(req, now)?;
+                        if let Some((o, _)) =
+                            view.offers.iter().find(|(_, s)| *s == OfferStatus::Pending)
+                        {
+                            allowed(c.accept_offer(req, o.id, now))?;
+                        }
+                    }
+                    Action::Confirm { .. } => allowed(c.confirm_match(req, Some("thanks"), now))?,
+                    _ => allowed(c.cancel_match(req, "changed plans", now))?,
                 }
             }
         }

@@ -88,6 +88,8 @@ pub(super) struct Batch {
     verdicts: Vec<Verdict>,
     /// Order of acceptance (dependencies first).
     order: Vec<usize>,
+    /// Accepted changes already applied to their document while deciding.
+    applied: HashSet<usize>,
 }
 
 impl Batch {
@@ -176,6 +178,11 @@ impl Batch {
                     *v = Verdict::Undecided;
                 }
             }
+            // Documents that took changes while deciding are read again.
+            for &j in &self.applied {
+                docs.remove(&self.changes[j].doc);
+            }
+            self.applied.clear();
             self.order.clear();
         }
     }
@@ -196,22 +203,38 @@ impl Batch {
                 if self.verdicts[i] != Verdict::Undecided {
                     continue;
                 }
-                let change = &self.changes[i];
-                let Some(at) = judge.at(&change.auth_heads) else {
+                let Some(at) = judge.at(&self.changes[i].auth_heads) else {
                     continue;
                 };
-                if let Err(reason) = change.authorize(at) {
+                let doc_id = self.changes[i].doc.clone();
+                let loaded = load_doc_tx(tx, docs, &doc_id, actor)?;
+                let missing = loaded.doc.get_missing_deps(self.changes[i].change.deps());
+                if !missing.iter().all(|d| accepted.contains(&d.0)) {
+                    continue;
+                }
+                if !missing.is_empty() && matches!(doc_id, DocId::Request(_)) {
+                    // A request's rules read the document as the author saw
+                    // it: apply what this batch accepted for it so far.
+                    let due: Vec<usize> = self
+                        .order
+                        .iter()
+                        .copied()
+                        .filter(|&j| self.changes[j].doc == doc_id && !self.applied.contains(&j))
+                        .collect();
+                    loaded
+                        .doc
+                        .apply_changes(due.iter().map(|&j| self.changes[j].change.clone()))?;
+                    self.applied.extend(due);
+                }
+                let change = &self.changes[i];
+                if let Err(reason) = change.authorize(at, &loaded.doc) {
                     self.verdicts[i] = Verdict::Rejected(reason);
                     continue;
                 }
-                let loaded = load_doc_tx(tx, docs, &change.doc, actor)?;
-                let missing = loaded.doc.get_missing_deps(change.change.deps());
-                if missing.iter().all(|d| accepted.contains(&d.0)) {
-                    accepted.insert(change.change.hash().0);
-                    self.verdicts[i] = Verdict::Accepted;
-                    self.order.push(i);
-                    moved = true;
-                }
+                accepted.insert(change.change.hash().0);
+                self.verdicts[i] = Verdict::Accepted;
+                self.order.push(i);
+                moved = true;
             }
             if !moved {
                 return Ok(());
@@ -219,14 +242,15 @@ impl Batch {
         }
     }
 
-    /// The accepted changes per document, dependencies first.
-    pub(super) fn accepted_by_doc(&self) -> Vec<(DocId, Vec<&Authentic>)> {
-        let mut out: Vec<(DocId, Vec<&Authentic>)> = Vec::new();
+    /// The accepted changes per document, dependencies first, each with
+    /// whether it is already applied to its document.
+    pub(super) fn accepted_by_doc(&self) -> Vec<(DocId, Vec<(&Authentic, bool)>)> {
+        let mut out: Vec<(DocId, Vec<(&Authentic, bool)>)> = Vec::new();
         for &i in &self.order {
-            let change = &self.changes[i];
-            match out.iter_mut().find(|(d, _)| *d == change.doc) {
+            let change = (&self.changes[i], self.applied.contains(&i));
+            match out.iter_mut().find(|(d, _)| *d == change.0.doc) {
                 Some((_, list)) => list.push(change),
-                None => out.push((change.doc.clone(), vec![change])),
+                None => out.push((change.0.doc.clone(), vec![change])),
             }
         }
         out

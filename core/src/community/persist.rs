@@ -46,6 +46,37 @@ pub(super) fn store_change(tx: &Transaction<'_>, change: &Authentic) -> Result<(
     Ok(())
 }
 
+/// Records a document's heads, so `Community::heads` needs no document.
+pub(super) fn save_heads(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge) -> Result<()> {
+    let heads: Vec<u8> = doc.get_heads().iter().flat_map(|h| h.0).collect();
+    tx.prepare_cached(
+        "INSERT INTO doc_heads (doc_id, heads) VALUES (?1, ?2)
+         ON CONFLICT (doc_id) DO UPDATE SET heads = excluded.heads",
+    )?
+    .execute(params![doc_id.name(), heads])?;
+    Ok(())
+}
+
+/// Every document's heads, by name.
+pub(super) fn load_heads(db: &Db) -> Result<Vec<(String, Vec<[u8; 32]>)>> {
+    let mut stmt = db
+        .conn()
+        .prepare_cached("SELECT doc_id, heads FROM doc_heads ORDER BY doc_id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, bytes) = row?;
+        let heads = bytes
+            .chunks(32)
+            .map(|c| c.try_into().map_err(|_| Error::Corrupt("doc heads".into())))
+            .collect::<Result<Vec<[u8; 32]>>>()?;
+        out.push((name, heads));
+    }
+    Ok(out)
+}
+
 /// Saves a document's snapshot, covering every change stored for it.
 pub(super) fn save_snapshot(
     tx: &Transaction<'_>,
@@ -58,7 +89,7 @@ pub(super) fn save_snapshot(
          ON CONFLICT (doc_id) DO UPDATE
          SET through_seq = excluded.through_seq, bytes = excluded.bytes",
     )?
-    .execute(params![doc_id.as_str(), loaded.doc.save()])?;
+    .execute(params![doc_id.name(), loaded.doc.save()])?;
     loaded.since_snapshot = 0;
     Ok(())
 }
@@ -132,10 +163,10 @@ pub(super) fn load_doc_tx<'a>(
     actor: &automerge::ActorId,
 ) -> Result<&'a mut Loaded> {
     if !docs.contains_key(doc_id) {
-        let name = doc_id.as_str();
+        let name = doc_id.name();
         let snapshot: Option<(i64, Vec<u8>)> = tx
             .prepare_cached("SELECT through_seq, bytes FROM snapshots WHERE doc_id = ?1")?
-            .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row([&name], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let (through, mut doc) = match snapshot {
             Some((through, bytes)) => (through, Automerge::load(&bytes)?),

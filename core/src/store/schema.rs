@@ -35,7 +35,7 @@ CREATE TABLE communities (
 /// `communities/<id>.sqlite3`: one community's log, documents and projections.
 pub static COMMUNITY: Schema = Schema {
     name: "community",
-    version: 2,
+    version: 3,
     create: COMMUNITY_CURRENT,
     upgrade_from: community_upgrade_from,
 };
@@ -109,16 +109,79 @@ CREATE TABLE norms (
     };
 }
 
+/// Version 3: each document's heads (so a replica says what it holds
+/// without loading every document), and the help-request projections with
+/// their full-text index.
+macro_rules! requests_tables {
+    () => {
+        "
+CREATE TABLE doc_heads (
+    doc_id TEXT PRIMARY KEY,
+    heads BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE requests (
+    request_id TEXT PRIMARY KEY,
+    requester BLOB NOT NULL,
+    title TEXT NOT NULL,
+    description TEXT NOT NULL,
+    category TEXT NOT NULL,
+    urgency INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    location TEXT,
+    when_start INTEGER,
+    when_end INTEGER,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    renewals INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    hidden TEXT
+);
+CREATE INDEX requests_browse ON requests (state, category, urgency DESC, created_at DESC);
+CREATE INDEX requests_requester ON requests (requester, created_at DESC);
+CREATE TABLE offers (
+    offer_id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL REFERENCES requests (request_id),
+    responder BLOB NOT NULL,
+    message TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    state TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX offers_request ON offers (request_id);
+CREATE INDEX offers_responder ON offers (responder, created_at DESC);
+CREATE TABLE matches (
+    request_id TEXT PRIMARY KEY REFERENCES requests (request_id),
+    offer_id TEXT NOT NULL,
+    requester BLOB NOT NULL,
+    responder BLOB NOT NULL,
+    accepted_at INTEGER NOT NULL,
+    requester_confirmed_at INTEGER,
+    responder_confirmed_at INTEGER,
+    completed_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX matches_requester ON matches (requester);
+CREATE INDEX matches_responder ON matches (responder);
+-- rowid = requests.rowid
+CREATE VIRTUAL TABLE requests_fts USING fts5 (title, description);
+"
+    };
+}
+
 #[cfg(test)]
 pub(crate) const COMMUNITY_V1: &str = community_v1!();
 
-const COMMUNITY_CURRENT: &str = concat!(community_v1!(), norms_table!());
+const COMMUNITY_CURRENT: &str = concat!(community_v1!(), norms_table!(), requests_tables!());
 
 fn community_upgrade_from(tx: &Transaction<'_>, from: u32) -> Result<()> {
     match from {
         // Norms got their projection; it is filled by a rebuild on open.
         1 => tx.execute_batch(concat!(
             norms_table!(),
+            "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
+                ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
+        ))?,
+        // Doc heads and request projections are filled by the same rebuild.
+        2 => tx.execute_batch(concat!(
+            requests_tables!(),
             "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
                 ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
         ))?,

@@ -1,0 +1,444 @@
+//! Help requests, offers and matches between devices: the whole story,
+//! every illegal step as a local call and as a forged change, and expiry
+//! and renewal driven only by the clock.
+
+use automerge::transaction::Transactable;
+use automerge::{ROOT, ReadDoc};
+use karmyq_core::{
+    Bundle, Category, CommunityId, DocId, Error, Keypair, MatchStatus, OfferStatus, Rejection,
+    RequestDraft, RequestId, RequestKind, RequestQuery, RequestStatus, Result, Role, Urgency,
+    Visibility,
+};
+use karmyq_tests::{Device, at, bundle_of, doc_from, forge, sync};
+
+const DAY: i64 = 24 * 60;
+
+/// Alice, Bob and Carol in a public community, all synced; Moe moderates.
+struct Street {
+    alice: Device,
+    bob: Device,
+    carol: Device,
+    id: CommunityId,
+}
+
+impl Street {
+    fn new() -> Result<Self> {
+        let mut alice = Device::new()?;
+        let mut bob = Device::new()?;
+        let mut carol = Device::new()?;
+        let id = alice
+            .k
+            .create_community("Elm Street", "", Visibility::Public, at(0))?;
+        for d in [&mut bob, &mut carol] {
+            alice.send_to(d, id, at(1))?;
+            d.k.community(id)?.join(at(2))?;
+            d.send_to(&mut alice, id, at(3))?;
+        }
+        for d in [&mut bob, &mut carol] {
+            alice.send_to(d, id, at(4))?;
+        }
+        Ok(Street {
+            alice,
+            bob,
+            carol,
+            id,
+        })
+    }
+
+    fn sync_all(&mut self, now: i64) -> Result<()> {
+        let id = self.id;
+        sync(&mut self.alice, &mut self.bob, id, at(now))?;
+        sync(&mut self.alice, &mut self.carol, id, at(now))?;
+        sync(&mut self.bob, &mut self.carol, id, at(now))?;
+        Ok(())
+    }
+}
+
+fn draft(title: &str, urgency: Urgency) -> RequestDraft {
+    RequestDraft {
+        title: title.into(),
+        description: "Two boxes and a sofa, third floor".into(),
+        category: Category::Moving,
+        urgency,
+        kind: RequestKind::Generic,
+        location: Some("u0yjj".into()),
+        when: None,
+    }
+}
+
+fn rejected<T: std::fmt::Debug>(r: Result<T>) -> Rejection {
+    match r {
+        Err(Error::Rejected(reason)) => reason,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn post_offer_accept_confirm_across_devices() -> Result<()> {
+    let mut s = Street::new()?;
+    let id = s.id;
+    let req = s
+        .alice
+        .k
+        .community(id)?
+        .post_request(&draft("Help me move a sofa", Urgency::High), at(10))?;
+    s.sync_all(11)?;
+    let offer = s
+        .bob
+        .k
+        .community(id)?
+        .offer_help(req, "I have a van", at(12))?;
+    let carol_offer = s
+        .carol
+        .k
+        .community(id)?
+        .offer_help(req, "I can lift", at(12))?;
+    s.sync_all(13)?;
+    let view = s.alice.k.community(id)?.request(req, at(14))?;
+    assert_eq!(view.status, RequestStatus::Open);
+    assert_eq!(view.offers.len(), 2);
+    s.alice.k.community(id)?.accept_offer(req, offer, at(15))?;
+    s.sync_all(16)?;
+    for d in [&mut s.alice, &mut s.bob, &mut s.carol] {
+        let v = d.k.community(id)?.request(req, at(17))?;
+        assert_eq!(v.status, RequestStatus::Matched);
+        let statuses: Vec<_> = v.offers.iter().map(|(o, st)| (o.id, *st)).collect();
+        assert!(statuses.contains(&(offer, OfferStatus::Accepted)));
+        assert!(statuses.contains(&(carol_offer, OfferStatus::Superseded)));
+    }
+    s.bob
+        .k
+        .community(id)?
+        .confirm_match(req, Some("Glad to help"), at(40))?;
+    // Confirming twice changes nothing.
+    s.bob.k.community(id)?.confirm_match(req, None, at(41))?;
+    s.alice
+        .k
+        .community(id)?
+        .confirm_match(req, Some("Thank you!"), at(50))?;
+    s.sync_all(51)?;
+    for d in [&mut s.alice, &mut s.bob, &mut s.carol] {
+        let v = d.k.community(id)?.request(req, at(52))?;
+        assert_eq!(v.status, RequestStatus::Completed);
+        let m = v
+            .active_match
+            .ok_or(Error::InvalidArgument("no match".into()))?;
+        assert_eq!(m.status, MatchStatus::Completed);
+        assert_eq!(m.completed_at, Some(at(50)));
+        assert_eq!(m.responder_confirmed_at, Some(at(40)));
+    }
+    // The projections answer the lists, on every device.
+    for d in [&mut s.alice, &mut s.bob, &mut s.carol] {
+        let c = d.k.community(id)?;
+        let done = c.list_requests(
+            &RequestQuery {
+                status: Some(RequestStatus::Completed),
+                ..RequestQuery::default()
+            },
+            at(60),
+        )?;
+        assert_eq!(done.iter().map(|r| r.id).collect::<Vec<_>>(), vec![req]);
+        let found = c.search_requests("sofa", 10, at(60))?;
+        assert_eq!(found.len(), 1);
+        assert!(c.search_requests("piano", 10, at(60))?.is_empty());
+        let dump = c.projection_dump()?;
+        c.rebuild_projections()?;
+        assert_eq!(c.projection_dump()?, dump);
+    }
+    Ok(())
+}
+
+#[test]
+fn cancelled_match_reopens_the_request() -> Result<()> {
+    let mut s = Street::new()?;
+    let id = s.id;
+    let req = s
+        .alice
+        .k
+        .community(id)?
+        .post_request(&draft("Groceries", Urgency::Medium), at(10))?;
+    s.sync_all(11)?;
+    let offer = s
+        .bob
+        .k
+        .community(id)?
+        .offer_help(req, "On my way", at(12))?;
+    s.sync_all(13)?;
+    s.alice.k.community(id)?.accept_offer(req, offer, at(14))?;
+    s.sync_all(15)?;
+    s.bob
+        .k
+        .community(id)?
+        .cancel_match(req, "car broke down", at(16))?;
+    s.sync_all(17)?;
+    let v = s.alice.k.community(id)?.request(req, at(18))?;
+    assert_eq!(v.status, RequestStatus::Open);
+    assert_eq!(v.offers[0].1, OfferStatus::Declined);
+    // Carol's offer can now be accepted.
+    let carol = s
+        .carol
+        .k
+        .community(id)?
+        .offer_help(req, "I'll go", at(19))?;
+    s.sync_all(20)?;
+    s.alice.k.community(id)?.accept_offer(req, carol, at(21))?;
+    let v = s.alice.k.community(id)?.request(req, at(22))?;
+    assert_eq!(v.status, RequestStatus::Matched);
+    assert_eq!(v.active_match.map(|m| m.offer), Some(carol));
+    Ok(())
+}
+
+#[test]
+fn illegal_steps_are_refused_as_local_calls() -> Result<()> {
+    let mut s = Street::new()?;
+    let id = s.id;
+    let req = s
+        .alice
+        .k
+        .community(id)?
+        .post_request(&draft("Fix my router", Urgency::Low), at(10))?;
+    s.sync_all(11)?;
+    let bob = s.bob.k.community(id)?;
+    assert_eq!(
+        rejected(bob.edit_request(req, &draft("Mine now", Urgency::Low), at(12))),
+        Rejection::NotRequester
+    );
+    assert_eq!(
+        rejected(bob.cancel_request(req, "no", at(12))),
+        Rejection::NotRequester
+    );
+    assert_eq!(
+        rejected(bob.hide_request(req, Some("spam"), at(12))),
+        Rejection::NotPermitted
+    );
+    let offer = bob.offer_help(req, "I know routers", at(13))?;
+    assert_eq!(
+        rejected(bob.offer_help(req, "Me again", at(14))),
+        Rejection::IllegalTransition("one pending offer per responder")
+    );
+    assert_eq!(
+        rejected(bob.confirm_match(req, None, at(14))),
+        Rejection::IllegalTransition("only a match can be confirmed")
+    );
+    s.sync_all(15)?;
+    let alice = s.alice.k.community(id)?;
+    assert_eq!(
+        rejected(alice.offer_help(req, "I'll help myself", at(16))),
+        Rejection::IllegalTransition("no offer on one's own request")
+    );
+    alice.accept_offer(req, offer, at(17))?;
+    assert_eq!(
+        rejected(alice.edit_request(req, &draft("Changed", Urgency::Low), at(18))),
+        Rejection::IllegalTransition("only an open request can be edited")
+    );
+    assert_eq!(
+        rejected(alice.decline_offer(req, offer, at(18))),
+        Rejection::IllegalTransition("only a pending offer can be declined")
+    );
+    assert_eq!(
+        rejected(alice.renew_request(req, at(18))),
+        Rejection::IllegalTransition("only an expired request can be renewed")
+    );
+    s.sync_all(19)?;
+    // Carol is no party to the match.
+    assert_eq!(
+        rejected(s.carol.k.community(id)?.confirm_match(req, None, at(20))),
+        Rejection::NotPermitted
+    );
+    assert_eq!(
+        rejected(s.carol.k.community(id)?.offer_help(req, "late", at(20))),
+        Rejection::IllegalTransition("only an open request takes offers")
+    );
+    // A moderator may hide it; the list then leaves it out.
+    let carol_id = s.carol.k.member_id();
+    s.alice
+        .k
+        .community(id)?
+        .set_role(carol_id, Role::Moderator, at(21))?;
+    s.sync_all(22)?;
+    s.carol
+        .k
+        .community(id)?
+        .hide_request(req, Some("off topic"), at(23))?;
+    s.sync_all(24)?;
+    let listed = s
+        .alice
+        .k
+        .community(id)?
+        .list_requests(&RequestQuery::default(), at(25))?;
+    assert!(listed.is_empty());
+    Ok(())
+}
+
+/// A change to a request made on a raw document by `keys`.
+fn forge_on(
+    s: &mut Street,
+    from: &str,
+    req: RequestId,
+    edit: impl FnOnce(
+        &mut automerge::transaction::Transaction<'_>,
+    ) -> std::result::Result<(), automerge::AutomergeError>,
+) -> Result<Bundle> {
+    let id = s.id;
+    let device = match from {
+        "alice" => &mut s.alice,
+        "bob" => &mut s.bob,
+        _ => &mut s.carol,
+    };
+    let keys = Keypair::import_secret(&device.k.export_secret())?;
+    let c = device.k.community(id)?;
+    let all = c.changes_since(&karmyq_core::Heads::empty())?;
+    let heads = c.heads()?.auth;
+    let doc_id = DocId::Request(req);
+    let mut doc = doc_from(&all, &doc_id)?;
+    Ok(bundle_of(
+        id,
+        vec![forge(id, &doc_id, &mut doc, heads, &keys, edit)?],
+    ))
+}
+
+#[test]
+fn illegal_steps_are_refused_as_forged_changes() -> Result<()> {
+    let mut s = Street::new()?;
+    let id = s.id;
+    let req = s
+        .alice
+        .k
+        .community(id)?
+        .post_request(&draft("Walk my dog", Urgency::Medium), at(10))?;
+    s.sync_all(11)?;
+    let offer = s.bob.k.community(id)?.offer_help(req, "Happy to", at(12))?;
+    s.sync_all(13)?;
+    let check = |s: &mut Street,
+                 from: &str,
+                 edit: &dyn Fn(
+        &mut automerge::transaction::Transaction<'_>,
+    ) -> std::result::Result<(), automerge::AutomergeError>,
+                 want: Rejection|
+     -> Result<()> {
+        let bundle = forge_on(s, from, req, |tx| edit(tx))?;
+        let before = s.alice.rows(id, "changes")?;
+        let report = s.alice.k.receive(&bundle, at(14))?;
+        assert_eq!(report.reasons(), vec![&want], "{from}");
+        assert_eq!(s.alice.rows(id, "changes")?, before);
+        Ok(())
+    };
+    // Bob edits Alice's request, or accepts his own offer.
+    check(
+        &mut s,
+        "bob",
+        &|tx| tx.put(ROOT, "title", "Bob's now"),
+        Rejection::NotRequester,
+    )?;
+    let accept = offer.to_string();
+    check(
+        &mut s,
+        "bob",
+        &|tx| {
+            tx.put(ROOT, "accepted", accept.as_str())?;
+            tx.put(ROOT, "accepted_at", 1_i64)
+        },
+        Rejection::NotRequester,
+    )?;
+    // Carol writes inside Bob's offer.
+    let key = format!("offer:{offer}");
+    check(
+        &mut s,
+        "carol",
+        &|tx| {
+            let (_, obj) = tx
+                .get(ROOT, key.as_str())?
+                .ok_or(automerge::AutomergeError::InvalidObjId("offer".into()))?;
+            tx.put(&obj, "withdrawn_at", 1_i64)
+        },
+        Rejection::NotResponder,
+    )?;
+    // Bob makes a second pending offer; Alice offers on her own request.
+    let bob_id = s.bob.k.member_id();
+    let second = format!("offer:{bob_id}.0102030405060708");
+    check(
+        &mut s,
+        "bob",
+        &|tx| {
+            let obj = tx.put_object(ROOT, second.as_str(), automerge::ObjType::Map)?;
+            tx.put(&obj, "created_at", 1_i64)
+        },
+        Rejection::IllegalTransition("one pending offer per responder"),
+    )?;
+    let alice_id = s.alice.k.member_id();
+    let own = format!("offer:{alice_id}.0102030405060708");
+    check(
+        &mut s,
+        "alice",
+        &|tx| {
+            let obj = tx.put_object(ROOT, own.as_str(), automerge::ObjType::Map)?;
+            tx.put(&obj, "created_at", 1_i64)
+        },
+        Rejection::IllegalTransition("no offer on one's own request"),
+    )?;
+    // Bob confirms a match that does not exist.
+    let key = format!("offer:{offer}");
+    check(
+        &mut s,
+        "bob",
+        &|tx| {
+            let (_, obj) = tx
+                .get(ROOT, key.as_str())?
+                .ok_or(automerge::AutomergeError::InvalidObjId("offer".into()))?;
+            tx.put(&obj, "confirmed_at", 1_i64)
+        },
+        Rejection::IllegalTransition("not a legal change of this offer"),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn expiry_and_renewal_follow_the_clock() -> Result<()> {
+    let mut s = Street::new()?;
+    let id = s.id;
+    let req = s
+        .alice
+        .k
+        .community(id)?
+        .post_request(&draft("Urgent ride", Urgency::Critical), at(10))?;
+    s.sync_all(11)?;
+    let offer = s
+        .bob
+        .k
+        .community(id)?
+        .offer_help(req, "I can drive", at(12))?;
+    s.sync_all(13)?;
+    let c = s.alice.k.community(id)?;
+    // Critical: two days.
+    let v = c.request(req, at(10 + 2 * DAY - 1))?;
+    assert_eq!(v.status, RequestStatus::Open);
+    let v = c.request(req, at(10 + 2 * DAY))?;
+    assert_eq!(v.status, RequestStatus::Expired);
+    assert_eq!(v.offers[0], (v.offers[0].0.clone(), OfferStatus::Lapsed));
+    let expired = RequestQuery {
+        status: Some(RequestStatus::Expired),
+        ..RequestQuery::default()
+    };
+    assert_eq!(c.list_requests(&expired, at(10 + 2 * DAY))?.len(), 1);
+    assert_eq!(
+        rejected(c.accept_offer(req, offer, at(10 + 2 * DAY))),
+        Rejection::IllegalTransition("only a pending offer on an open request can be accepted")
+    );
+    // Three renewals, then no more.
+    let mut now = 10 + 2 * DAY;
+    for _ in 0..3 {
+        c.renew_request(req, at(now))?;
+        assert_eq!(c.request(req, at(now))?.status, RequestStatus::Open);
+        now += 2 * DAY;
+        assert_eq!(c.request(req, at(now))?.status, RequestStatus::Expired);
+    }
+    assert_eq!(
+        rejected(c.renew_request(req, at(now))),
+        Rejection::IllegalTransition("a request is renewed at most 3 times")
+    );
+    // The other devices agree.
+    s.sync_all(now)?;
+    let v = s.bob.k.community(id)?.request(req, at(now))?;
+    assert_eq!((v.status, v.request.renewals), (RequestStatus::Expired, 3));
+    Ok(())
+}
