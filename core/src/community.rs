@@ -47,6 +47,9 @@ use projection::{
     Touched, profile_row, profile_row_at, project_all_docs, project_doc, project_members,
 };
 
+/// Most request documents kept loaded between operations.
+const MAX_LOADED_REQUESTS: usize = 256;
+
 /// Write a snapshot of a document after this many changes since the last.
 pub const DEFAULT_COMPACT_EVERY: u32 = 256;
 
@@ -156,6 +159,21 @@ impl Community {
         let auth = &community.auth;
         community.db.write(|tx| project_members(tx, auth))?;
         Ok(community)
+    }
+
+    /// Keeps memory bounded: past `MAX_LOADED_REQUESTS` loaded request
+    /// documents, they are all dropped (they load again from their
+    /// snapshot and changes when next needed). Called only between
+    /// operations, never while a batch holds documents.
+    fn trim_cache(&mut self) {
+        let requests = self
+            .docs
+            .keys()
+            .filter(|d| matches!(d, DocId::Request(_)))
+            .count();
+        if requests > MAX_LOADED_REQUESTS {
+            self.docs.retain(|d, _| !matches!(d, DocId::Request(_)));
+        }
     }
 
     /// Drops every cache and reads the file again.
@@ -442,6 +460,7 @@ impl Community {
         if self.auth.role(&me).is_none() {
             return Err(Rejection::NotAMember(me).into());
         }
+        self.trim_cache();
         let result = self.write_doc_inner(&doc_id, now, edit);
         if result.is_err() {
             // The in-memory document may hold the refused change: read it again.
@@ -629,6 +648,7 @@ impl Community {
         }
         let span = tracing::debug_span!("apply", community = %self.id.fmt_short());
         let _entered = span.enter();
+        self.trim_cache();
         let result = self.apply_inner(bundle);
         match &result {
             Ok(report) => {

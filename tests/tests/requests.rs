@@ -442,3 +442,37 @@ fn expiry_and_renewal_follow_the_clock() -> Result<()> {
     assert_eq!((v.status, v.request.renewals), (RequestStatus::Expired, 3));
     Ok(())
 }
+
+#[test]
+fn many_requests_stay_usable_as_documents_leave_memory() -> Result<()> {
+    let mut s = Street::new()?;
+    let id = s.id;
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let d = draft(&format!("Request number {i}"), Urgency::Low);
+        ids.push(s.alice.k.community(id)?.post_request(&d, at(10 + i))?);
+    }
+    s.sync_all(400)?;
+    // The first request's document was dropped from memory long ago.
+    let offer = s.bob.k.community(id)?.offer_help(ids[0], "Sure", at(401))?;
+    s.sync_all(402)?;
+    s.alice
+        .k
+        .community(id)?
+        .accept_offer(ids[0], offer, at(403))?;
+    let c = s.alice.k.community(id)?;
+    assert_eq!(c.request(ids[0], at(404))?.status, RequestStatus::Matched);
+    let open = RequestQuery {
+        status: Some(RequestStatus::Open),
+        limit: 100,
+        ..RequestQuery::default()
+    };
+    assert_eq!(c.list_requests(&open, at(404))?.len(), 100);
+    let page4 = RequestQuery {
+        offset: 200,
+        ..open
+    };
+    assert_eq!(c.list_requests(&page4, at(404))?.len(), 99);
+    assert_eq!(c.search_requests("number 42", 5, at(404))?[0].id, ids[42]);
+    Ok(())
+}
