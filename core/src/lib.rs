@@ -40,11 +40,13 @@ mod docs;
 mod error;
 mod identity;
 mod invite;
+mod karma;
 mod norms;
 mod profile;
 mod request;
 mod store;
 mod time;
+mod trust;
 
 pub use authority::{
     AuthorityLog, CommunityId, Inserted, Invite, InviteKey, InviteProof, Member, Op, OpBody,
@@ -60,6 +62,10 @@ pub use docs::{Authentic, DocId, Envelope, SignedChange, actor_of, auth_message}
 pub use error::{Error, Rejection, Result};
 pub use identity::{Keypair, MemberId, Signature, SigningTag};
 pub use invite::InviteToken;
+pub use karma::{
+    CompletedMatch, HALF_LIFE_MS, KarmaEvent, KarmaHistoryEntry, KarmaPool, KarmaReason, decay,
+    display_karma, karma, karma_events, karma_history,
+};
 pub use norms::Norm;
 pub use profile::Profile;
 pub use request::{
@@ -67,3 +73,4 @@ pub use request::{
     RequestKind, RequestState, RequestStatus, Urgency,
 };
 pub use time::Timestamp;
+pub use trust::{Badge, TrustInput, TrustScore, badges, trust};
