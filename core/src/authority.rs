@@ -673,6 +673,8 @@ struct CutIndex {
     kinds: Vec<Option<Kind>>,
     /// Effective ops that affect each member's membership, in linear order.
     affecting: HashMap<MemberId, Vec<usize>>,
+    /// Each op's `created_at`.
+    times: Vec<Timestamp>,
 }
 
 impl CutIndex {
@@ -765,6 +767,7 @@ impl<'a> Resolver<'a> {
             })
             .collect();
         let kinds = targets.iter().map(|t| t.map(|(_, k)| k)).collect();
+        let times = ops.iter().map(|o| o.op.created_at).collect();
         Resolver {
             log,
             order,
@@ -775,6 +778,7 @@ impl<'a> Resolver<'a> {
                 ancestors,
                 kinds,
                 affecting: HashMap::new(),
+                times,
             },
         }
     }
@@ -1248,6 +1252,21 @@ impl AuthorityLog {
 }
 
 impl Resolved {
+    /// Whether the member was a member at time `t`, by the `created_at` of
+    /// the effective ops that admitted and removed them (a member from
+    /// their entry until their removal or leave).
+    pub fn member_at(&self, member: &MemberId, t: Timestamp) -> bool {
+        let ops = self.cut.affecting.get(member).into_iter().flatten();
+        ops.filter(|&&i| self.cut.times[i] <= t)
+            .filter_map(|&i| match self.cut.kinds[i] {
+                Some(Kind::Entry(_)) => Some((self.cut.times[i], i, true)),
+                Some(Kind::Exit) => Some((self.cut.times[i], i, false)),
+                _ => None,
+            })
+            .max()
+            .is_some_and(|(_, _, entered)| entered)
+    }
+
     /// The highest role the member ever held through an effective op, if
     /// they were ever a member (to tell a demoted member from one who never
     /// had the role).

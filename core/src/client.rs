@@ -17,6 +17,7 @@ use crate::identity::{Keypair, MemberId};
 use crate::invite::InviteToken;
 use crate::store::{Db, schema};
 use crate::time::Timestamp;
+use crate::trust::{Badge, badges};
 
 /// A community this device holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +248,30 @@ impl Karmyq {
         let name = community.authority().name.clone();
         self.remember(id, &name, now)?;
         Ok(report)
+    }
+
+    /// A member's karma across every community on this device, at `now`.
+    pub fn total_karma(&mut self, member: &MemberId, now: Timestamp) -> Result<f64> {
+        let mut total = 0.0;
+        for summary in self.communities()? {
+            total += self.community(summary.id)?.karma(member, now)?;
+        }
+        Ok(total)
+    }
+
+    /// A member's badges in a community; `bridge_builder` looks at every
+    /// community on this device.
+    pub fn badges(
+        &mut self,
+        member: &MemberId,
+        community: CommunityId,
+        now: Timestamp,
+    ) -> Result<Vec<Badge>> {
+        let mut matches = Vec::new();
+        for summary in self.communities()? {
+            matches.extend(self.community(summary.id)?.completed_matches(member)?);
+        }
+        Ok(badges(member, &community, &matches, &[], now))
     }
 
     /// Joins a community with an invite link, once its log is on this device.

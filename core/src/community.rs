@@ -31,6 +31,7 @@ use crate::store::{Db, schema};
 use crate::time::Timestamp;
 
 mod batch;
+mod figures;
 mod persist;
 mod projection;
 mod requests;

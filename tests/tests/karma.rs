@@ -1,0 +1,134 @@
+//! Karma, trust and badges from matches completed across devices.
+
+use karmyq_core::{
+    Badge, Category, CommunityId, KarmaReason, RequestDraft, RequestId, RequestKind, Result,
+    Urgency, Visibility,
+};
+use karmyq_tests::{Device, at, sync};
+
+/// Minutes in 182.625 days: one karma half-life.
+const HALF_LIFE_MIN: i64 = 262_980;
+
+fn setup() -> Result<(Device, Device, CommunityId)> {
+    let mut alice = Device::new()?;
+    let mut bob = Device::new()?;
+    let id = alice
+        .k
+        .create_community("Elm Street", "", Visibility::Public, at(0))?;
+    alice.send_to(&mut bob, id, at(1))?;
+    bob.k.community(id)?.join(at(2))?;
+    sync(&mut alice, &mut bob, id, at(3))?;
+    Ok((alice, bob, id))
+}
+
+fn draft(n: i64) -> RequestDraft {
+    RequestDraft {
+        title: format!("Groceries #{n}"),
+        description: String::new(),
+        category: Category::Food,
+        urgency: Urgency::Medium,
+        kind: RequestKind::Generic,
+        location: None,
+        when: None,
+    }
+}
+
+/// Alice asks, Bob helps, both confirm: accepted at `t + 2`, confirmed by
+/// Bob at `t + 2 + gap / 2` and by Alice at `t + 2 + gap` (minutes).
+fn help(
+    alice: &mut Device,
+    bob: &mut Device,
+    id: CommunityId,
+    t: i64,
+    gap: i64,
+) -> Result<RequestId> {
+    let req = alice.k.community(id)?.post_request(&draft(t), at(t))?;
+    alice.send_to(bob, id, at(t))?;
+    let offer = bob.k.community(id)?.offer_help(req, "On it", at(t + 1))?;
+    bob.send_to(alice, id, at(t + 1))?;
+    alice.k.community(id)?.accept_offer(req, offer, at(t + 2))?;
+    alice.send_to(bob, id, at(t + 2))?;
+    bob.k
+        .community(id)?
+        .confirm_match(req, None, at(t + 2 + gap / 2))?;
+    bob.send_to(alice, id, at(t + 2 + gap / 2))?;
+    alice
+        .k
+        .community(id)?
+        .confirm_match(req, Some("Thanks!"), at(t + 2 + gap))?;
+    sync(alice, bob, id, at(t + 2 + gap))?;
+    Ok(req)
+}
+
+#[test]
+fn one_completed_match_pays_25_and_5_and_halves_in_a_half_life() -> Result<()> {
+    let (mut alice, mut bob, id) = setup()?;
+    help(&mut alice, &mut bob, id, 10, 30)?;
+    let done = 42;
+    let (a, b) = (alice.k.member_id(), bob.k.member_id());
+    for d in [&mut alice, &mut bob] {
+        let c = d.k.community(id)?;
+        assert_eq!(c.karma(&b, at(done))?, 25.0);
+        assert_eq!(c.karma(&a, at(done))?, 5.0);
+        assert!((c.karma(&b, at(done + HALF_LIFE_MIN))? - 12.5).abs() < 1e-9);
+        assert!((c.karma(&a, at(done + HALF_LIFE_MIN))? - 2.5).abs() < 1e-9);
+        let reasons: Vec<_> = c
+            .karma_history(&b, at(done))?
+            .into_iter()
+            .map(|h| (h.event.reason, h.event.points))
+            .collect();
+        assert!(reasons.contains(&(KarmaReason::Help, 10.0)));
+        assert!(reasons.contains(&(KarmaReason::FirstHelp, 15.0)));
+    }
+    assert_eq!(bob.k.total_karma(&b, at(done))?, 25.0);
+    assert_eq!(bob.k.badges(&b, id, at(done))?, vec![Badge::FirstHelper]);
+    assert!(bob.k.badges(&a, id, at(done))?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn repeat_pairs_in_a_month_earn_less_each_time() -> Result<()> {
+    let (mut alice, mut bob, id) = setup()?;
+    for k in 0..5 {
+        help(&mut alice, &mut bob, id, 100 + k * 24 * 60, 30)?;
+    }
+    let b = bob.k.member_id();
+    let c = alice.k.community(id)?;
+    let mut base: Vec<(i64, f64)> = c
+        .karma_history(&b, at(10 * 24 * 60))?
+        .into_iter()
+        .filter(|h| h.event.reason == KarmaReason::Help)
+        .map(|h| (h.event.at.as_millis(), h.event.points))
+        .collect();
+    base.sort_by_key(|(t, _)| *t);
+    let points: Vec<f64> = base.into_iter().map(|(_, p)| p).collect();
+    // 1, 1, 0.5, 0.25, then nothing (no event at all for zero).
+    assert_eq!(points, vec![10.0, 10.0, 5.0, 2.5]);
+    Ok(())
+}
+
+#[test]
+fn a_match_completed_within_15_minutes_earns_nothing() -> Result<()> {
+    let (mut alice, mut bob, id) = setup()?;
+    help(&mut alice, &mut bob, id, 10, 14)?;
+    let b = bob.k.member_id();
+    assert_eq!(alice.k.community(id)?.karma(&b, at(100))?, 0.0);
+    help(&mut alice, &mut bob, id, 200, 16)?;
+    assert_eq!(alice.k.community(id)?.karma(&b, at(218))?, 25.0);
+    Ok(())
+}
+
+#[test]
+fn trust_grows_with_completed_help() -> Result<()> {
+    let (mut alice, mut bob, id) = setup()?;
+    let b = bob.k.member_id();
+    let before = alice.k.community(id)?.trust(&b, at(60))?;
+    assert_eq!(before.score, 0);
+    help(&mut alice, &mut bob, id, 10, 30)?;
+    let after = alice.k.community(id)?.trust(&b, at(60))?;
+    // n = 1: V = 10 * log2(2) = 10; P = 1: B = 2.5; tenure 58 minutes.
+    assert_eq!(after.volume, 10.0);
+    assert_eq!(after.breadth, 2.5);
+    assert_eq!(after.score, 13);
+    Ok(())
+}
