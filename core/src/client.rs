@@ -15,6 +15,9 @@ use crate::community::Community;
 use crate::error::{Error, Rejection, Result};
 use crate::identity::{Keypair, MemberId};
 use crate::invite::InviteToken;
+use crate::notify::{
+    self, Hub, Listener, Notification, NotificationKind, QuietHours, Subscription,
+};
 use crate::store::{Db, schema};
 use crate::time::Timestamp;
 use crate::trust::{Badge, badges};
@@ -33,8 +36,9 @@ pub struct Karmyq {
     dir: PathBuf,
     /// Held for as long as this client is open: one writer per file.
     _lock: std::fs::File,
-    account: Db,
     keys: Arc<Keypair>,
+    /// The account file and the listeners, shared with the communities.
+    hub: Arc<Hub>,
     open: HashMap<CommunityId, Community>,
 }
 
@@ -110,7 +114,7 @@ impl Karmyq {
         Ok(Karmyq {
             dir: dir.to_owned(),
             _lock: lock,
-            account,
+            hub: Hub::new(keys.member_id(), account),
             keys: Arc::new(keys),
             open: HashMap::new(),
         })
@@ -169,14 +173,19 @@ impl Karmyq {
             &self.keys,
         )?;
         let id = CommunityId::from_bytes(*genesis.hash().as_bytes());
-        let community = Community::create(&self.path_of(&id), self.keys.clone(), genesis)?;
+        let community = Community::create(
+            &self.path_of(&id),
+            self.keys.clone(),
+            self.hub.clone(),
+            genesis,
+        )?;
         self.remember(id, name, now)?;
         self.open.insert(id, community);
         Ok(id)
     }
 
     fn remember(&mut self, id: CommunityId, name: &str, now: Timestamp) -> Result<()> {
-        self.account.write(|tx| {
+        self.hub.account().write(|tx| {
             tx.execute(
                 "INSERT INTO communities (community_id, name, added_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (community_id) DO UPDATE SET name = excluded.name",
@@ -188,8 +197,8 @@ impl Karmyq {
 
     /// The communities this device holds.
     pub fn communities(&self) -> Result<Vec<CommunitySummary>> {
-        let mut stmt = self
-            .account
+        let account = self.hub.account();
+        let mut stmt = account
             .conn()
             .prepare_cached("SELECT community_id, name FROM communities ORDER BY added_at, name")?;
         let rows = stmt.query_map([], |r| {
@@ -213,14 +222,16 @@ impl Karmyq {
     pub fn community(&mut self, id: CommunityId) -> Result<&mut Community> {
         if !self.open.contains_key(&id) {
             let known: bool = self
-                .account
+                .hub
+                .account()
                 .conn()
                 .prepare_cached("SELECT 1 FROM communities WHERE community_id = ?1")?
                 .exists([id.as_bytes().as_slice()])?;
             if !known {
                 return Err(Error::UnknownCommunity);
             }
-            let community = Community::open(&self.path_of(&id), self.keys.clone(), id)?;
+            let community =
+                Community::open(&self.path_of(&id), self.keys.clone(), self.hub.clone(), id)?;
             self.open.insert(id, community);
         }
         self.open.get_mut(&id).ok_or(Error::UnknownCommunity)
@@ -238,13 +249,18 @@ impl Karmyq {
                 .filter_map(|b| SignedOp::decode(b).ok())
                 .find(|op| op.hash().as_bytes() == id.as_bytes())
                 .ok_or(Error::UnknownCommunity)?;
-            let community = Community::create(&self.path_of(&id), self.keys.clone(), genesis)?;
+            let community = Community::create(
+                &self.path_of(&id),
+                self.keys.clone(),
+                self.hub.clone(),
+                genesis,
+            )?;
             let name = community.authority().name.clone();
             self.remember(id, &name, now)?;
             self.open.insert(id, community);
         }
         let community = self.community(id)?;
-        let report = community.apply(bundle)?;
+        let report = community.apply(bundle, now)?;
         let name = community.authority().name.clone();
         self.remember(id, &name, now)?;
         Ok(report)
@@ -272,6 +288,47 @@ impl Karmyq {
             matches.extend(self.community(summary.id)?.completed_matches(member)?);
         }
         Ok(badges(member, &community, &matches, &[], now))
+    }
+
+    /// Registers a listener for every event of every community on this
+    /// device (and the notifications derived from them) until the returned
+    /// subscription is dropped.
+    pub fn subscribe(&self, listener: Arc<dyn Listener>) -> Subscription {
+        self.hub.subscribe(listener)
+    }
+
+    /// Notifications, newest first (`unread_only` to skip read ones).
+    pub fn notifications(
+        &self,
+        unread_only: bool,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Notification>> {
+        if !(1..=100).contains(&limit) {
+            return Err(Error::InvalidArgument("limit must be 1-100".into()));
+        }
+        notify::list(&self.hub.account(), unread_only, limit, offset)
+    }
+
+    /// Marks one notification read, or all of them with `None`.
+    pub fn mark_read(&self, id: Option<i64>) -> Result<()> {
+        notify::mark_read(&mut self.hub.account(), id)
+    }
+
+    /// Turns one kind of notification on or off in one community.
+    pub fn set_notification_preference(
+        &self,
+        community: CommunityId,
+        kind: NotificationKind,
+        enabled: bool,
+    ) -> Result<()> {
+        notify::set_preference(&mut self.hub.account(), community, kind, enabled)
+    }
+
+    /// Sets quiet hours (UTC minutes of the day; `None` for none):
+    /// notifications made then are stored as silent.
+    pub fn set_quiet_hours(&self, hours: Option<QuietHours>) -> Result<()> {
+        notify::set_quiet_hours(&mut self.hub.account(), hours)
     }
 
     /// Joins a community with an invite link, once its log is on this device.

@@ -25,8 +25,11 @@ use crate::docs::{DocId, SignedChange, actor_of, auth_message, change_hash};
 use crate::error::{Error, Rejection, Result};
 use crate::identity::{Keypair, MemberId};
 use crate::invite::InviteToken;
+use crate::karma::KarmaReason;
 use crate::norms::{self, Norm};
+use crate::notify::{Event, Hub};
 use crate::profile::Profile;
+use crate::request::OfferId;
 use crate::store::{Db, schema};
 use crate::time::Timestamp;
 
@@ -89,6 +92,9 @@ pub struct Community {
     id: CommunityId,
     db: Db,
     keys: Arc<Keypair>,
+    hub: Arc<Hub>,
+    /// Events of the operation under way, dispatched once it committed.
+    outbox: Vec<Event>,
     log: AuthorityLog,
     auth: Resolved,
     docs: HashMap<DocId, Loaded>,
@@ -109,7 +115,12 @@ impl std::fmt::Debug for Community {
 
 impl Community {
     /// Founds a community in a new file at `path`.
-    pub(crate) fn create(path: &Path, keys: Arc<Keypair>, genesis: SignedOp) -> Result<Self> {
+    pub(crate) fn create(
+        path: &Path,
+        keys: Arc<Keypair>,
+        hub: Arc<Hub>,
+        genesis: SignedOp,
+    ) -> Result<Self> {
         let log = AuthorityLog::new(genesis.clone())?;
         let id = log.community_id();
         let mut db = Db::open(path, &schema::COMMUNITY)?;
@@ -121,14 +132,23 @@ impl Community {
             store_op(tx, &genesis.hash(), &genesis)?;
             Ok(())
         })?;
-        Self::from_parts(id, db, keys, log)
+        let mut community = Self::from_parts(id, db, keys, hub, log)?;
+        community.dispatch(genesis.op.created_at)?;
+        Ok(community)
     }
 
     /// Opens the file of a known community.
-    pub(crate) fn open(path: &Path, keys: Arc<Keypair>, id: CommunityId) -> Result<Self> {
+    pub(crate) fn open(
+        path: &Path,
+        keys: Arc<Keypair>,
+        hub: Arc<Hub>,
+        id: CommunityId,
+    ) -> Result<Self> {
         let db = Db::open(path, &schema::COMMUNITY)?;
         let log = load_log(&db, id)?;
-        let mut community = Self::from_parts(id, db, keys, log)?;
+        let mut community = Self::from_parts(id, db, keys, hub, log)?;
+        // Opening changes nothing that happened: no events.
+        community.outbox.clear();
         let rebuild: bool = community
             .db
             .conn()
@@ -145,20 +165,30 @@ impl Community {
         Ok(community)
     }
 
-    fn from_parts(id: CommunityId, db: Db, keys: Arc<Keypair>, log: AuthorityLog) -> Result<Self> {
+    fn from_parts(
+        id: CommunityId,
+        db: Db,
+        keys: Arc<Keypair>,
+        hub: Arc<Hub>,
+        log: AuthorityLog,
+    ) -> Result<Self> {
         let auth = log.resolve();
         let mut community = Community {
             id,
             db,
             keys,
+            hub,
+            outbox: Vec::new(),
             log,
             auth,
             docs: HashMap::new(),
             at_cache: HashMap::new(),
             compact_every: DEFAULT_COMPACT_EVERY,
         };
-        let auth = &community.auth;
-        community.db.write(|tx| project_members(tx, auth))?;
+        let Community {
+            auth, db, outbox, ..
+        } = &mut community;
+        db.write(|tx| project_members(tx, auth, outbox))?;
         Ok(community)
     }
 
@@ -328,12 +358,15 @@ impl Community {
         if let Some(Err(reason)) = auth.verdicts.get(&hash) {
             return Err(reason.clone().into());
         }
+        let mut events = Vec::new();
         self.db.write(|tx| {
             store_op(tx, &hash, &signed)?;
-            project_members(tx, &auth)
+            project_members(tx, &auth, &mut events)
         })?;
         self.log = log;
         self.auth = auth;
+        self.outbox = events;
+        self.dispatch(now)?;
         Ok(hash)
     }
 
@@ -466,8 +499,45 @@ impl Community {
         if result.is_err() {
             // The in-memory document may hold the refused change: read it again.
             self.docs.remove(&doc_id);
+            self.outbox.clear();
+            return result;
         }
-        result
+        self.dispatch(now)
+    }
+
+    /// Hands the committed operation's events to the hub, with the karma
+    /// each completed match awarded.
+    fn dispatch(&mut self, now: Timestamp) -> Result<()> {
+        let mut events = std::mem::take(&mut self.outbox);
+        let completed: Vec<(OfferId, [MemberId; 2])> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::MatchCompleted {
+                    offer,
+                    requester,
+                    helper,
+                    ..
+                } => Some((*offer, [*requester, *helper])),
+                _ => None,
+            })
+            .collect();
+        for (offer, parties) in completed {
+            let id = offer.to_string();
+            for member in parties {
+                for entry in self.karma_history(&member, now)? {
+                    if entry.event.match_id == id {
+                        events.push(Event::KarmaAwarded {
+                            community: self.id,
+                            member,
+                            points: entry.event.points,
+                            milestone: matches!(entry.event.reason, KarmaReason::Milestone(_)),
+                        });
+                    }
+                }
+            }
+        }
+        self.hub
+            .dispatch(events, self.auth.settings.notification_retention_days, now)
     }
 
     fn write_doc_inner(
@@ -507,12 +577,13 @@ impl Community {
         let authentic = signed.authenticate(*id)?;
         authentic.authorize(auth, &loaded.doc)?;
         let mut touched = Touched::default();
+        let Community { outbox, .. } = self;
         db.write(|tx| {
             store_change(tx, &authentic)?;
             save_heads(tx, doc_id, &loaded.doc)?;
             loaded.since_snapshot += 1;
             touched.note(&authentic);
-            project_doc(tx, doc_id, &loaded.doc, &touched)?;
+            project_doc(tx, doc_id, &loaded.doc, &touched, outbox)?;
             // Snapshots belong to quiet moments (`compact`); this only keeps
             // a file that never gets one from growing without bound.
             if loaded.since_snapshot >= compact_every.saturating_mul(4) {
@@ -643,7 +714,7 @@ impl Community {
     /// Applies a bundle from another replica: each op and change is stored
     /// only if valid (or parked if it waits for something), and the whole
     /// bundle is one SQLite transaction.
-    pub fn apply(&mut self, bundle: &Bundle) -> Result<Report> {
+    pub fn apply(&mut self, bundle: &Bundle, now: Timestamp) -> Result<Report> {
         if bundle.community != self.id {
             return Err(Rejection::WrongCommunity.into());
         }
@@ -665,9 +736,12 @@ impl Community {
             }
             Err(error) => {
                 tracing::warn!(%error, "bundle not applied; reloading from the file");
+                self.outbox.clear();
                 self.reload()?;
+                return result;
             }
         }
+        self.dispatch(now)?;
         result
     }
 
@@ -705,6 +779,7 @@ impl Community {
             docs,
             at_cache,
             compact_every,
+            outbox,
             ..
         } = self;
         let auth_now = resolved.as_ref().unwrap_or(auth);
@@ -733,7 +808,7 @@ impl Community {
                 report.accepted.push(Item::Op(Some(*hash)));
             }
             if resolved.is_some() {
-                project_members(tx, auth_now)?;
+                project_members(tx, auth_now, outbox)?;
             }
             // This bundle's changes, then the ones that waited before it.
             let fresh = bundle.changes.len();
@@ -778,7 +853,7 @@ impl Community {
                 }
             }
             batch.report(tx, &mut report)?;
-            project_all_docs(tx, docs, &touched)
+            project_all_docs(tx, docs, &touched, outbox)
         })?;
         if let Some(resolved) = resolved {
             self.log = log;
@@ -818,6 +893,8 @@ impl Community {
             }
         }
         let Community { db, docs, auth, .. } = self;
+        // A rebuild re-derives what is already known: its events are not news.
+        let mut discarded = Vec::new();
         db.write(|tx| {
             for table in [
                 "profiles",
@@ -829,11 +906,11 @@ impl Community {
             ] {
                 tx.execute(&format!("DELETE FROM {table}"), [])?;
             }
-            project_members(tx, auth)?;
+            project_members(tx, auth, &mut discarded)?;
             for (doc_id, loaded) in docs.iter() {
                 save_heads(tx, doc_id, &loaded.doc)?;
             }
-            project_all_docs(tx, docs, &touched)?;
+            project_all_docs(tx, docs, &touched, &mut discarded)?;
             tx.execute("DELETE FROM meta WHERE key = 'rebuild_projections'", [])?;
             Ok(())
         })

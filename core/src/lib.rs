@@ -42,6 +42,7 @@ mod identity;
 mod invite;
 mod karma;
 mod norms;
+mod notify;
 mod profile;
 mod request;
 mod store;
@@ -67,6 +68,7 @@ pub use karma::{
     display_karma, karma, karma_events, karma_history,
 };
 pub use norms::Norm;
+pub use notify::{Event, Listener, Notification, NotificationKind, QuietHours, Subscription};
 pub use profile::Profile;
 pub use request::{
     Category, MatchState, MatchStatus, OfferId, OfferState, OfferStatus, RequestDraft, RequestId,

@@ -7,14 +7,17 @@ use automerge::Automerge;
 use rusqlite::{Transaction, params};
 
 use super::persist::Loaded;
+use crate::authority::CommunityId;
 use crate::authority::Resolved;
 use crate::docs::{Authentic, DocId};
 use crate::error::{Error, Result};
 use crate::identity::MemberId;
 use crate::norms::{self, Norm};
+use crate::notify::Event;
 use crate::profile::Profile;
-use crate::request::{OfferStatus, RequestId, RequestState};
+use crate::request::{OfferId, OfferStatus, RequestId, RequestState};
 use crate::time::Timestamp;
+use rusqlite::OptionalExtension;
 
 /// What a batch of changes moved, for the projections.
 #[derive(Default)]
@@ -38,7 +41,45 @@ impl Touched {
     }
 }
 
-pub(super) fn project_members(tx: &Transaction<'_>, auth: &Resolved) -> Result<()> {
+/// Replaces the members projection with the resolved state, noting who
+/// joined, left or changed role.
+pub(super) fn project_members(
+    tx: &Transaction<'_>,
+    auth: &Resolved,
+    events: &mut Vec<Event>,
+) -> Result<()> {
+    let mut before: HashMap<MemberId, String> = HashMap::new();
+    {
+        let mut stmt = tx.prepare_cached("SELECT member_id, role FROM members")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (id, role) = row?;
+            before.insert(member_from_blob(&id)?, role);
+        }
+    }
+    let community = auth.community;
+    for m in auth.members.values() {
+        match before.remove(&m.id) {
+            None => events.push(Event::MemberJoined {
+                community,
+                member: m.id,
+            }),
+            Some(role) if role != m.role.as_str() => events.push(Event::RoleChanged {
+                community,
+                member: m.id,
+                role: m.role,
+            }),
+            Some(_) => {}
+        }
+    }
+    let mut gone: Vec<MemberId> = before.into_keys().collect();
+    gone.sort();
+    events.extend(
+        gone.into_iter()
+            .map(|member| Event::MemberLeft { community, member }),
+    );
     tx.execute("DELETE FROM members", [])?;
     let mut stmt = tx.prepare_cached(
         "INSERT INTO members (member_id, role, admitted_at, seniority) VALUES (?1, ?2, ?3, ?4)",
@@ -59,9 +100,10 @@ pub(super) fn project_all_docs(
     tx: &Transaction<'_>,
     docs: &HashMap<DocId, Loaded>,
     touched: &Touched,
+    events: &mut Vec<Event>,
 ) -> Result<()> {
     for (doc_id, loaded) in docs {
-        project_doc(tx, doc_id, &loaded.doc, touched)?;
+        project_doc(tx, doc_id, &loaded.doc, touched, events)?;
     }
     Ok(())
 }
@@ -72,6 +114,7 @@ pub(super) fn project_doc(
     doc_id: &DocId,
     doc: &Automerge,
     touched: &Touched,
+    events: &mut Vec<Event>,
 ) -> Result<()> {
     match doc_id {
         DocId::Profiles => {
@@ -80,7 +123,9 @@ pub(super) fn project_doc(
             }
         }
         DocId::Community if touched.community => project_community(tx, doc)?,
-        DocId::Request(id) if touched.requests.contains(id) => project_request(tx, doc, *id)?,
+        DocId::Request(id) if touched.requests.contains(id) => {
+            project_request(tx, doc, *id, community_of(tx)?, events)?;
+        }
         _ => {}
     }
     Ok(())
@@ -140,11 +185,155 @@ fn stored_state(state: &RequestState) -> &'static str {
     state.status(Timestamp::from_millis(i64::MIN)).as_str()
 }
 
-fn project_request(tx: &Transaction<'_>, doc: &Automerge, id: RequestId) -> Result<()> {
+/// The community a file holds.
+fn community_of(tx: &Transaction<'_>) -> Result<CommunityId> {
+    let bytes: Vec<u8> = tx
+        .prepare_cached("SELECT value FROM meta WHERE key = 'community_id'")?
+        .query_row([], |r| r.get(0))?;
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| Error::Corrupt("community id".into()))?;
+    Ok(CommunityId::from_bytes(bytes))
+}
+
+/// A request's projection before a change: whether it existed, its
+/// offers' stored states, and its match.
+struct Before {
+    existed: bool,
+    offers: HashMap<String, String>,
+    matched: Option<(String, bool, bool, bool)>,
+}
+
+fn before(tx: &Transaction<'_>, request_id: &str) -> Result<Before> {
+    let existed = tx
+        .prepare_cached("SELECT 1 FROM requests WHERE request_id = ?1")?
+        .exists([request_id])?;
+    let mut offers = HashMap::new();
+    {
+        let mut stmt =
+            tx.prepare_cached("SELECT offer_id, state FROM offers WHERE request_id = ?1")?;
+        let rows = stmt.query_map([request_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (o, state) = row?;
+            offers.insert(o, state);
+        }
+    }
+    let matched = tx
+        .prepare_cached(
+            "SELECT offer_id, requester_confirmed_at IS NOT NULL, responder_confirmed_at IS NOT NULL,
+                    completed_at IS NOT NULL
+             FROM matches WHERE request_id = ?1",
+        )?
+        .query_row([request_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    Ok(Before {
+        existed,
+        offers,
+        matched,
+    })
+}
+
+/// The events between a request's projection before and its new state.
+fn request_events(
+    community: CommunityId,
+    state: &RequestState,
+    was: &Before,
+    stored: &[(OfferId, &'static str)],
+    events: &mut Vec<Event>,
+) {
+    let request = state.id;
+    if !was.existed {
+        events.push(Event::RequestCreated { community, request });
+    }
+    for &(offer, now_state) in stored {
+        let old = was.offers.get(&offer.to_string()).map(String::as_str);
+        match (old, now_state) {
+            (None, _) => events.push(Event::OfferReceived {
+                community,
+                request,
+                offer,
+            }),
+            (Some("pending"), "accepted") => events.push(Event::OfferAccepted {
+                community,
+                request,
+                offer,
+            }),
+            (Some("pending"), "declined") => events.push(Event::OfferDeclined {
+                community,
+                request,
+                offer,
+            }),
+            (Some("accepted"), "declined") => {
+                let by = if state.match_cancelled.contains_key(&offer) {
+                    request.requester
+                } else {
+                    offer.responder
+                };
+                events.push(Event::MatchCancelled {
+                    community,
+                    request,
+                    offer,
+                    by,
+                });
+            }
+            _ => {}
+        }
+        // An offer accepted with no state before (one bundle brought both).
+        if old.is_none() && now_state == "accepted" {
+            events.push(Event::OfferAccepted {
+                community,
+                request,
+                offer,
+            });
+        }
+    }
+    let never = Timestamp::from_millis(i64::MIN);
+    if let Some(m) = state.active_match(never) {
+        let same = was
+            .matched
+            .as_ref()
+            .filter(|(o, ..)| *o == m.offer.to_string());
+        let (r, p, c) = same.map_or((false, false, false), |(_, r, p, c)| (*r, *p, *c));
+        if m.requester_confirmed_at.is_some() && !r {
+            events.push(Event::MatchConfirmed {
+                community,
+                request,
+                by: m.requester,
+            });
+        }
+        if m.responder_confirmed_at.is_some() && !p {
+            events.push(Event::MatchConfirmed {
+                community,
+                request,
+                by: m.responder,
+            });
+        }
+        if m.completed_at.is_some() && !c {
+            events.push(Event::MatchCompleted {
+                community,
+                request,
+                offer: m.offer,
+                requester: m.requester,
+                helper: m.responder,
+            });
+        }
+    }
+}
+
+fn project_request(
+    tx: &Transaction<'_>,
+    doc: &Automerge,
+    id: RequestId,
+    community: CommunityId,
+    events: &mut Vec<Event>,
+) -> Result<()> {
     let Some(state) = RequestState::read(doc, id, None)? else {
         return Ok(());
     };
     let request_id = id.to_string();
+    let was = before(tx, &request_id)?;
     tx.prepare_cached(
         "INSERT INTO requests (request_id, requester, title, description, category, urgency,
             kind, location, when_start, when_end, created_at, expires_at, renewals, state, hidden)
@@ -183,11 +372,13 @@ fn project_request(tx: &Transaction<'_>, doc: &Automerge, id: RequestId) -> Resu
     tx.prepare_cached("DELETE FROM offers WHERE request_id = ?1")?
         .execute([&request_id])?;
     let never = Timestamp::from_millis(i64::MIN);
+    let mut stored_states = Vec::new();
     for offer in state.offers.values() {
         let stored = match state.offer_status(offer, never) {
             OfferStatus::Pending | OfferStatus::Superseded | OfferStatus::Lapsed => "pending",
             other => other.as_str(),
         };
+        stored_states.push((offer.id, stored));
         tx.prepare_cached(
             "INSERT INTO offers (offer_id, request_id, responder, message, created_at, state)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -220,6 +411,7 @@ fn project_request(tx: &Transaction<'_>, doc: &Automerge, id: RequestId) -> Resu
             m.completed_at.map(Timestamp::as_millis),
         ])?;
     }
+    request_events(community, &state, &was, &stored_states, events);
     Ok(())
 }
 

@@ -9,15 +9,40 @@ use rusqlite::Transaction;
 use super::Schema;
 use crate::error::{Error, Result};
 
-/// `account.sqlite3`: the device's identity and its communities.
-pub static ACCOUNT: Schema = Schema {
-    name: "account",
-    version: 1,
-    create: ACCOUNT_V1,
-    upgrade_from: |_, from| Err(Error::Corrupt(format!("account: no upgrade from {from}"))),
-};
+/// Version 2: notifications, their preferences, quiet hours.
+macro_rules! notifications_tables {
+    () => {
+        "
+CREATE TABLE notifications (
+    id INTEGER PRIMARY KEY,
+    community BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    request TEXT,
+    actor BLOB,
+    created_at INTEGER NOT NULL,
+    read INTEGER NOT NULL DEFAULT 0,
+    silent INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX notifications_by_time ON notifications (created_at DESC);
+CREATE INDEX notifications_by_community ON notifications (community, created_at);
+CREATE TABLE notification_prefs (
+    community BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    enabled INTEGER NOT NULL,
+    PRIMARY KEY (community, kind)
+) WITHOUT ROWID;
+CREATE TABLE quiet_hours (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    start_minute INTEGER NOT NULL,
+    end_minute INTEGER NOT NULL
+);
+"
+    };
+}
 
-const ACCOUNT_V1: &str = "
+macro_rules! account_v1 {
+    () => {
+        "
 CREATE TABLE identity (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     member_id BLOB NOT NULL,
@@ -30,7 +55,20 @@ CREATE TABLE communities (
     server_url TEXT,
     added_at INTEGER NOT NULL
 ) WITHOUT ROWID;
-";
+"
+    };
+}
+
+/// `account.sqlite3`: the device's identity and its communities.
+pub static ACCOUNT: Schema = Schema {
+    name: "account",
+    version: 2,
+    create: concat!(account_v1!(), notifications_tables!()),
+    upgrade_from: |tx, from| match from {
+        1 => Ok(tx.execute_batch(notifications_tables!())?),
+        _ => Err(Error::Corrupt(format!("account: no upgrade from {from}"))),
+    },
+};
 
 /// `communities/<id>.sqlite3`: one community's log, documents and projections.
 pub static COMMUNITY: Schema = Schema {
@@ -237,6 +275,24 @@ mod tests {
             |r| r.get(0),
         )?;
         assert_eq!(flagged, 1, "a migration asks for a projection rebuild");
+        Ok(())
+    }
+
+    #[test]
+    fn migrated_account_file_equals_fresh_one() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("old.sqlite3");
+        {
+            let conn = rusqlite::Connection::open(&path)?;
+            conn.execute_batch(account_v1!())?;
+            conn.pragma_update(None, "user_version", 1)?;
+        }
+        let migrated = Db::open(&path, &ACCOUNT)?;
+        let fresh = Db::open(&dir.path().join("fresh.sqlite3"), &ACCOUNT)?;
+        assert_eq!(
+            normalize(schema_of(&migrated)),
+            normalize(schema_of(&fresh))
+        );
         Ok(())
     }
 

@@ -1,0 +1,231 @@
+//! Events and notifications derived on each device from validated
+//! changes, local or received: listeners, preferences, quiet hours,
+//! retention, read marks.
+
+use std::sync::{Arc, Mutex};
+
+use karmyq_core::{
+    Category, CommunityId, Event, Listener, NotificationKind, QuietHours, RequestDraft,
+    RequestKind, Result, Role, Urgency, Visibility,
+};
+use karmyq_tests::{Device, at, sync};
+
+/// Records every event it receives.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Event>>);
+
+impl Listener for Recorder {
+    fn on_event(&self, event: &Event) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event.clone());
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn notified(events: &[Event]) -> Vec<NotificationKind> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Notified(n) => Some(n.kind),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn setup() -> Result<(Device, Device, CommunityId)> {
+    let mut alice = Device::new()?;
+    let mut bob = Device::new()?;
+    let id = alice
+        .k
+        .create_community("Elm Street", "", Visibility::Public, at(0))?;
+    alice.send_to(&mut bob, id, at(1))?;
+    bob.k.community(id)?.join(at(2))?;
+    sync(&mut alice, &mut bob, id, at(3))?;
+    Ok((alice, bob, id))
+}
+
+fn draft() -> RequestDraft {
+    RequestDraft {
+        title: "Walk the dog".into(),
+        description: String::new(),
+        category: Category::Pets,
+        urgency: Urgency::High,
+        kind: RequestKind::Generic,
+        location: None,
+        when: None,
+    }
+}
+
+#[test]
+fn the_story_notifies_each_side_of_what_the_other_did() -> Result<()> {
+    let (mut alice, mut bob, id) = setup()?;
+    let (a_rec, b_rec) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let _a = alice.k.subscribe(a_rec.clone());
+    let _b = bob.k.subscribe(b_rec.clone());
+
+    let req = alice.k.community(id)?.post_request(&draft(), at(10))?;
+    assert!(
+        a_rec
+            .take()
+            .iter()
+            .any(|e| matches!(e, Event::RequestCreated { request, .. } if *request == req))
+    );
+    sync(&mut alice, &mut bob, id, at(11))?;
+    let offer = bob.k.community(id)?.offer_help(req, "Sure", at(12))?;
+    // Bob's own offer: an event for his app, no notification for him.
+    let mine = b_rec.take();
+    assert!(
+        mine.iter()
+            .any(|e| matches!(e, Event::OfferReceived { offer: o, .. } if *o == offer))
+    );
+    assert!(Recorder::notified(&mine).is_empty());
+    sync(&mut alice, &mut bob, id, at(13))?;
+    assert_eq!(
+        Recorder::notified(&a_rec.take()),
+        vec![NotificationKind::OfferReceived]
+    );
+
+    alice.k.community(id)?.accept_offer(req, offer, at(14))?;
+    sync(&mut alice, &mut bob, id, at(15))?;
+    assert_eq!(
+        Recorder::notified(&b_rec.take()),
+        vec![NotificationKind::OfferAccepted]
+    );
+
+    bob.k.community(id)?.confirm_match(req, None, at(40))?;
+    sync(&mut alice, &mut bob, id, at(41))?;
+    assert_eq!(
+        Recorder::notified(&a_rec.take()),
+        vec![NotificationKind::MatchConfirmedByOther]
+    );
+    b_rec.take();
+    alice
+        .k
+        .community(id)?
+        .confirm_match(req, Some("Thanks"), at(50))?;
+    let a_events = a_rec.take();
+    assert_eq!(
+        Recorder::notified(&a_events),
+        vec![NotificationKind::MatchCompleted]
+    );
+    let (a, b) = (alice.k.member_id(), bob.k.member_id());
+    let karma: Vec<(bool, f64)> = a_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::KarmaAwarded { member, points, .. } => Some((*member == b, *points)),
+            _ => None,
+        })
+        .collect();
+    assert!(karma.contains(&(true, 10.0)) && karma.contains(&(true, 15.0)));
+    assert!(karma.contains(&(false, 5.0)));
+    sync(&mut alice, &mut bob, id, at(51))?;
+    assert_eq!(
+        Recorder::notified(&b_rec.take()),
+        vec![
+            NotificationKind::MatchConfirmedByOther,
+            NotificationKind::MatchCompleted
+        ]
+    );
+
+    // Stored, newest first, with read marks.
+    let stored = alice.k.notifications(false, 10, 0)?;
+    let kinds: Vec<_> = stored.iter().map(|n| n.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            NotificationKind::MatchCompleted,
+            NotificationKind::MatchConfirmedByOther,
+            NotificationKind::OfferReceived,
+            NotificationKind::MemberJoined,
+        ]
+    );
+    assert!(stored.iter().all(|n| n.actor == Some(b) && !n.read));
+    alice.k.mark_read(Some(stored[0].id))?;
+    assert_eq!(alice.k.notifications(true, 10, 0)?.len(), 3);
+    alice.k.mark_read(None)?;
+    assert!(alice.k.notifications(true, 10, 0)?.is_empty());
+    // Bob's own notifications are about Alice.
+    assert!(
+        bob.k
+            .notifications(false, 10, 0)?
+            .iter()
+            .all(|n| n.actor == Some(a))
+    );
+    Ok(())
+}
+
+#[test]
+fn preferences_quiet_hours_retention_and_unsubscribing() -> Result<()> {
+    let (mut alice, mut bob, id) = setup()?;
+    let rec = Arc::new(Recorder::default());
+    let sub = alice.k.subscribe(rec.clone());
+    alice
+        .k
+        .set_notification_preference(id, NotificationKind::OfferReceived, false)?;
+    let req = alice.k.community(id)?.post_request(&draft(), at(10))?;
+    sync(&mut alice, &mut bob, id, at(11))?;
+    bob.k.community(id)?.offer_help(req, "Me", at(12))?;
+    sync(&mut alice, &mut bob, id, at(13))?;
+    let events = rec.take();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::OfferReceived { .. }))
+    );
+    assert!(Recorder::notified(&events).is_empty(), "turned off");
+
+    // Quiet hours on Bob's device, 22:00 to 07:00 UTC (at(0) is 08:00 UTC).
+    bob.k.set_quiet_hours(Some(QuietHours {
+        start_minute: 22 * 60,
+        end_minute: 7 * 60,
+    }))?;
+    let bad = QuietHours {
+        start_minute: 1440,
+        end_minute: 0,
+    };
+    assert!(bob.k.set_quiet_hours(Some(bad)).is_err());
+    let bob_id = bob.k.member_id();
+    alice
+        .k
+        .community(id)?
+        .set_role(bob_id, Role::Moderator, at(15 * 60))?;
+    sync(&mut alice, &mut bob, id, at(15 * 60))?; // 23:00 UTC: quiet
+    alice
+        .k
+        .community(id)?
+        .set_role(bob_id, Role::Member, at(28 * 60))?;
+    sync(&mut alice, &mut bob, id, at(28 * 60))?; // 12:00 UTC: not quiet
+    let notes = bob.k.notifications(false, 10, 0)?;
+    let roles: Vec<_> = notes
+        .iter()
+        .filter(|n| n.kind == NotificationKind::RoleChanged)
+        .map(|n| n.silent)
+        .collect();
+    assert_eq!(roles, vec![false, true]);
+
+    // Retention: 30 days (the community's setting); older ones go.
+    alice
+        .k
+        .community(id)?
+        .set_role(bob_id, Role::Moderator, at(60 * 24 * 33))?;
+    sync(&mut alice, &mut bob, id, at(60 * 24 * 33))?;
+    let notes = bob.k.notifications(false, 10, 0)?;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+
+    // Unsubscribed: nothing more arrives.
+    assert!(!rec.take().is_empty(), "Alice's app saw the role changes");
+    drop(sub);
+    alice
+        .k
+        .community(id)?
+        .post_request(&draft(), at(60 * 24 * 34))?;
+    assert!(rec.take().is_empty());
+    Ok(())
+}
