@@ -41,6 +41,7 @@ mod error;
 mod identity;
 mod invite;
 mod karma;
+mod matching;
 mod norms;
 mod notify;
 mod profile;
@@ -66,6 +67,12 @@ pub use invite::InviteToken;
 pub use karma::{
     CompletedMatch, HALF_LIFE_MS, KarmaEvent, KarmaHistoryEntry, KarmaPool, KarmaReason, decay,
     display_karma, karma, karma_events, karma_history,
+};
+pub use matching::{
+    ACTIVITY_WINDOW_MS, BlockList, Candidate, CandidateScore, FeedItem, FeedKind, MAX_SUGGESTIONS,
+    MIN_SUGGESTION_SCORE, RECENT_COMPLETION_MS, RankedItem, RequestFacts, Suggestion, Viewer,
+    candidate_score, community_activity, geohash_distance_km, rank_feed, skill_share,
+    suggest_helpers,
 };
 pub use norms::Norm;
 pub use notify::{Event, Listener, Notification, NotificationKind, QuietHours, Subscription};
