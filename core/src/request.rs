@@ -8,7 +8,9 @@
 //!   (an offer id), `accepted_at`, and per offer `declined:<offer>`,
 //!   `match_cancel:<offer>` (a reason), `confirmed:<offer>` (a time) and
 //!   `note:<offer>` (a thank-you note);
-//! - `hidden` (a reason), written by moderators;
+//! - `hidden` (a reason) and `invalidated:<offer>` (a reason: a moderator
+//!   voids a completed match; deleting the key restores it), written by
+//!   moderators;
 //! - `offer:<offer>`: a map created by the responder, who alone writes its
 //!   fields `message`, `created_at`, `withdrawn_at`, `confirmed_at`, `note`,
 //!   `cancelled_at`, `cancel_reason`.
@@ -343,6 +345,8 @@ pub struct RequestState {
     pub match_cancelled: BTreeMap<OfferId, String>,
     /// Set by a moderator: the reason it is hidden.
     pub hidden: Option<String>,
+    /// Completed matches a moderator invalidated, with the reason.
+    pub invalidated: BTreeMap<OfferId, String>,
     /// Every offer.
     pub offers: BTreeMap<OfferId, OfferState>,
 }
@@ -366,6 +370,9 @@ pub struct MatchState {
     pub responder_confirmed_at: Option<Timestamp>,
     /// When it completed (the second confirmation), if it did.
     pub completed_at: Option<Timestamp>,
+    /// A moderator invalidated it: it earns nothing and counts as a
+    /// penalty for both parties' trust.
+    pub invalidated: bool,
     /// Active, completed or unconfirmed.
     pub status: MatchStatus,
 }
@@ -418,6 +425,7 @@ impl RequestState {
             declined: BTreeSet::new(),
             match_cancelled: BTreeMap::new(),
             hidden: None,
+            invalidated: BTreeMap::new(),
             offers: BTreeMap::new(),
         };
         let mut created = false;
@@ -467,6 +475,8 @@ impl RequestState {
                         if let Some(t) = ms(v) {
                             s.requester_confirmed.insert(o, t);
                         }
+                    } else if let Some(o) = key.strip_prefix(INVALIDATED).and_then(OfferId::parse) {
+                        s.invalidated.insert(o, text(v).unwrap_or_default());
                     } else if let Some(o) = key.strip_prefix(NOTE).and_then(OfferId::parse) {
                         s.requester_notes.insert(o, text(v).unwrap_or_default());
                     } else if let Some(o) = key.strip_prefix(OFFER).and_then(OfferId::parse)
@@ -527,6 +537,7 @@ impl RequestState {
             responder_confirmed_at: b,
             completed_at,
             status,
+            invalidated: self.invalidated.contains_key(&offer.id),
         })
     }
 
@@ -621,6 +632,8 @@ pub(crate) const OFFER: &str = "offer:";
 pub(crate) const CONFIRMED: &str = "confirmed:";
 /// Root key prefix of the requester's thank-you note.
 pub(crate) const NOTE: &str = "note:";
+/// Root key prefix of a moderator's invalidation of a completed match.
+pub(crate) const INVALIDATED: &str = "invalidated:";
 
 /// Root fields only the requester writes at creation or while open.
 const EDITABLE: &[&str] = &[
@@ -685,6 +698,9 @@ fn root_value_ok(key: &str, op: &OpType) -> bool {
             str_of(op).is_some_and(valid_short) && offer_key_ok(k)
         }
         k if k.starts_with(CONFIRMED) => int_of(op).is_some() && offer_key_ok(k),
+        k if k.starts_with(INVALIDATED) => {
+            (str_of(op).is_some_and(valid_short) || matches!(op, OpType::Delete)) && offer_key_ok(k)
+        }
         _ => false,
     }
 }
@@ -747,7 +763,7 @@ pub(crate) fn check_change(
                 if !root_value_ok(key, &op.action) {
                     return Err(Rejection::InvalidField(key.into()));
                 }
-                if key == "hidden" {
+                if key == "hidden" || key.starts_with(INVALIDATED) {
                     if role < Role::Moderator {
                         return Err(Rejection::NotPermitted);
                     }
@@ -868,6 +884,11 @@ fn check_transitions(
             && (active != Some(o) || status == RequestStatus::Completed)
         {
             return Err(illegal("only an uncompleted match can be cancelled"));
+        }
+        if let Some(o) = key.strip_prefix(INVALIDATED).and_then(OfferId::parse)
+            && (active != Some(o) || status != RequestStatus::Completed)
+        {
+            return Err(illegal("only a completed match can be invalidated"));
         }
         let confirms = key
             .strip_prefix(CONFIRMED)

@@ -132,3 +132,37 @@ fn trust_grows_with_completed_help() -> Result<()> {
     assert_eq!(after.score, 13);
     Ok(())
 }
+
+#[test]
+fn a_moderator_invalidates_a_match_and_can_restore_it() -> Result<()> {
+    let (mut alice, mut bob, id) = setup()?;
+    let req = help(&mut alice, &mut bob, id, 10, 30)?;
+    let b = bob.k.member_id();
+    // A plain member may not; the requester is one here.
+    assert!(matches!(
+        bob.k
+            .community(id)?
+            .invalidate_match(req, Some("fake"), at(60)),
+        Err(karmyq_core::Error::Rejected(
+            karmyq_core::Rejection::NotPermitted
+        ))
+    ));
+    // The founder (an admin) invalidates it: karma gone, trust penalised.
+    let trust_before = alice.k.community(id)?.trust(&b, at(61))?.score;
+    alice
+        .k
+        .community(id)?
+        .invalidate_match(req, Some("never happened"), at(61))?;
+    sync(&mut alice, &mut bob, id, at(62))?;
+    for d in [&mut alice, &mut bob] {
+        let c = d.k.community(id)?;
+        assert_eq!(c.karma(&b, at(62))?, 0.0);
+        let t = c.trust(&b, at(62))?;
+        assert!(t.penalty > 19.9 && t.score < trust_before, "{t:?}");
+    }
+    // Reversible.
+    alice.k.community(id)?.invalidate_match(req, None, at(63))?;
+    sync(&mut alice, &mut bob, id, at(64))?;
+    assert_eq!(bob.k.community(id)?.karma(&b, at(42))?, 25.0);
+    Ok(())
+}

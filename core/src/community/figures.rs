@@ -15,7 +15,7 @@ impl Community {
     /// Completed matches of this community in which `member` took part.
     pub fn completed_matches(&self, member: &MemberId) -> Result<Vec<CompletedMatch>> {
         let mut stmt = self.db.conn().prepare_cached(
-            "SELECT offer_id, requester, responder, accepted_at, completed_at FROM matches
+            "SELECT offer_id, requester, responder, accepted_at, completed_at, invalidated FROM matches
              WHERE completed_at IS NOT NULL AND (requester = ?1 OR responder = ?1)",
         )?;
         let rows = stmt.query_map(params![member.as_bytes().as_slice()], |r| {
@@ -25,11 +25,12 @@ impl Community {
                 r.get::<_, Vec<u8>>(2)?,
                 r.get::<_, i64>(3)?,
                 r.get::<_, i64>(4)?,
+                r.get::<_, bool>(5)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, requester, helper, accepted, completed) = row?;
+            let (id, requester, helper, accepted, completed, invalidated) = row?;
             let (requester, helper) = (member_from_blob(&requester)?, member_from_blob(&helper)?);
             let accepted_at = Timestamp::from_millis(accepted);
             out.push(CompletedMatch {
@@ -42,7 +43,7 @@ impl Community {
                 both_members_at_acceptance: self.auth.member_at(&requester, accepted_at)
                     && self.auth.member_at(&helper, accepted_at),
                 communities_matched: 1,
-                invalidated: false,
+                invalidated,
             });
         }
         Ok(out)
@@ -80,12 +81,18 @@ impl Community {
             .map(|m| m.admitted_at)
             .ok_or_else(|| Error::InvalidArgument("not a member".into()))?;
         let matches = self.completed_matches(member)?;
+        // Penalties: matches a moderator invalidated, at their completion.
+        let penalties: Vec<Timestamp> = matches
+            .iter()
+            .filter(|m| m.invalidated)
+            .map(|m| m.completed_at)
+            .collect();
         Ok(trust::trust(TrustInput {
             member,
             community: &self.id,
             admitted_at,
             matches: &matches,
-            penalties: &[],
+            penalties: &penalties,
             now,
         }))
     }

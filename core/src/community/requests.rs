@@ -14,9 +14,9 @@ use crate::docs::{DocId, actor_of};
 use crate::error::{Error, Rejection, Result};
 use crate::identity::MemberId;
 use crate::request::{
-    CONFIRMED, Category, DECLINED, MATCH_CANCEL, MAX_RENEWALS, MatchState, NOTE, OFFER, OfferId,
-    OfferState, OfferStatus, RequestDraft, RequestId, RequestKind, RequestState, RequestStatus,
-    Urgency,
+    CONFIRMED, Category, DECLINED, INVALIDATED, MATCH_CANCEL, MAX_RENEWALS, MatchState, NOTE,
+    OFFER, OfferId, OfferState, OfferStatus, RequestDraft, RequestId, RequestKind, RequestState,
+    RequestStatus, Urgency,
 };
 use crate::time::Timestamp;
 
@@ -264,6 +264,34 @@ impl Community {
             match reason {
                 Some(r) => tx.put(ROOT, "hidden", r)?,
                 None => tx.delete(ROOT, "hidden")?,
+            }
+            Ok(())
+        })
+    }
+
+    /// Invalidates a completed match with a reason, or restores it with
+    /// `None` (moderators): karma and trust are recomputed from it.
+    pub fn invalidate_match(
+        &mut self,
+        id: RequestId,
+        reason: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()> {
+        if let Some(r) = reason {
+            check_text(r, "reason")?;
+        }
+        let state = self.request_state(id)?;
+        let offer = state
+            .active_offer()
+            .map(|o| o.id)
+            .ok_or(Rejection::IllegalTransition(
+                "only a completed match can be invalidated",
+            ))?;
+        self.write_doc(DocId::Request(id), now, |tx| {
+            let key = format!("{INVALIDATED}{offer}");
+            match reason {
+                Some(r) => tx.put(ROOT, key, r)?,
+                None => tx.delete(ROOT, key)?,
             }
             Ok(())
         })

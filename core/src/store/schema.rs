@@ -194,7 +194,8 @@ CREATE TABLE matches (
     accepted_at INTEGER NOT NULL,
     requester_confirmed_at INTEGER,
     responder_confirmed_at INTEGER,
-    completed_at INTEGER
+    completed_at INTEGER,
+    invalidated INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX matches_requester ON matches (requester);
 CREATE INDEX matches_responder ON matches (responder);
