@@ -15,6 +15,7 @@ use crate::community::Community;
 use crate::error::{Error, Rejection, Result};
 use crate::identity::{Keypair, MemberId};
 use crate::invite::InviteToken;
+use crate::matching::{BlockList, RankedItem, Viewer, rank_feed};
 use crate::notify::{
     self, Hub, Listener, Notification, NotificationKind, QuietHours, Subscription,
 };
@@ -329,6 +330,51 @@ impl Karmyq {
     /// notifications made then are stored as silent.
     pub fn set_quiet_hours(&self, hours: Option<QuietHours>) -> Result<()> {
         notify::set_quiet_hours(&mut self.hub.account(), hours)
+    }
+
+    /// A page of this member's feed across every community on this device:
+    /// open requests and recent completions, ranked by DOMAIN.md's score.
+    pub fn feed(
+        &mut self,
+        now: Timestamp,
+        page: usize,
+        per_page: usize,
+    ) -> Result<Vec<RankedItem>> {
+        let me = self.member_id();
+        let mut items = Vec::new();
+        let mut skills = Vec::new();
+        let blocks: BlockList = self.hub.blocked()?.into_iter().map(|b| (me, b)).collect();
+        for summary in self.communities()? {
+            let c = self.community(summary.id)?;
+            if c.my_role().is_none() {
+                continue;
+            }
+            items.extend(c.feed_items(now)?);
+            if let Some(p) = c.profile(&me)? {
+                skills.extend(p.skills);
+            }
+        }
+        skills.sort();
+        skills.dedup();
+        let viewer = Viewer { member: me, skills };
+        Ok(rank_feed(&viewer, &items, &blocks, now, page, per_page))
+    }
+
+    /// Blocks a member: private to this device, it stops offers between the
+    /// two here, hides their offers and notifications, and filters
+    /// suggestions and the feed.
+    pub fn block(&self, member: &MemberId, now: Timestamp) -> Result<()> {
+        self.hub.set_blocked(member, true, now)
+    }
+
+    /// Lifts a block.
+    pub fn unblock(&self, member: &MemberId, now: Timestamp) -> Result<()> {
+        self.hub.set_blocked(member, false, now)
+    }
+
+    /// Everyone this device's member blocked.
+    pub fn blocked(&self) -> Result<Vec<MemberId>> {
+        self.hub.blocked()
     }
 
     /// Joins a community with an invite link, once its log is on this device.

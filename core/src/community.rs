@@ -34,6 +34,7 @@ use crate::store::{Db, schema};
 use crate::time::Timestamp;
 
 mod batch;
+mod discover;
 mod figures;
 mod persist;
 mod projection;

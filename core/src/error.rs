@@ -137,6 +137,9 @@ pub enum Rejection {
     /// Only an offer's responder writes it.
     #[error("only the responder may do this")]
     NotResponder,
+    /// One of the two members blocked the other.
+    #[error("blocked")]
+    Blocked,
     /// Not a legal step from the state the author saw.
     #[error("illegal transition: {0}")]
     IllegalTransition(&'static str),
@@ -175,6 +178,7 @@ impl Rejection {
             Rejection::NotRequester => "not_requester",
             Rejection::NotResponder => "not_responder",
             Rejection::IllegalTransition(_) => "illegal_transition",
+            Rejection::Blocked => "blocked",
         }
     }
 }

@@ -279,6 +279,55 @@ impl Hub {
         lock(&self.account)
     }
 
+    /// Whether this device's member blocked `member`.
+    pub(crate) fn is_blocked(&self, member: &MemberId) -> Result<bool> {
+        Ok(self
+            .account()
+            .conn()
+            .prepare_cached("SELECT 1 FROM blocks WHERE blocked = ?1")?
+            .exists([member.as_bytes().as_slice()])?)
+    }
+
+    /// Everyone this device's member blocked.
+    pub(crate) fn blocked(&self) -> Result<Vec<MemberId>> {
+        let account = self.account();
+        let mut stmt = account
+            .conn()
+            .prepare_cached("SELECT blocked FROM blocks ORDER BY blocked")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(crate::community::member_from_blob(&row?)?);
+        }
+        Ok(out)
+    }
+
+    /// Blocks (or unblocks) a member, privately to this device.
+    pub(crate) fn set_blocked(
+        &self,
+        member: &MemberId,
+        blocked: bool,
+        now: Timestamp,
+    ) -> Result<()> {
+        if *member == self.me {
+            return Err(Error::InvalidArgument("one cannot block oneself".into()));
+        }
+        self.account().write(|tx| {
+            if blocked {
+                tx.execute(
+                    "INSERT OR IGNORE INTO blocks (blocked, created_at) VALUES (?1, ?2)",
+                    params![member.as_bytes().as_slice(), now.as_millis()],
+                )?;
+            } else {
+                tx.execute(
+                    "DELETE FROM blocks WHERE blocked = ?1",
+                    [member.as_bytes().as_slice()],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
     /// Registers a listener until the returned subscription is dropped.
     pub(crate) fn subscribe(self: &Arc<Self>, listener: Arc<dyn Listener>) -> Subscription {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -311,7 +360,14 @@ impl Hub {
                 let Some((community, kind, request, actor)) = derived else {
                     continue;
                 };
-                if !enabled(&account, community, kind)? {
+                let blocked = match actor {
+                    Some(a) => account
+                        .conn()
+                        .prepare_cached("SELECT 1 FROM blocks WHERE blocked = ?1")?
+                        .exists([a.as_bytes().as_slice()])?,
+                    None => false,
+                };
+                if blocked || !enabled(&account, community, kind)? {
                     continue;
                 }
                 let id = account.write(|tx| {

@@ -165,14 +165,16 @@ impl Community {
     }
 
     /// A request with its offers and match, statuses derived at `now`.
+    /// Offers from members this device blocked are left out.
     pub fn request(&mut self, id: RequestId, now: Timestamp) -> Result<RequestView> {
         let request = self.request_state(id)?;
-        let offers = request
+        let blocked = self.hub.blocked()?;
+        let mut offers = request
             .offers
             .values()
+            .filter(|o| !blocked.contains(&o.id.responder))
             .map(|o| (o.clone(), request.offer_status(o, now)))
             .collect::<Vec<_>>();
-        let mut offers = offers;
         offers.sort_by_key(|(o, _)| (o.created_at, o.id));
         Ok(RequestView {
             status: request.status(now),
@@ -305,6 +307,9 @@ impl Community {
         now: Timestamp,
     ) -> Result<OfferId> {
         check_text(message, "message")?;
+        if self.hub.is_blocked(&request.requester)? {
+            return Err(Rejection::Blocked.into());
+        }
         let offer = OfferId::generate(self.me())?;
         self.write_doc(DocId::Request(request), now, |tx| {
             let obj = tx.put_object(ROOT, format!("{OFFER}{offer}"), ObjType::Map)?;
@@ -336,6 +341,9 @@ impl Community {
         offer: OfferId,
         now: Timestamp,
     ) -> Result<()> {
+        if self.hub.is_blocked(&offer.responder)? {
+            return Err(Rejection::Blocked.into());
+        }
         self.write_doc(DocId::Request(request), now, |tx| {
             tx.put(ROOT, "accepted", offer.to_string())?;
             tx.put(ROOT, "accepted_at", now.as_millis())?;

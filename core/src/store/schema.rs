@@ -9,7 +9,8 @@ use rusqlite::Transaction;
 use super::Schema;
 use crate::error::{Error, Result};
 
-/// Version 2: notifications, their preferences, quiet hours.
+/// Version 2: notifications, their preferences, quiet hours, and the
+/// members this device's member blocked (private to the device).
 macro_rules! notifications_tables {
     () => {
         "
@@ -36,6 +37,10 @@ CREATE TABLE quiet_hours (
     start_minute INTEGER NOT NULL,
     end_minute INTEGER NOT NULL
 );
+CREATE TABLE blocks (
+    blocked BLOB PRIMARY KEY,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
 "
     };
 }
