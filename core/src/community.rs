@@ -29,7 +29,7 @@ use crate::karma::KarmaReason;
 use crate::norms::{self, Norm};
 use crate::notify::{Event, Hub};
 use crate::profile::Profile;
-use crate::request::OfferId;
+use crate::request::{OfferId, RequestId};
 use crate::store::{Db, schema};
 use crate::time::Timestamp;
 
@@ -51,6 +51,10 @@ pub(crate) use projection::member_from_blob;
 use projection::{
     Touched, profile_row, profile_row_at, project_all_docs, project_doc, project_members,
 };
+
+/// A new request scoring at least this for this device's member is
+/// suggested to them (DOMAIN.md, `new_request_for_you`).
+const SUGGEST_TO_ME: f64 = 60.0;
 
 /// Most request documents kept loaded between operations.
 const MAX_LOADED_REQUESTS: usize = 256;
@@ -535,6 +539,24 @@ impl Community {
                         });
                     }
                 }
+            }
+        }
+        let created: Vec<RequestId> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::RequestCreated { request, .. } if request.requester != self.me() => {
+                    Some(*request)
+                }
+                _ => None,
+            })
+            .collect();
+        for (request, score) in self.my_scores(&created)? {
+            if score >= SUGGEST_TO_ME {
+                events.push(Event::SuggestedForYou {
+                    community: self.id,
+                    request,
+                    score,
+                });
             }
         }
         self.hub

@@ -126,6 +126,16 @@ pub enum Event {
         /// The new role.
         role: Role,
     },
+    /// A new request suits this device's member well (suggested-helper
+    /// score of 60 or more).
+    SuggestedForYou {
+        /// Where.
+        community: CommunityId,
+        /// Which request.
+        request: RequestId,
+        /// The member's score for it (0–115).
+        score: f64,
+    },
     /// A notification was stored for this device's member.
     Notified(Notification),
 }
@@ -170,6 +180,7 @@ kinds!(
     MatchCancelled = "match_cancelled",
     KarmaMilestone = "karma_milestone",
     MemberJoined = "member_joined",
+    NewRequestForYou = "new_request_for_you",
     RoleChanged = "role_changed",
 );
 
@@ -494,6 +505,14 @@ impl Hub {
                 milestone: true,
                 ..
             } if *member == me => Some((*community, K::KarmaMilestone, None, None)),
+            Event::SuggestedForYou {
+                community, request, ..
+            } => Some((
+                *community,
+                K::NewRequestForYou,
+                Some(*request),
+                Some(request.requester),
+            )),
             Event::MemberJoined { community, member } if *member != me => {
                 Some((*community, K::MemberJoined, None, Some(*member)))
             }

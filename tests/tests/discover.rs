@@ -96,7 +96,10 @@ fn suggestions_rank_skill_place_and_availability_and_respect_blocks() -> Result<
             .any(|n| n.kind == NotificationKind::OfferReceived)
     );
     let refused = alice.k.community(id)?.accept_offer(req, offer, at(18));
-    assert!(matches!(refused, Err(Error::Rejected(Rejection::Blocked))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::Rejected(Rejection::Blocked))),
+        "{refused:?}"
+    );
     let other = alice
         .k
         .community(id)?
@@ -108,7 +111,10 @@ fn suggestions_rank_skill_place_and_availability_and_respect_blocks() -> Result<
     // And the other way: blocked on Carol's device, she may not offer.
     carol.k.block(&alice.k.member_id(), at(24))?;
     let refused = carol.k.community(id)?.offer_help(other, "hi", at(25));
-    assert!(matches!(refused, Err(Error::Rejected(Rejection::Blocked))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::Rejected(Rejection::Blocked))),
+        "{refused:?}"
+    );
     Ok(())
 }
 
@@ -146,5 +152,41 @@ fn the_feed_ranks_requests_across_communities() -> Result<()> {
     assert!(bob.k.feed(at(16), 1, 10)?.is_empty());
     // Expired requests leave the feed (low urgency: 60 days).
     assert!(bob.k.feed(at(10 + 60 * 24 * 60), 0, 10)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_well_suited_member_hears_of_a_new_request() -> Result<()> {
+    let (mut alice, mut bob, mut carol) = (Device::new()?, Device::new()?, Device::new()?);
+    let id = community_of(&mut alice, &mut [&mut bob, &mut carol], "Elm")?;
+    bob.k
+        .community(id)?
+        .set_profile(&profile("Bob", &["moving"], Some("u0yjj")), at(5))?;
+    carol
+        .k
+        .community(id)?
+        .set_profile(&profile("Carol", &[], None), at(5))?;
+    let req = alice.k.community(id)?.post_request(
+        &draft("Move a sofa", Category::Moving, Urgency::High),
+        at(10),
+    )?;
+    sync(&mut alice, &mut bob, id, at(11))?;
+    sync(&mut alice, &mut carol, id, at(11))?;
+    let for_bob: Vec<_> = bob
+        .k
+        .notifications(false, 20, 0)?
+        .into_iter()
+        .filter(|n| n.kind == NotificationKind::NewRequestForYou)
+        .collect();
+    assert_eq!(for_bob.len(), 1);
+    assert_eq!(for_bob[0].request, Some(req));
+    // Carol scores 50: below 60, no notification.
+    assert!(
+        !carol
+            .k
+            .notifications(false, 20, 0)?
+            .iter()
+            .any(|n| n.kind == NotificationKind::NewRequestForYou)
+    );
     Ok(())
 }

@@ -166,3 +166,44 @@ fn a_moderator_invalidates_a_match_and_can_restore_it() -> Result<()> {
     assert_eq!(bob.k.community(id)?.karma(&b, at(42))?, 25.0);
     Ok(())
 }
+
+#[test]
+fn the_daily_cap_holds_through_the_api() -> Result<()> {
+    let (mut alice, mut bob, id) = setup()?;
+    // Helpers earn 30 a help here, so two helps reach the 60-point cap.
+    let mut settings = alice.k.community(id)?.info()?.settings;
+    settings.karma_helper = 30;
+    alice.k.community(id)?.update_settings(
+        karmyq_core::SettingsPatch {
+            settings: Some(settings),
+            ..karmyq_core::SettingsPatch::default()
+        },
+        at(4),
+    )?;
+    sync(&mut alice, &mut bob, id, at(5))?;
+    let mut others = vec![Device::new()?, Device::new()?];
+    for d in &mut others {
+        alice.send_to(d, id, at(6))?;
+        d.k.community(id)?.join(at(7))?;
+        sync(&mut alice, d, id, at(8))?;
+    }
+    sync(&mut alice, &mut bob, id, at(9))?;
+    // Three different people, one day (08:10 to 09:30 UTC).
+    help(&mut alice, &mut bob, id, 10, 30)?;
+    for (k, d) in others.iter_mut().enumerate() {
+        sync(&mut alice, d, id, at(50))?;
+        sync(d, &mut bob, id, at(50))?;
+        help(d, &mut bob, id, 60 + 20 * i64::try_from(k).unwrap_or(0), 16)?;
+    }
+    let b = bob.k.member_id();
+    let base: f64 = bob
+        .k
+        .community(id)?
+        .karma_history(&b, at(200))?
+        .iter()
+        .filter(|h| h.event.reason == KarmaReason::Help)
+        .map(|h| h.event.points)
+        .sum();
+    assert_eq!(base, 60.0);
+    Ok(())
+}

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::Community;
 use super::projection::member_from_blob;
@@ -50,6 +50,58 @@ impl Community {
             &candidates,
             &self.block_list()?,
         ))
+    }
+
+    /// How well this device's member suits each of these requests, read
+    /// from the projections (requests by members they blocked are skipped).
+    pub(crate) fn my_scores(&self, requests: &[RequestId]) -> Result<Vec<(RequestId, f64)>> {
+        let me = self.me();
+        if requests.is_empty() || self.my_role().is_none() {
+            return Ok(Vec::new());
+        }
+        let blocked = self.hub.blocked()?;
+        let profile = self.profile(&me)?.unwrap_or_default();
+        let me_as = Candidate {
+            member: me,
+            skills: profile.skills,
+            location: profile.location,
+            active_matches: self
+                .active_matches_by_helper()?
+                .get(&me)
+                .copied()
+                .unwrap_or(0),
+            trust: 0,
+        };
+        let mut stmt = self.db.conn().prepare_cached(
+            "SELECT category, urgency, location FROM requests WHERE request_id = ?1",
+        )?;
+        let mut out = Vec::new();
+        for &request in requests {
+            if blocked.contains(&request.requester) {
+                continue;
+            }
+            let row: Option<(String, i64, Option<String>)> = stmt
+                .query_row([request.to_string()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            let Some((category, urgency, location)) = row else {
+                continue;
+            };
+            let facts = RequestFacts {
+                id: request,
+                community: self.id,
+                category: Category::parse(&category).unwrap_or(Category::Other),
+                tags: Vec::new(),
+                urgency: usize::try_from(urgency)
+                    .ok()
+                    .and_then(|u| Urgency::ALL.get(u).copied())
+                    .unwrap_or(Urgency::Medium),
+                location,
+            };
+            out.push((request, matching::candidate_score(&facts, &me_as).total));
+        }
+        Ok(out)
     }
 
     /// This device's blocks, as (blocker, blocked) pairs.
