@@ -38,6 +38,7 @@ mod discover;
 mod figures;
 mod persist;
 mod projection;
+mod reports;
 mod requests;
 
 pub use requests::{RequestQuery, RequestSort, RequestSummary, RequestView};
@@ -559,6 +560,16 @@ impl Community {
                 });
             }
         }
+        // Moderators hear of reports others filed.
+        let moderator = self.my_role() >= Some(Role::Moderator);
+        for e in &mut events {
+            if let Event::ReportFiled {
+                report, notify_me, ..
+            } = e
+            {
+                *notify_me = moderator && report.reporter != self.keys.member_id();
+            }
+        }
         self.hub
             .dispatch(events, self.auth.settings.notification_retention_days, now)
     }
@@ -643,7 +654,21 @@ impl Community {
     }
 
     /// Everything this replica holds that a replica at `since` lacks.
+    ///
+    /// Private documents (reports) are left out: see
+    /// [`Community::changes_since_for`].
     pub fn changes_since(&mut self, since: &Heads) -> Result<Bundle> {
+        self.bundle_since(since, None)
+    }
+
+    /// [`Community::changes_since`] for a known reader: also the private
+    /// documents that member may read (reports they filed, or all reports
+    /// for a moderator).
+    pub fn changes_since_for(&mut self, since: &Heads, reader: &MemberId) -> Result<Bundle> {
+        self.bundle_since(since, Some(reader))
+    }
+
+    fn bundle_since(&mut self, since: &Heads, reader: Option<&MemberId>) -> Result<Bundle> {
         let mut bundle = Bundle::new(self.id);
         // Authority ops: all but the causal past of their heads, in stored
         // (causal) order.
@@ -689,6 +714,13 @@ impl Community {
                 continue;
             }
             let doc_id = DocId::parse(&name).ok_or_else(|| Error::Corrupt("doc id".into()))?;
+            let readable = match reader {
+                Some(r) => doc_id.readable_by(r, self.auth.role(r)),
+                None => !matches!(doc_id, DocId::Report(_)),
+            };
+            if !readable {
+                continue;
+            }
             let want: Option<HashSet<[u8; 32]>> = match their {
                 Some(their) if !their.is_empty() => {
                     let loaded = load_doc(&self.db, &mut self.docs, &doc_id, &actor)?;
@@ -912,6 +944,9 @@ impl Community {
                 DocId::Request(id) => {
                     touched.requests.insert(id);
                 }
+                DocId::Report(id) => {
+                    touched.reports.insert(id);
+                }
                 DocId::Community => {}
             }
         }
@@ -950,6 +985,7 @@ impl Community {
             ("offers", "offer_id"),
             ("matches", "request_id"),
             ("requests_fts", "title, description"),
+            ("reports", "report_id"),
             ("doc_heads", "doc_id"),
         ] {
             let mut stmt = self

@@ -19,6 +19,7 @@ use crate::authority::{CommunityId, OpHash, Resolved, Role};
 use crate::codec;
 use crate::error::{Error, Rejection, Result};
 use crate::identity::{Keypair, MemberId, Signature, SigningTag};
+use crate::report::{self, ReportId, ReportState};
 use crate::request::{self, RequestId, RequestState};
 use crate::time::Timestamp;
 
@@ -32,6 +33,8 @@ pub enum DocId {
     Profiles,
     /// One help request with its offers and its match.
     Request(RequestId),
+    /// One moderation report; readable by moderators and its reporter only.
+    Report(ReportId),
 }
 
 impl DocId {
@@ -45,6 +48,17 @@ impl DocId {
             DocId::Community => "community".into(),
             DocId::Profiles => "profiles".into(),
             DocId::Request(id) => format!("request/{id}"),
+            DocId::Report(id) => format!("report/{id}"),
+        }
+    }
+
+    /// Whether `reader` may receive this document, given their role
+    /// (`None`: not a member). Reports go to moderators and their reporter
+    /// only; everything else to anyone the replica shares with.
+    pub fn readable_by(&self, reader: &MemberId, role: Option<Role>) -> bool {
+        match self {
+            DocId::Report(id) => id.reporter == *reader || role >= Some(Role::Moderator),
+            _ => true,
         }
     }
 
@@ -56,7 +70,12 @@ impl DocId {
             _ => s
                 .strip_prefix("request/")
                 .and_then(RequestId::parse)
-                .map(DocId::Request),
+                .map(DocId::Request)
+                .or_else(|| {
+                    s.strip_prefix("report/")
+                        .and_then(ReportId::parse)
+                        .map(DocId::Report)
+                }),
         }
     }
 }
@@ -265,6 +284,15 @@ impl Authentic {
                 )?;
                 Role::Member
             }
+            DocId::Report(id) => {
+                let deps = self.change.deps();
+                let filed = !deps.is_empty()
+                    && ReportState::read(doc, *id, Some(deps))
+                        .map_err(|_| Rejection::Malformed)?
+                        .is_some();
+                report::check_change(id, &author, role, &self.change.decode(), filed)?;
+                Role::Member
+            }
             _ => self.check_paths()?,
         };
         if role < needed {
@@ -286,7 +314,7 @@ impl Authentic {
         let rules = match self.doc {
             DocId::Community => &COMMUNITY_RULES,
             DocId::Profiles => &PROFILE_RULES,
-            DocId::Request(_) => return Err(Rejection::UnknownDocument),
+            DocId::Request(_) | DocId::Report(_) => return Err(Rejection::UnknownDocument),
         };
         for op in &expanded.operations {
             let Key::Map(key) = &op.key else {

@@ -45,6 +45,7 @@ mod matching;
 mod norms;
 mod notify;
 mod profile;
+mod report;
 mod request;
 mod store;
 mod time;
@@ -77,6 +78,7 @@ pub use matching::{
 pub use norms::Norm;
 pub use notify::{Event, Listener, Notification, NotificationKind, QuietHours, Subscription};
 pub use profile::Profile;
+pub use report::{ReportCategory, ReportId, ReportState, ReportTarget, Resolution};
 pub use request::{
     Category, MatchState, MatchStatus, OfferId, OfferState, OfferStatus, RequestDraft, RequestId,
     RequestKind, RequestState, RequestStatus, Urgency,

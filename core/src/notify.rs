@@ -17,6 +17,7 @@ use rusqlite::{OptionalExtension, params};
 use crate::authority::{CommunityId, Role};
 use crate::error::{Error, Result};
 use crate::identity::MemberId;
+use crate::report::ReportId;
 use crate::request::{OfferId, RequestId};
 use crate::store::Db;
 use crate::time::Timestamp;
@@ -136,6 +137,16 @@ pub enum Event {
         /// The member's score for it (0–115).
         score: f64,
     },
+    /// A member filed a report (a private document: only moderators and
+    /// the reporter receive it).
+    ReportFiled {
+        /// Where.
+        community: CommunityId,
+        /// Which report.
+        report: ReportId,
+        /// Whether this device's member moderates and did not file it.
+        notify_me: bool,
+    },
     /// A notification was stored for this device's member.
     Notified(Notification),
 }
@@ -181,6 +192,7 @@ kinds!(
     KarmaMilestone = "karma_milestone",
     MemberJoined = "member_joined",
     NewRequestForYou = "new_request_for_you",
+    ReportFiled = "report_filed",
     RoleChanged = "role_changed",
 );
 
@@ -513,6 +525,11 @@ impl Hub {
                 Some(*request),
                 Some(request.requester),
             )),
+            Event::ReportFiled {
+                community,
+                report,
+                notify_me: true,
+            } => Some((*community, K::ReportFiled, None, Some(report.reporter))),
             Event::MemberJoined { community, member } if *member != me => {
                 Some((*community, K::MemberJoined, None, Some(*member)))
             }

@@ -21,7 +21,6 @@
 //! statuses are derived from the merged document and `now`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::{
@@ -31,7 +30,7 @@ use automerge::{
 use crate::authority::Role;
 use crate::docs::valid_geohash;
 use crate::error::{Error, Rejection, Result};
-use crate::identity::{MemberId, decode_hex32};
+use crate::identity::MemberId;
 use crate::time::Timestamp;
 
 /// Most renewals of one request.
@@ -45,16 +44,16 @@ macro_rules! authored_id {
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name {
             /// Who made it.
-            pub $author: MemberId,
+            pub $author: $crate::identity::MemberId,
             /// Random bytes that tell their ids apart.
             pub nonce: [u8; 8],
         }
 
         impl $name {
             /// A fresh id for `author`.
-            pub fn generate($author: MemberId) -> Result<Self> {
+            pub fn generate($author: $crate::identity::MemberId) -> $crate::error::Result<Self> {
                 let mut nonce = [0u8; 8];
-                getrandom::getrandom(&mut nonce).map_err(|_| Error::Randomness)?;
+                getrandom::getrandom(&mut nonce).map_err(|_| $crate::error::Error::Randomness)?;
                 Ok($name { $author, nonce })
             }
 
@@ -63,24 +62,26 @@ macro_rules! authored_id {
                 let (who, nonce) = s.split_once('.')?;
                 let mut n = [0u8; 8];
                 hex::decode_to_slice(nonce, &mut n).ok()?;
-                let who = MemberId::from_bytes(decode_hex32(who).ok()?).ok()?;
+                let who = $crate::identity::MemberId::from_bytes($crate::identity::decode_hex32(who).ok()?).ok()?;
                 Some($name { $author: who, nonce: n })
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 write!(f, "{}.{}", self.$author, hex::encode(self.nonce))
             }
         }
 
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 write!(f, "{}({}.{})", stringify!($name), self.$author.fmt_short(), hex::encode(self.nonce))
             }
         }
     };
 }
+
+pub(crate) use authored_id;
 
 authored_id!(
     /// A help request: its requester and a nonce. A cross-posted request
@@ -123,6 +124,8 @@ macro_rules! named_enum {
         }
     };
 }
+
+pub(crate) use named_enum;
 
 named_enum!(
     /// What kind of help.

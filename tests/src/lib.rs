@@ -83,7 +83,8 @@ impl Device {
             Ok(c) => c.heads()?,
             Err(_) => Heads::empty(),
         };
-        self.k.community(id)?.changes_since(&heads)
+        let reader = other.k.member_id();
+        self.k.community(id)?.changes_since_for(&heads, &reader)
     }
 
     /// Sends this device's news to `other`.

@@ -81,12 +81,14 @@ impl Community {
             .map(|m| m.admitted_at)
             .ok_or_else(|| Error::InvalidArgument("not a member".into()))?;
         let matches = self.completed_matches(member)?;
-        // Penalties: matches a moderator invalidated, at their completion.
-        let penalties: Vec<Timestamp> = matches
+        // Penalties: matches a moderator invalidated (at their completion)
+        // and upheld reports against the member (at their resolution).
+        let mut penalties: Vec<Timestamp> = matches
             .iter()
             .filter(|m| m.invalidated)
             .map(|m| m.completed_at)
             .collect();
+        penalties.extend(self.upheld_against(member)?);
         Ok(trust::trust(TrustInput {
             member,
             community: &self.id,

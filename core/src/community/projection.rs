@@ -15,6 +15,7 @@ use crate::identity::MemberId;
 use crate::norms::{self, Norm};
 use crate::notify::Event;
 use crate::profile::Profile;
+use crate::report::{ReportId, ReportState};
 use crate::request::{OfferId, OfferStatus, RequestId, RequestState};
 use crate::time::Timestamp;
 use rusqlite::OptionalExtension;
@@ -25,6 +26,7 @@ pub(super) struct Touched {
     pub(super) profiles: BTreeSet<MemberId>,
     pub(super) community: bool,
     pub(super) requests: BTreeSet<RequestId>,
+    pub(super) reports: BTreeSet<ReportId>,
 }
 
 impl Touched {
@@ -36,6 +38,9 @@ impl Touched {
             DocId::Community => self.community = true,
             DocId::Request(id) => {
                 self.requests.insert(id);
+            }
+            DocId::Report(id) => {
+                self.reports.insert(id);
             }
         }
     }
@@ -126,6 +131,9 @@ pub(super) fn project_doc(
         DocId::Request(id) if touched.requests.contains(id) => {
             project_request(tx, doc, *id, community_of(tx)?, events)?;
         }
+        DocId::Report(id) if touched.reports.contains(id) => {
+            project_report(tx, doc, *id, community_of(tx)?, events)?;
+        }
         _ => {}
     }
     Ok(())
@@ -183,6 +191,48 @@ fn project_community(tx: &Transaction<'_>, doc: &Automerge) -> Result<()> {
 fn stored_state(state: &RequestState) -> &'static str {
     // At the dawn of time nothing has expired: the clock plays no part.
     state.status(Timestamp::from_millis(i64::MIN)).as_str()
+}
+
+fn project_report(
+    tx: &Transaction<'_>,
+    doc: &Automerge,
+    id: ReportId,
+    community: CommunityId,
+    events: &mut Vec<Event>,
+) -> Result<()> {
+    let Some(report) = ReportState::read(doc, id, None)? else {
+        return Ok(());
+    };
+    let report_id = id.to_string();
+    let existed = tx
+        .prepare_cached("SELECT 1 FROM reports WHERE report_id = ?1")?
+        .exists([&report_id])?;
+    tx.prepare_cached(
+        "INSERT INTO reports (report_id, reporter, target, target_member, category, text,
+            created_at, resolution, resolved_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (report_id) DO UPDATE SET resolution = excluded.resolution,
+            resolved_at = excluded.resolved_at",
+    )?
+    .execute(params![
+        report_id,
+        id.reporter.as_bytes().as_slice(),
+        report.target.encode(),
+        report.target.member().as_bytes().as_slice(),
+        report.category.as_str(),
+        report.text,
+        report.created_at.as_millis(),
+        report.resolution.map(|(r, _)| r.as_str()),
+        report.resolution.map(|(_, t)| t.as_millis()),
+    ])?;
+    if !existed {
+        events.push(Event::ReportFiled {
+            community,
+            report: id,
+            notify_me: false,
+        });
+    }
+    Ok(())
 }
 
 /// The community a file holds.

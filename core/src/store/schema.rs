@@ -206,6 +206,19 @@ CREATE INDEX matches_requester ON matches (requester);
 CREATE INDEX matches_responder ON matches (responder);
 -- rowid = requests.rowid
 CREATE VIRTUAL TABLE requests_fts USING fts5 (title, description);
+CREATE TABLE reports (
+    report_id TEXT PRIMARY KEY,
+    reporter BLOB NOT NULL,
+    target TEXT NOT NULL,
+    target_member BLOB NOT NULL,
+    category TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    resolution TEXT,
+    resolved_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX reports_open ON reports (resolution, created_at);
+CREATE INDEX reports_target_member ON reports (target_member);
 "
     };
 }
