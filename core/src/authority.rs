@@ -504,7 +504,7 @@ impl AuthorityLog {
 
     /// Adds an op that passed [`SignedOp::authenticate`] (`hash` is its
     /// hash), or parks it until its parents arrive.
-    fn insert_authenticated(&mut self, hash: OpHash, op: SignedOp) -> Inserted {
+    pub(crate) fn insert_authenticated(&mut self, hash: OpHash, op: SignedOp) -> Inserted {
         if self.ops.contains_key(&hash) || self.pending.contains_key(&hash) {
             return Inserted::Duplicate;
         }

@@ -7,7 +7,7 @@
 //! resolved log, loaded documents) is a cache of the file: when a write
 //! fails it is dropped and read again, so memory never runs ahead of disk.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ use crate::karma::KarmaReason;
 use crate::norms::{self, Norm};
 use crate::notify::{Event, Hub};
 use crate::profile::Profile;
-use crate::request::{OfferId, RequestId};
+use crate::request::RequestId;
 use crate::store::{Db, schema};
 use crate::time::Timestamp;
 
@@ -515,30 +515,30 @@ impl Community {
     /// each completed match awarded.
     fn dispatch(&mut self, now: Timestamp) -> Result<()> {
         let mut events = std::mem::take(&mut self.outbox);
-        let completed: Vec<(OfferId, [MemberId; 2])> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::MatchCompleted {
-                    offer,
-                    requester,
-                    helper,
-                    ..
-                } => Some((*offer, [*requester, *helper])),
-                _ => None,
-            })
-            .collect();
-        for (offer, parties) in completed {
-            let id = offer.to_string();
-            for member in parties {
-                for entry in self.karma_history(&member, now)? {
-                    if entry.event.match_id == id {
-                        events.push(Event::KarmaAwarded {
-                            community: self.id,
-                            member,
-                            points: entry.event.points,
-                            milestone: matches!(entry.event.reason, KarmaReason::Milestone(_)),
-                        });
-                    }
+        // The karma each completed match awarded: one history per member.
+        let mut awarded: BTreeMap<MemberId, Vec<String>> = BTreeMap::new();
+        for e in &events {
+            if let Event::MatchCompleted {
+                offer,
+                requester,
+                helper,
+                ..
+            } = e
+            {
+                for member in [requester, helper] {
+                    awarded.entry(*member).or_default().push(offer.to_string());
+                }
+            }
+        }
+        for (member, offers) in awarded {
+            for entry in self.karma_history(&member, now)? {
+                if offers.contains(&entry.event.match_id) {
+                    events.push(Event::KarmaAwarded {
+                        community: self.id,
+                        member,
+                        points: entry.event.points,
+                        milestone: matches!(entry.event.reason, KarmaReason::Milestone(_)),
+                    });
                 }
             }
         }

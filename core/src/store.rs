@@ -32,6 +32,8 @@ pub struct Schema {
 #[derive(Debug)]
 pub struct Db {
     conn: Connection,
+    /// The write-ahead log's path (`None` in memory).
+    wal: Option<std::path::PathBuf>,
     /// Commits since the write-ahead log was last checkpointed.
     commits: std::cell::Cell<u32>,
 }
@@ -42,6 +44,11 @@ pub struct Db {
 /// one fires about once in 400 writes.
 const CHECKPOINT_EVERY: u32 = 400;
 
+/// Checkpoint too once the write-ahead log passes this size: a few large
+/// transactions (a catch-up) would otherwise grow it for a long time. After
+/// a checkpoint SQLite cuts the file back to 8 MB (`journal_size_limit`).
+const CHECKPOINT_WAL_BYTES: u64 = 32 << 20;
+
 impl Db {
     /// Opens (creating if needed) and migrates a file.
     pub fn open(path: &Path, schema: &Schema) -> Result<Db> {
@@ -51,7 +58,11 @@ impl Db {
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        Self::setup(conn, schema, true)
+        let mut db = Self::setup(conn, schema, true)?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        db.wal = Some(wal.into());
+        Ok(db)
     }
 
     /// An in-memory database, for tests.
@@ -71,11 +82,12 @@ impl Db {
         }
         conn.execute_batch(
             "PRAGMA synchronous=NORMAL; PRAGMA temp_store=2; PRAGMA foreign_keys=ON;
-             PRAGMA wal_autocheckpoint=0;",
+             PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=8388608;",
         )?;
         conn.set_prepared_statement_cache_capacity(64);
         let mut db = Db {
             conn,
+            wal: None,
             commits: std::cell::Cell::new(0),
         };
         db.migrate(schema)?;
@@ -121,7 +133,13 @@ impl Db {
         let out = f(&tx)?;
         tx.commit()?;
         self.commits.set(self.commits.get() + 1);
-        if self.commits.get() >= CHECKPOINT_EVERY {
+        let big = || {
+            self.wal
+                .as_ref()
+                .and_then(|w| std::fs::metadata(w).ok())
+                .is_some_and(|m| m.len() > CHECKPOINT_WAL_BYTES)
+        };
+        if self.commits.get() >= CHECKPOINT_EVERY || big() {
             self.checkpoint()?;
         }
         Ok(out)

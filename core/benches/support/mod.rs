@@ -168,3 +168,30 @@ pub fn profile_version(flip: bool) -> Profile {
         skills: vec!["cooking".into(), "repairs".into()],
     }
 }
+
+/// Commits `edit` to `doc` as `kp`'s device would (their actor, a commit
+/// message citing `auth_heads`, the change's time `now`) and signs it for
+/// document `doc_id`; returns the signed change and what `edit` returned.
+/// Lets a bench craft changes by many members without a device each.
+pub fn signed_change<T>(
+    id: CommunityId,
+    doc_id: &DocId,
+    doc: &mut Automerge,
+    kp: &Keypair,
+    auth_heads: &[OpHash],
+    now: Timestamp,
+    edit: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> T,
+) -> (SignedChange, T) {
+    doc.set_actor(actor_of(&kp.member_id()));
+    let mut tx = doc.transaction();
+    let out = edit(&mut tx);
+    let (hash, _) = tx.commit_with(
+        CommitOptions::default()
+            .with_message(auth_message(auth_heads))
+            .with_time(now.as_millis()),
+    );
+    let mut change = doc
+        .get_change_by_hash(&hash.expect("a change"))
+        .expect("committed change");
+    (SignedChange::sign(id, doc_id, &mut change, kp), out)
+}

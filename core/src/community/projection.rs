@@ -485,9 +485,10 @@ pub(super) fn profile_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Resu
     })
 }
 
+/// A member id from a projection row (written only from validated ids).
 pub(crate) fn member_from_blob(bytes: &[u8]) -> Result<MemberId> {
     let bytes: [u8; 32] = bytes
         .try_into()
         .map_err(|_| Error::Corrupt("member id".into()))?;
-    MemberId::from_bytes(bytes).map_err(|_| Error::Corrupt("member id".into()))
+    Ok(MemberId::from_stored(bytes))
 }
