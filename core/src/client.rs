@@ -173,6 +173,12 @@ impl Karmyq {
             },
             &self.keys,
         )?;
+        self.found(genesis, now)
+    }
+
+    /// Creates the file of a community from its genesis op and adds it to
+    /// this device's list.
+    fn found(&mut self, genesis: SignedOp, now: Timestamp) -> Result<CommunityId> {
         let id = CommunityId::from_bytes(*genesis.hash().as_bytes());
         let community = Community::create(
             &self.path_of(&id),
@@ -180,7 +186,8 @@ impl Karmyq {
             self.hub.clone(),
             genesis,
         )?;
-        self.remember(id, name, now)?;
+        let name = community.authority().name.clone();
+        self.remember(id, &name, now)?;
         self.open.insert(id, community);
         Ok(id)
     }
@@ -250,15 +257,7 @@ impl Karmyq {
                 .filter_map(|b| SignedOp::decode(b).ok())
                 .find(|op| op.hash().as_bytes() == id.as_bytes())
                 .ok_or(Error::UnknownCommunity)?;
-            let community = Community::create(
-                &self.path_of(&id),
-                self.keys.clone(),
-                self.hub.clone(),
-                genesis,
-            )?;
-            let name = community.authority().name.clone();
-            self.remember(id, &name, now)?;
-            self.open.insert(id, community);
+            self.found(genesis, now)?;
         }
         let community = self.community(id)?;
         let report = community.apply(bundle, now)?;

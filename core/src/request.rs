@@ -233,6 +233,15 @@ named_enum!(
     }
 );
 
+impl Urgency {
+    /// From its position in [`Urgency::ALL`], as projections store it.
+    pub fn from_index(i: i64) -> Option<Urgency> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| Urgency::ALL.get(i).copied())
+    }
+}
+
 /// What a requester writes when posting or editing a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestDraft {
@@ -312,20 +321,9 @@ pub struct OfferState {
 pub struct RequestState {
     /// The request.
     pub id: RequestId,
-    /// Title.
-    pub title: String,
-    /// Description.
-    pub description: String,
-    /// Category (`Other` if the document holds an unknown one).
-    pub category: Category,
-    /// Urgency.
-    pub urgency: Urgency,
-    /// Kind.
-    pub kind: RequestKind,
-    /// Coarse location.
-    pub location: Option<String>,
-    /// Time window.
-    pub when: Option<(Timestamp, Timestamp)>,
+    /// What the requester wrote (unknown category: `Other`; unknown
+    /// urgency: `Medium`; unknown kind: `Generic`).
+    pub draft: RequestDraft,
     /// When posted.
     pub created_at: Timestamp,
     /// When it expires unless renewed.
@@ -410,13 +408,15 @@ impl RequestState {
         };
         let mut s = RequestState {
             id,
-            title: String::new(),
-            description: String::new(),
-            category: Category::Other,
-            urgency: Urgency::Medium,
-            kind: RequestKind::Generic,
-            location: None,
-            when: None,
+            draft: RequestDraft {
+                title: String::new(),
+                description: String::new(),
+                category: Category::Other,
+                urgency: Urgency::Medium,
+                kind: RequestKind::Generic,
+                location: None,
+                when: None,
+            },
             created_at: Timestamp::default(),
             expires_at: Timestamp::default(),
             renewals: 0,
@@ -437,24 +437,24 @@ impl RequestState {
         for item in root {
             let v = &item.value;
             match item.key.as_ref() {
-                "title" => s.title = text(v).unwrap_or_default(),
-                "description" => s.description = text(v).unwrap_or_default(),
+                "title" => s.draft.title = text(v).unwrap_or_default(),
+                "description" => s.draft.description = text(v).unwrap_or_default(),
                 "category" => {
-                    s.category = text(v)
+                    s.draft.category = text(v)
                         .and_then(|t| Category::parse(&t))
                         .unwrap_or(Category::Other)
                 }
                 "urgency" => {
-                    s.urgency = text(v)
+                    s.draft.urgency = text(v)
                         .and_then(|t| Urgency::parse(&t))
                         .unwrap_or(Urgency::Medium)
                 }
                 "kind" => {
-                    s.kind = text(v)
+                    s.draft.kind = text(v)
                         .and_then(|t| RequestKind::parse(&t))
                         .unwrap_or(RequestKind::Generic)
                 }
-                "location" => s.location = text(v),
+                "location" => s.draft.location = text(v),
                 "when_start" => when_start = ms(v),
                 "when_end" => when_end = ms(v),
                 "created_at" => {
@@ -492,7 +492,7 @@ impl RequestState {
             }
         }
         s.accepted = accepted.zip(accepted_at);
-        s.when = when_start.zip(when_end);
+        s.draft.when = when_start.zip(when_end);
         Ok(created.then_some(s))
     }
 

@@ -28,10 +28,10 @@ impl Community {
         let facts = RequestFacts {
             id: request,
             community: self.id,
-            category: state.category,
+            category: state.draft.category,
             tags: Vec::new(),
-            urgency: state.urgency,
-            location: state.location.clone(),
+            urgency: state.draft.urgency,
+            location: state.draft.location.clone(),
         };
         let active = self.active_matches_by_helper()?;
         let mut candidates = Vec::new();
@@ -93,10 +93,7 @@ impl Community {
                 community: self.id,
                 category: Category::parse(&category).unwrap_or(Category::Other),
                 tags: Vec::new(),
-                urgency: usize::try_from(urgency)
-                    .ok()
-                    .and_then(|u| Urgency::ALL.get(u).copied())
-                    .unwrap_or(Urgency::Medium),
+                urgency: Urgency::from_index(urgency).unwrap_or(Urgency::Medium),
                 location,
             };
             out.push((request, matching::candidate_score(&facts, &me_as).total));
@@ -173,10 +170,7 @@ impl Community {
                 community: self.id,
                 category: Category::parse(&category).ok_or_else(corrupt)?,
                 tags: Vec::new(),
-                urgency: usize::try_from(urgency)
-                    .ok()
-                    .and_then(|u| Urgency::ALL.get(u).copied())
-                    .ok_or_else(corrupt)?,
+                urgency: Urgency::from_index(urgency).ok_or_else(corrupt)?,
                 status: RequestStatus::parse(&state).ok_or_else(corrupt)?,
                 created_at: Timestamp::from_millis(created),
                 expires_at: Timestamp::from_millis(expires),

@@ -398,14 +398,14 @@ fn project_request(
     .execute(params![
         request_id,
         id.requester.as_bytes().as_slice(),
-        state.title,
-        state.description,
-        state.category.as_str(),
-        state.urgency as i64,
-        state.kind.as_str(),
-        state.location,
-        state.when.map(|w| w.0.as_millis()),
-        state.when.map(|w| w.1.as_millis()),
+        state.draft.title,
+        state.draft.description,
+        state.draft.category.as_str(),
+        state.draft.urgency as i64,
+        state.draft.kind.as_str(),
+        state.draft.location,
+        state.draft.when.map(|w| w.0.as_millis()),
+        state.draft.when.map(|w| w.1.as_millis()),
         state.created_at.as_millis(),
         state.expires_at.as_millis(),
         state.renewals,
@@ -418,7 +418,7 @@ fn project_request(
     tx.prepare_cached("DELETE FROM requests_fts WHERE rowid = ?1")?
         .execute([rowid])?;
     tx.prepare_cached("INSERT INTO requests_fts (rowid, title, description) VALUES (?1, ?2, ?3)")?
-        .execute(params![rowid, state.title, state.description])?;
+        .execute(params![rowid, state.draft.title, state.draft.description])?;
     tx.prepare_cached("DELETE FROM offers WHERE request_id = ?1")?
         .execute([&request_id])?;
     let never = Timestamp::from_millis(i64::MIN);

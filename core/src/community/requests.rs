@@ -99,35 +99,43 @@ impl Default for RequestQuery {
 
 fn put_draft(tx: &mut DocTx<'_>, draft: &RequestDraft, old: Option<&RequestState>) -> Result<()> {
     let fields = [
-        ("title", draft.title.as_str(), old.map(|o| o.title.as_str())),
+        (
+            "title",
+            draft.title.as_str(),
+            old.map(|o| o.draft.title.as_str()),
+        ),
         (
             "description",
             &draft.description,
-            old.map(|o| o.description.as_str()),
+            old.map(|o| o.draft.description.as_str()),
         ),
         (
             "category",
             draft.category.as_str(),
-            old.map(|o| o.category.as_str()),
+            old.map(|o| o.draft.category.as_str()),
         ),
         (
             "urgency",
             draft.urgency.as_str(),
-            old.map(|o| o.urgency.as_str()),
+            old.map(|o| o.draft.urgency.as_str()),
         ),
-        ("kind", draft.kind.as_str(), old.map(|o| o.kind.as_str())),
+        (
+            "kind",
+            draft.kind.as_str(),
+            old.map(|o| o.draft.kind.as_str()),
+        ),
     ];
     for (key, new, was) in fields {
         if was != Some(new) {
             tx.put(ROOT, key, new)?;
         }
     }
-    match (&draft.location, old.and_then(|o| o.location.as_ref())) {
+    match (&draft.location, old.and_then(|o| o.draft.location.as_ref())) {
         (Some(l), was) if was != Some(l) => tx.put(ROOT, "location", l.as_str())?,
         (None, Some(_)) => tx.delete(ROOT, "location")?,
         _ => {}
     }
-    match (draft.when, old.and_then(|o| o.when)) {
+    match (draft.when, old.and_then(|o| o.draft.when)) {
         (Some((a, b)), was) if was != Some((a, b)) => {
             tx.put(ROOT, "when_start", a.as_millis())?;
             tx.put(ROOT, "when_end", b.as_millis())?;
@@ -146,6 +154,15 @@ fn offer_obj(tx: &DocTx<'_>, offer: &OfferId) -> Result<ObjId> {
         Some((v, id)) if v.is_object() => Ok(id),
         _ => Err(Error::InvalidArgument("no such offer".into())),
     }
+}
+
+/// A moderator's mark: set with its reason, or lifted with `None`.
+fn put_reason(tx: &mut DocTx<'_>, key: &str, reason: Option<&str>) -> Result<()> {
+    match reason {
+        Some(r) => tx.put(ROOT, key, r)?,
+        None => tx.delete(ROOT, key)?,
+    }
+    Ok(())
 }
 
 fn check_text(s: &str, what: &str) -> Result<()> {
@@ -243,7 +260,7 @@ impl Community {
                 Rejection::IllegalTransition("a request is renewed at most 3 times").into(),
             );
         }
-        let ttl = self.ttl_days(old.urgency);
+        let ttl = self.ttl_days(old.draft.urgency);
         self.write_doc(DocId::Request(id), now, |tx| {
             tx.put(ROOT, "expires_at", now.as_millis() + ttl)?;
             tx.put(ROOT, "renewals", old.renewals + 1)?;
@@ -263,11 +280,7 @@ impl Community {
             check_text(r, "reason")?;
         }
         self.write_doc(DocId::Request(id), now, |tx| {
-            match reason {
-                Some(r) => tx.put(ROOT, "hidden", r)?,
-                None => tx.delete(ROOT, "hidden")?,
-            }
-            Ok(())
+            put_reason(tx, "hidden", reason)
         })
     }
 
@@ -290,12 +303,7 @@ impl Community {
                 "only a completed match can be invalidated",
             ))?;
         self.write_doc(DocId::Request(id), now, |tx| {
-            let key = format!("{INVALIDATED}{offer}");
-            match reason {
-                Some(r) => tx.put(ROOT, key, r)?,
-                None => tx.delete(ROOT, key)?,
-            }
-            Ok(())
+            put_reason(tx, &format!("{INVALIDATED}{offer}"), reason)
         })
     }
 
@@ -546,10 +554,7 @@ impl Community {
                 id: RequestId::parse(&id).ok_or_else(corrupt)?,
                 title,
                 category: Category::parse(&category).ok_or_else(corrupt)?,
-                urgency: usize::try_from(urgency)
-                    .ok()
-                    .and_then(|u| Urgency::ALL.get(u).copied())
-                    .ok_or_else(corrupt)?,
+                urgency: Urgency::from_index(urgency).ok_or_else(corrupt)?,
                 kind: RequestKind::parse(&kind).ok_or_else(corrupt)?,
                 created_at: Timestamp::from_millis(created),
                 expires_at,
