@@ -359,6 +359,16 @@ impl Karmyq {
         Ok(rank_feed(&viewer, &items, &blocks, now, page, per_page))
     }
 
+    /// Sends the match reminders due at `now` in every community (once per
+    /// match); returns how many. Call it when the app wakes.
+    pub fn send_due_reminders(&mut self, now: Timestamp) -> Result<usize> {
+        let mut sent = 0;
+        for summary in self.communities()? {
+            sent += self.community(summary.id)?.send_due_reminders(now)?;
+        }
+        Ok(sent)
+    }
+
     /// Blocks a member: private to this device, it stops offers between the
     /// two here, hides their offers and notifications, and filters
     /// suggestions and the feed.

@@ -513,7 +513,7 @@ impl Community {
 
     /// Hands the committed operation's events to the hub, with the karma
     /// each completed match awarded.
-    fn dispatch(&mut self, now: Timestamp) -> Result<()> {
+    pub(crate) fn dispatch(&mut self, now: Timestamp) -> Result<()> {
         let mut events = std::mem::take(&mut self.outbox);
         // The karma each completed match awarded: one history per member.
         let mut awarded: BTreeMap<MemberId, Vec<String>> = BTreeMap::new();
@@ -529,6 +529,10 @@ impl Community {
                     awarded.entry(*member).or_default().push(offer.to_string());
                 }
             }
+        }
+        let me = self.me();
+        if let Some(offers) = awarded.get(&me) {
+            events.extend(self.badges_earned(offers, now)?);
         }
         for (member, offers) in awarded {
             for entry in self.karma_history(&member, now)? {

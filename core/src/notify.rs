@@ -21,6 +21,7 @@ use crate::report::ReportId;
 use crate::request::{OfferId, RequestId};
 use crate::store::Db;
 use crate::time::Timestamp;
+use crate::trust::Badge;
 
 /// Something that happened in a community, as validated on this device.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +138,20 @@ pub enum Event {
         /// The member's score for it (0–115).
         score: f64,
     },
+    /// This device's member earned a badge.
+    BadgeEarned {
+        /// Where.
+        community: CommunityId,
+        /// Which.
+        badge: Badge,
+    },
+    /// A match of this device's member has waited 3 days for completion.
+    MatchReminder {
+        /// Where.
+        community: CommunityId,
+        /// Which request.
+        request: RequestId,
+    },
     /// A member filed a report (a private document: only moderators and
     /// the reporter receive it).
     ReportFiled {
@@ -193,6 +208,8 @@ kinds!(
     MemberJoined = "member_joined",
     NewRequestForYou = "new_request_for_you",
     ReportFiled = "report_filed",
+    BadgeEarned = "badge_earned",
+    MatchReminder = "match_reminder",
     RoleChanged = "role_changed",
 );
 
@@ -530,6 +547,10 @@ impl Hub {
                 report,
                 notify_me: true,
             } => Some((*community, K::ReportFiled, None, Some(report.reporter))),
+            Event::BadgeEarned { community, .. } => Some((*community, K::BadgeEarned, None, None)),
+            Event::MatchReminder { community, request } => {
+                Some((*community, K::MatchReminder, Some(*request), None))
+            }
             Event::MemberJoined { community, member } if *member != me => {
                 Some((*community, K::MemberJoined, None, Some(*member)))
             }

@@ -130,7 +130,8 @@ fn the_story_notifies_each_side_of_what_the_other_did() -> Result<()> {
         Recorder::notified(&b_rec.take()),
         vec![
             NotificationKind::MatchConfirmedByOther,
-            NotificationKind::MatchCompleted
+            NotificationKind::MatchCompleted,
+            NotificationKind::BadgeEarned, // first_helper
         ]
     );
 
@@ -151,12 +152,12 @@ fn the_story_notifies_each_side_of_what_the_other_did() -> Result<()> {
     assert_eq!(alice.k.notifications(true, 10, 0)?.len(), 3);
     alice.k.mark_read(None)?;
     assert!(alice.k.notifications(true, 10, 0)?.is_empty());
-    // Bob's own notifications are about Alice.
+    // Bob's notifications are about Alice (his badge is about no one).
     assert!(
         bob.k
             .notifications(false, 10, 0)?
             .iter()
-            .all(|n| n.actor == Some(a))
+            .all(|n| n.actor == Some(a) || n.kind == NotificationKind::BadgeEarned)
     );
     Ok(())
 }
@@ -227,5 +228,57 @@ fn preferences_quiet_hours_retention_and_unsubscribing() -> Result<()> {
         .community(id)?
         .post_request(&draft(), at(60 * 24 * 34))?;
     assert!(rec.take().is_empty());
+    Ok(())
+}
+
+#[test]
+fn badges_and_reminders_are_notified() -> Result<()> {
+    let (mut alice, mut bob, id) = setup()?;
+    // A match accepted and left waiting: a reminder after 3 days, once.
+    let req = alice.k.community(id)?.post_request(&draft(), at(10))?;
+    sync(&mut alice, &mut bob, id, at(11))?;
+    let offer = bob.k.community(id)?.offer_help(req, "Soon", at(12))?;
+    sync(&mut alice, &mut bob, id, at(13))?;
+    alice.k.community(id)?.accept_offer(req, offer, at(14))?;
+    sync(&mut alice, &mut bob, id, at(15))?;
+    assert_eq!(bob.k.send_due_reminders(at(14 + 3 * 24 * 60 - 1))?, 0);
+    assert_eq!(bob.k.send_due_reminders(at(14 + 3 * 24 * 60))?, 1);
+    assert_eq!(
+        bob.k.send_due_reminders(at(14 + 4 * 24 * 60))?,
+        0,
+        "once per match"
+    );
+    assert_eq!(
+        alice.k.send_due_reminders(at(14 + 3 * 24 * 60))?,
+        1,
+        "both parties"
+    );
+    let kinds: Vec<_> = bob
+        .k
+        .notifications(false, 20, 0)?
+        .into_iter()
+        .map(|n| n.kind)
+        .collect();
+    assert!(kinds.contains(&NotificationKind::MatchReminder));
+    // Completing it earns Bob his first badge.
+    let rec = Arc::new(Recorder::default());
+    let _sub = bob.k.subscribe(rec.clone());
+    let later = 14 + 4 * 24 * 60;
+    bob.k.community(id)?.confirm_match(req, None, at(later))?;
+    sync(&mut alice, &mut bob, id, at(later))?;
+    alice
+        .k
+        .community(id)?
+        .confirm_match(req, None, at(later + 1))?;
+    sync(&mut alice, &mut bob, id, at(later + 2))?;
+    let events = rec.take();
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::BadgeEarned {
+            badge: karmyq_core::Badge::FirstHelper,
+            ..
+        }
+    )));
+    assert!(Recorder::notified(&events).contains(&NotificationKind::BadgeEarned));
     Ok(())
 }

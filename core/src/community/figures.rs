@@ -1,5 +1,6 @@
 //! Karma, trust and badges of a member, computed from the matches
-//! projection and `now` (nothing derived is ever stored).
+//! projection and `now` (nothing derived is ever stored), and the
+//! time-driven match reminders.
 
 use rusqlite::params;
 
@@ -8,8 +9,13 @@ use super::projection::member_from_blob;
 use crate::error::{Error, Result};
 use crate::identity::MemberId;
 use crate::karma::{self, CompletedMatch, KarmaHistoryEntry, KarmaPool};
+use crate::notify::Event;
+use crate::request::RequestId;
 use crate::time::Timestamp;
-use crate::trust::{self, TrustInput, TrustScore};
+use crate::trust::{self, Badge, TrustInput, TrustScore};
+
+/// A match waiting this long for completion earns its parties a reminder.
+const REMIND_AFTER_MS: i64 = 3 * Timestamp::DAY;
 
 impl Community {
     /// Completed matches of this community in which `member` took part.
@@ -70,6 +76,74 @@ impl Community {
     ) -> Result<Vec<KarmaHistoryEntry>> {
         let events = self.karma_events_of(member)?;
         Ok(karma::karma_history(&events, member, Some(&self.id), now))
+    }
+
+    /// Badges this device's member earned in this community through the
+    /// matches (by offer id) that just completed: those held with them and
+    /// not without them. (`bridge_builder` looks across communities and is
+    /// left to `Karmyq::badges`.)
+    pub(crate) fn badges_earned(&self, completed: &[String], now: Timestamp) -> Result<Vec<Event>> {
+        let me = self.me();
+        let matches = self.completed_matches(&me)?;
+        let before: Vec<CompletedMatch> = matches
+            .iter()
+            .filter(|m| !completed.contains(&m.id))
+            .cloned()
+            .collect();
+        let had = trust::badges(&me, &self.id, &before, &[], now);
+        Ok(trust::badges(&me, &self.id, &matches, &[], now)
+            .into_iter()
+            .filter(|b| !had.contains(b) && *b != Badge::BridgeBuilder)
+            .map(|badge| Event::BadgeEarned {
+                community: self.id,
+                badge,
+            })
+            .collect())
+    }
+
+    /// Reminds this device's member, once per match, of their matches that
+    /// have waited 3 days or more for completion (DOMAIN.md,
+    /// `match_reminder`); returns how many reminders went out. Time-driven:
+    /// the app calls it when it wakes (no background job in core).
+    pub fn send_due_reminders(&mut self, now: Timestamp) -> Result<usize> {
+        let me = self.me();
+        let due_before = now.as_millis() - REMIND_AFTER_MS;
+        let due: Vec<(String, String)> = self
+            .db
+            .conn()
+            .prepare_cached(
+                "SELECT m.request_id, m.offer_id FROM matches m
+                 JOIN requests r ON r.request_id = m.request_id
+                 WHERE r.state = 'matched' AND m.completed_at IS NULL
+                   AND m.accepted_at <= ?1 AND (m.requester = ?2 OR m.responder = ?2)
+                   AND NOT EXISTS (SELECT 1 FROM reminders x
+                                   WHERE x.request_id = m.request_id AND x.offer_id = m.offer_id)",
+            )?
+            .query_map(params![due_before, me.as_bytes().as_slice()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        self.db.write(|tx| {
+            for (request, offer) in &due {
+                tx.execute(
+                    "INSERT INTO reminders (request_id, offer_id, reminded_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (request_id) DO UPDATE
+                     SET offer_id = excluded.offer_id, reminded_at = excluded.reminded_at",
+                    params![request, offer, now.as_millis()],
+                )?;
+            }
+            Ok(())
+        })?;
+        for (request, _) in &due {
+            let request =
+                RequestId::parse(request).ok_or_else(|| Error::Corrupt("request id".into()))?;
+            self.outbox.push(Event::MatchReminder {
+                community: self.id,
+                request,
+            });
+        }
+        self.dispatch(now)?;
+        Ok(due.len())
     }
 
     /// A member's trust score in this community at `now`.

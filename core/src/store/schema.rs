@@ -219,6 +219,12 @@ CREATE TABLE reports (
 ) WITHOUT ROWID;
 CREATE INDEX reports_open ON reports (resolution, created_at);
 CREATE INDEX reports_target_member ON reports (target_member);
+-- match reminders already given on this device (by request)
+CREATE TABLE reminders (
+    request_id TEXT PRIMARY KEY,
+    offer_id TEXT NOT NULL,
+    reminded_at INTEGER NOT NULL
+) WITHOUT ROWID;
 "
     };
 }
