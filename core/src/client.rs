@@ -250,7 +250,8 @@ impl Karmyq {
     /// then added (as a non-member until it joins or is admitted).
     pub fn receive(&mut self, bundle: &Bundle, now: Timestamp) -> Result<Report> {
         let id = bundle.community;
-        if self.community(id).is_err() {
+        let new = self.community(id).is_err();
+        if new {
             let genesis = bundle
                 .ops
                 .iter()
@@ -260,6 +261,9 @@ impl Karmyq {
             self.found(genesis, now)?;
         }
         let community = self.community(id)?;
+        if new {
+            community.catch_up_quietly();
+        }
         let report = community.apply(bundle, now)?;
         let name = community.authority().name.clone();
         self.remember(id, &name, now)?;

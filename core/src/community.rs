@@ -101,6 +101,8 @@ pub struct Community {
     hub: Arc<Hub>,
     /// Events of the operation under way, dispatched once it committed.
     outbox: Vec<Event>,
+    /// The next dispatch is a first catch-up: no notifications.
+    catching_up: bool,
     log: AuthorityLog,
     auth: Resolved,
     docs: HashMap<DocId, Loaded>,
@@ -139,6 +141,8 @@ impl Community {
             Ok(())
         })?;
         let mut community = Self::from_parts(id, db, keys, hub, log)?;
+        // Founding (here or received) is no news to anyone.
+        community.catch_up_quietly();
         community.dispatch(genesis.op.created_at)?;
         Ok(community)
     }
@@ -185,6 +189,7 @@ impl Community {
             keys,
             hub,
             outbox: Vec::new(),
+            catching_up: false,
             log,
             auth,
             docs: HashMap::new(),
@@ -574,8 +579,19 @@ impl Community {
                 *notify_me = moderator && report.reporter != self.keys.member_id();
             }
         }
-        self.hub
-            .dispatch(events, self.auth.settings.notification_retention_days, now)
+        let notify = !std::mem::take(&mut self.catching_up);
+        self.hub.dispatch(
+            events,
+            self.auth.settings.notification_retention_days,
+            now,
+            notify,
+        )
+    }
+
+    /// Marks the next operation as this device's first catch-up of a
+    /// community it just received: its events notify nobody.
+    pub(crate) fn catch_up_quietly(&mut self) {
+        self.catching_up = true;
     }
 
     fn write_doc_inner(

@@ -381,11 +381,16 @@ impl Hub {
     /// Stores the notifications `events` bring this member, then hands every
     /// event (and each notification) to the listeners. `retention_days`: the
     /// community's setting.
+    ///
+    /// With `notify` false the listeners still get the events but nothing
+    /// is stored: a device catching up a community it just received learns
+    /// its history, which is no news to its member.
     pub(crate) fn dispatch(
         &self,
         events: Vec<Event>,
         retention_days: u16,
         now: Timestamp,
+        notify: bool,
     ) -> Result<()> {
         if events.is_empty() {
             return Ok(());
@@ -395,7 +400,7 @@ impl Hub {
             let mut account = self.account();
             let quiet = quiet_hours(&account)?.is_some_and(|q| q.contains(now));
             for event in events {
-                let derived = self.derive(&event);
+                let derived = self.derive(&event).filter(|_| notify);
                 all.push(event);
                 let Some((community, kind, request, actor)) = derived else {
                     continue;

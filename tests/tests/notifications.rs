@@ -282,3 +282,37 @@ fn badges_and_reminders_are_notified() -> Result<()> {
     assert!(Recorder::notified(&events).contains(&NotificationKind::BadgeEarned));
     Ok(())
 }
+
+#[test]
+fn receiving_a_community_is_no_news_but_what_follows_is() -> Result<()> {
+    let (mut alice, mut bob, id) = setup()?;
+    alice.k.community(id)?.post_request(&draft(), at(10))?;
+    let mut carol = Device::new()?;
+    let rec = Arc::new(Recorder::default());
+    let _sub = carol.k.subscribe(rec.clone());
+    alice.send_to(&mut carol, id, at(11))?;
+    // Her app learns the history; no notification for it.
+    let events = rec.take();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::MemberJoined { .. }))
+    );
+    assert!(carol.k.notifications(false, 10, 0)?.is_empty());
+    carol.k.community(id)?.join(at(12))?;
+    sync(&mut alice, &mut carol, id, at(13))?;
+    sync(&mut alice, &mut bob, id, at(13))?;
+    // Later news is: Dave joins.
+    let mut dave = Device::new()?;
+    alice.send_to(&mut dave, id, at(14))?;
+    dave.k.community(id)?.join(at(15))?;
+    dave.send_to(&mut carol, id, at(16))?;
+    let kinds: Vec<_> = carol
+        .k
+        .notifications(false, 10, 0)?
+        .into_iter()
+        .map(|n| n.kind)
+        .collect();
+    assert_eq!(kinds, vec![NotificationKind::MemberJoined]);
+    Ok(())
+}
