@@ -1,9 +1,12 @@
 //! A walkthrough: three simulated devices found and run a community with
-//! no network at all, exchanging bundles, and print what each one sees.
+//! no network at all, exchanging bundles: membership, norms, then a help
+//! request through to karma and notifications, printing what each sees.
 //!
 //! `cargo run -p karmyq-tests --bin karmyq-sim`
 
-use karmyq_core::{Profile, Result, Role, Visibility};
+use karmyq_core::{
+    Category, Profile, RequestDraft, RequestKind, Result, Role, Urgency, Visibility,
+};
 use karmyq_tests::{Device, at, sync};
 
 fn profile(name: &str, bio: &str, skills: &[&str]) -> Profile {
@@ -107,6 +110,72 @@ fn main() -> Result<()> {
         ("Carol", &mut carol),
     ] {
         show(who, d, id)?;
+    }
+
+    println!("6. Carol asks for help with her laptop; Bob offers; Carol accepts.");
+    let draft = RequestDraft {
+        title: "Laptop will not start".into(),
+        description: "It beeps three times".into(),
+        category: Category::Tech,
+        urgency: Urgency::High,
+        kind: RequestKind::Service,
+        location: Some("u0yjj".into()),
+        when: None,
+    };
+    let req = carol.k.community(id)?.post_request(&draft, at(20))?;
+    let carol_id = carol.k.member_id();
+    for s in carol.k.community(id)?.suggested_helpers(req, at(20))? {
+        println!(
+            "   suggested helper {} scores {:.0}",
+            s.member.fmt_short(),
+            s.score.total
+        );
+    }
+    sync(&mut carol, &mut bob, id, at(21))?;
+    let offer = bob
+        .k
+        .community(id)?
+        .offer_help(req, "I fix laptops", at(22))?;
+    sync(&mut carol, &mut bob, id, at(23))?;
+    carol.k.community(id)?.accept_offer(req, offer, at(24))?;
+    sync(&mut carol, &mut bob, id, at(25))?;
+
+    println!("7. An hour later both confirm the help happened.");
+    bob.k
+        .community(id)?
+        .confirm_match(req, Some("Happy to help"), at(84))?;
+    sync(&mut carol, &mut bob, id, at(85))?;
+    carol
+        .k
+        .community(id)?
+        .confirm_match(req, Some("Thank you, Bob!"), at(90))?;
+    for _ in 0..2 {
+        sync(&mut carol, &mut bob, id, at(91))?;
+        sync(&mut alice, &mut bob, id, at(91))?;
+    }
+    let half_life = at(90 + 262_980);
+    for (who, d) in [
+        ("Alice", &mut alice),
+        ("Bob", &mut bob),
+        ("Carol", &mut carol),
+    ] {
+        let c = d.k.community(id)?;
+        println!(
+            "   {who} sees the request {}: Bob's karma {:.1} (in 182.625 days {:.2}), Carol's {:.1}, Bob's trust {}",
+            c.request(req, at(92))?.status.as_str(),
+            c.karma(&bob_id, at(92))?,
+            c.karma(&bob_id, half_life)?,
+            c.karma(&carol_id, at(92))?,
+            c.trust(&bob_id, at(92))?.score,
+        );
+    }
+    for (who, d) in [("Bob", &bob), ("Carol", &carol)] {
+        let kinds: Vec<&str> =
+            d.k.notifications(false, 20, 0)?
+                .iter()
+                .map(|n| n.kind.as_str())
+                .collect();
+        println!("   {who}'s notifications: {}", kinds.join(", "));
     }
     Ok(())
 }
