@@ -35,7 +35,7 @@ use karmyq_core::{
 use tempfile::TempDir;
 
 mod support;
-use support::{at, key, large_community, signed_change};
+use support::{at, key, large_community, measure, report, signed_change};
 
 const MINUTE: i64 = 60 * Timestamp::SECOND;
 const HOUR: i64 = 60 * MINUTE;
@@ -462,40 +462,6 @@ fn check(fx: &mut Fixture) {
         "requests: {requests} requests ({completed} completed, {open} open, {expired} expired), \
          {} offers; busy helper: {busy_matches} completed matches",
         requests * OFFERS
-    );
-}
-
-// ----- measurement ---------------------------------------------------------
-
-/// Runs `f(i)` `warm_up` times untimed, then `runs` times timed one by one;
-/// returns the durations, sorted.
-fn measure(warm_up: usize, runs: usize, mut f: impl FnMut(usize)) -> Vec<Duration> {
-    for i in 0..warm_up {
-        f(i);
-    }
-    let mut times: Vec<Duration> = (warm_up..warm_up + runs)
-        .map(|i| {
-            let start = Instant::now();
-            f(i);
-            start.elapsed()
-        })
-        .collect();
-    times.sort();
-    times
-}
-
-/// The nearest-rank percentile of sorted durations, in microseconds.
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e6
-}
-
-fn report(name: &str, sorted: &[Duration], target: &str) {
-    let [p50, p90, p99, p999] = [50.0, 90.0, 99.0, 99.9].map(|p| percentile(sorted, p));
-    let max = percentile(sorted, 100.0);
-    println!(
-        "{name:<24} n={:<5} p50 {p50:>9.1} µs   p90 {p90:>9.1} µs   p99 {p99:>9.1} µs   p99.9 {p999:>9.1} µs   max {max:>9.1} µs   (target {target})",
-        sorted.len()
     );
 }
 

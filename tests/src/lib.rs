@@ -106,6 +106,20 @@ pub fn sync(a: &mut Device, b: &mut Device, id: CommunityId, now: Timestamp) -> 
     Ok(())
 }
 
+/// Alice founds a public community and Bob joins it; both synced at
+/// minute 3.
+pub fn two_neighbours() -> Result<(Device, Device, CommunityId)> {
+    let mut alice = Device::new()?;
+    let mut bob = Device::new()?;
+    let id = alice
+        .k
+        .create_community("Elm Street", "", karmyq_core::Visibility::Public, at(0))?;
+    alice.send_to(&mut bob, id, at(1))?;
+    bob.k.community(id)?.join(at(2))?;
+    sync(&mut alice, &mut bob, id, at(3))?;
+    Ok((alice, bob, id))
+}
+
 /// A document rebuilt from the changes of a bundle (what any member holds).
 pub fn doc_from(bundle: &Bundle, doc: &DocId) -> Result<Automerge> {
     let mut out = Automerge::new();

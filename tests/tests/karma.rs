@@ -2,24 +2,12 @@
 
 use karmyq_core::{
     Badge, Category, CommunityId, KarmaReason, RequestDraft, RequestId, RequestKind, Result,
-    Urgency, Visibility,
+    Urgency,
 };
-use karmyq_tests::{Device, at, sync};
+use karmyq_tests::{Device, at, sync, two_neighbours};
 
 /// Minutes in 182.625 days: one karma half-life.
 const HALF_LIFE_MIN: i64 = 262_980;
-
-fn setup() -> Result<(Device, Device, CommunityId)> {
-    let mut alice = Device::new()?;
-    let mut bob = Device::new()?;
-    let id = alice
-        .k
-        .create_community("Elm Street", "", Visibility::Public, at(0))?;
-    alice.send_to(&mut bob, id, at(1))?;
-    bob.k.community(id)?.join(at(2))?;
-    sync(&mut alice, &mut bob, id, at(3))?;
-    Ok((alice, bob, id))
-}
 
 fn draft(n: i64) -> RequestDraft {
     RequestDraft {
@@ -62,7 +50,7 @@ fn help(
 
 #[test]
 fn one_completed_match_pays_25_and_5_and_halves_in_a_half_life() -> Result<()> {
-    let (mut alice, mut bob, id) = setup()?;
+    let (mut alice, mut bob, id) = two_neighbours()?;
     help(&mut alice, &mut bob, id, 10, 30)?;
     let done = 42;
     let (a, b) = (alice.k.member_id(), bob.k.member_id());
@@ -88,7 +76,7 @@ fn one_completed_match_pays_25_and_5_and_halves_in_a_half_life() -> Result<()> {
 
 #[test]
 fn repeat_pairs_in_a_month_earn_less_each_time() -> Result<()> {
-    let (mut alice, mut bob, id) = setup()?;
+    let (mut alice, mut bob, id) = two_neighbours()?;
     for k in 0..5 {
         help(&mut alice, &mut bob, id, 100 + k * 24 * 60, 30)?;
     }
@@ -109,7 +97,7 @@ fn repeat_pairs_in_a_month_earn_less_each_time() -> Result<()> {
 
 #[test]
 fn a_match_completed_within_15_minutes_earns_nothing() -> Result<()> {
-    let (mut alice, mut bob, id) = setup()?;
+    let (mut alice, mut bob, id) = two_neighbours()?;
     help(&mut alice, &mut bob, id, 10, 14)?;
     let b = bob.k.member_id();
     assert_eq!(alice.k.community(id)?.karma(&b, at(100))?, 0.0);
@@ -120,7 +108,7 @@ fn a_match_completed_within_15_minutes_earns_nothing() -> Result<()> {
 
 #[test]
 fn trust_grows_with_completed_help() -> Result<()> {
-    let (mut alice, mut bob, id) = setup()?;
+    let (mut alice, mut bob, id) = two_neighbours()?;
     let b = bob.k.member_id();
     let before = alice.k.community(id)?.trust(&b, at(60))?;
     assert_eq!(before.score, 0);
@@ -135,7 +123,7 @@ fn trust_grows_with_completed_help() -> Result<()> {
 
 #[test]
 fn a_moderator_invalidates_a_match_and_can_restore_it() -> Result<()> {
-    let (mut alice, mut bob, id) = setup()?;
+    let (mut alice, mut bob, id) = two_neighbours()?;
     let req = help(&mut alice, &mut bob, id, 10, 30)?;
     let b = bob.k.member_id();
     // A plain member may not; the requester is one here.
@@ -169,7 +157,7 @@ fn a_moderator_invalidates_a_match_and_can_restore_it() -> Result<()> {
 
 #[test]
 fn the_daily_cap_holds_through_the_api() -> Result<()> {
-    let (mut alice, mut bob, id) = setup()?;
+    let (mut alice, mut bob, id) = two_neighbours()?;
     // Helpers earn 30 a help here, so two helps reach the 60-point cap.
     let mut settings = alice.k.community(id)?.info()?.settings;
     settings.karma_helper = 30;

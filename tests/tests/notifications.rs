@@ -5,10 +5,10 @@
 use std::sync::{Arc, Mutex};
 
 use karmyq_core::{
-    Category, CommunityId, Event, Listener, NotificationKind, QuietHours, RequestDraft,
-    RequestKind, Result, Role, Urgency, Visibility,
+    Category, Event, Listener, NotificationKind, QuietHours, RequestDraft, RequestKind, Result,
+    Role, Urgency,
 };
-use karmyq_tests::{Device, at, sync};
+use karmyq_tests::{Device, at, sync, two_neighbours};
 
 /// Records every event it receives.
 #[derive(Default)]
@@ -39,18 +39,6 @@ impl Recorder {
     }
 }
 
-fn setup() -> Result<(Device, Device, CommunityId)> {
-    let mut alice = Device::new()?;
-    let mut bob = Device::new()?;
-    let id = alice
-        .k
-        .create_community("Elm Street", "", Visibility::Public, at(0))?;
-    alice.send_to(&mut bob, id, at(1))?;
-    bob.k.community(id)?.join(at(2))?;
-    sync(&mut alice, &mut bob, id, at(3))?;
-    Ok((alice, bob, id))
-}
-
 fn draft() -> RequestDraft {
     RequestDraft {
         title: "Walk the dog".into(),
@@ -65,7 +53,7 @@ fn draft() -> RequestDraft {
 
 #[test]
 fn the_story_notifies_each_side_of_what_the_other_did() -> Result<()> {
-    let (mut alice, mut bob, id) = setup()?;
+    let (mut alice, mut bob, id) = two_neighbours()?;
     let (a_rec, b_rec) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
     let _a = alice.k.subscribe(a_rec.clone());
     let _b = bob.k.subscribe(b_rec.clone());
@@ -164,7 +152,7 @@ fn the_story_notifies_each_side_of_what_the_other_did() -> Result<()> {
 
 #[test]
 fn preferences_quiet_hours_retention_and_unsubscribing() -> Result<()> {
-    let (mut alice, mut bob, id) = setup()?;
+    let (mut alice, mut bob, id) = two_neighbours()?;
     let rec = Arc::new(Recorder::default());
     let sub = alice.k.subscribe(rec.clone());
     alice
@@ -233,7 +221,7 @@ fn preferences_quiet_hours_retention_and_unsubscribing() -> Result<()> {
 
 #[test]
 fn badges_and_reminders_are_notified() -> Result<()> {
-    let (mut alice, mut bob, id) = setup()?;
+    let (mut alice, mut bob, id) = two_neighbours()?;
     // A match accepted and left waiting: a reminder after 3 days, once.
     let req = alice.k.community(id)?.post_request(&draft(), at(10))?;
     sync(&mut alice, &mut bob, id, at(11))?;
@@ -285,7 +273,7 @@ fn badges_and_reminders_are_notified() -> Result<()> {
 
 #[test]
 fn receiving_a_community_is_no_news_but_what_follows_is() -> Result<()> {
-    let (mut alice, mut bob, id) = setup()?;
+    let (mut alice, mut bob, id) = two_neighbours()?;
     alice.k.community(id)?.post_request(&draft(), at(10))?;
     let mut carol = Device::new()?;
     let rec = Arc::new(Recorder::default());

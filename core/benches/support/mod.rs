@@ -9,6 +9,8 @@ use karmyq_core::{
     Bundle, CommunityId, DocId, Karmyq, Keypair, Norm, Op, OpBody, OpHash, Profile, Settings,
     SettingsPatch, SignedChange, SignedOp, Timestamp, Visibility, actor_of, auth_message,
 };
+use std::time::{Duration, Instant};
+
 use tempfile::TempDir;
 
 /// A fixed clock: `offset` milliseconds after 2027-01-15.
@@ -194,4 +196,39 @@ pub fn signed_change<T>(
         .get_change_by_hash(&hash.expect("a change"))
         .expect("committed change");
     (SignedChange::sign(id, doc_id, &mut change, kp), out)
+}
+
+// ----- measurement -------------------------------------------------------
+
+/// Runs `f(i)` `warm_up` times untimed, then `runs` times timed one by one;
+/// returns the durations, sorted.
+pub fn measure(warm_up: usize, runs: usize, mut f: impl FnMut(usize)) -> Vec<Duration> {
+    for i in 0..warm_up {
+        f(i);
+    }
+    let mut times: Vec<Duration> = (warm_up..warm_up + runs)
+        .map(|i| {
+            let start = Instant::now();
+            f(i);
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times
+}
+
+/// The nearest-rank percentile of sorted durations, in microseconds.
+pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e6
+}
+
+/// Prints p50, p90, p99, p99.9 and max of sorted durations, with the target.
+pub fn report(name: &str, sorted: &[Duration], target: &str) {
+    let [p50, p90, p99, p999] = [50.0, 90.0, 99.0, 99.9].map(|p| percentile(sorted, p));
+    let max = percentile(sorted, 100.0);
+    println!(
+        "{name:<24} n={:<5} p50 {p50:>9.1} µs   p90 {p90:>9.1} µs   p99 {p99:>9.1} µs   p99.9 {p999:>9.1} µs   max {max:>9.1} µs   (target {target})",
+        sorted.len()
+    );
 }
