@@ -204,17 +204,28 @@ impl Community {
     }
 
     /// Keeps memory bounded: past `MAX_LOADED_REQUESTS` loaded request
-    /// documents, they are all dropped (they load again from their
-    /// snapshot and changes when next needed). Called only between
-    /// operations, never while a batch holds documents.
+    /// documents, the longest loaded leave memory (they load again from
+    /// their snapshot and changes when next needed), one or two per
+    /// operation rather than all at once. Called only between operations,
+    /// never while a batch holds documents.
     fn trim_cache(&mut self) {
-        let requests = self
-            .docs
-            .keys()
-            .filter(|d| matches!(d, DocId::Request(_)))
-            .count();
-        if requests > MAX_LOADED_REQUESTS {
-            self.docs.retain(|d, _| !matches!(d, DocId::Request(_)));
+        loop {
+            let mut requests = self
+                .docs
+                .iter()
+                .filter(|(d, _)| matches!(d, DocId::Request(_) | DocId::Report(_)));
+            let count = requests.clone().count();
+            if count <= MAX_LOADED_REQUESTS {
+                return;
+            }
+            let Some(oldest) = requests
+                .by_ref()
+                .min_by_key(|(_, l)| l.loaded)
+                .map(|(d, _)| d.clone())
+            else {
+                return;
+            };
+            self.docs.remove(&oldest);
         }
     }
 

@@ -5,7 +5,6 @@
 use rusqlite::params;
 
 use super::Community;
-use super::projection::member_from_blob;
 use crate::error::{Error, Result};
 use crate::identity::MemberId;
 use crate::karma::{self, CompletedMatch, KarmaHistoryEntry, KarmaPool};
@@ -24,11 +23,21 @@ impl Community {
             "SELECT offer_id, requester, responder, accepted_at, completed_at, invalidated FROM matches
              WHERE completed_at IS NOT NULL AND (requester = ?1 OR responder = ?1)",
         )?;
+        let blob = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<[u8; 32]> {
+            let bytes = r.get_ref(i)?.as_blob()?;
+            bytes.try_into().map_err(|_| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    i,
+                    rusqlite::types::Type::Blob,
+                    "member id".into(),
+                )
+            })
+        };
         let rows = stmt.query_map(params![member.as_bytes().as_slice()], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
+                blob(r, 1)?,
+                blob(r, 2)?,
                 r.get::<_, i64>(3)?,
                 r.get::<_, i64>(4)?,
                 r.get::<_, bool>(5)?,
@@ -37,7 +46,10 @@ impl Community {
         let mut out = Vec::new();
         for row in rows {
             let (id, requester, helper, accepted, completed, invalidated) = row?;
-            let (requester, helper) = (member_from_blob(&requester)?, member_from_blob(&helper)?);
+            let (requester, helper) = (
+                MemberId::from_stored(requester),
+                MemberId::from_stored(helper),
+            );
             let accepted_at = Timestamp::from_millis(accepted);
             out.push(CompletedMatch {
                 id,

@@ -16,7 +16,12 @@ pub(super) struct Loaded {
     pub(super) doc: Automerge,
     /// Changes stored since the document's last snapshot.
     pub(super) since_snapshot: u32,
+    /// When it was loaded, in load order (the oldest leaves memory first).
+    pub(super) loaded: u64,
 }
+
+/// Numbers loaded documents in the order they were loaded.
+static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub(super) fn load_pending(tx: &Transaction<'_>) -> Result<Vec<SignedChange>> {
     let mut stmt = tx.prepare_cached("SELECT signed FROM pending_changes")?;
@@ -198,6 +203,7 @@ pub(super) fn load_doc_tx<'a>(
             Loaded {
                 doc,
                 since_snapshot,
+                loaded: LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             },
         );
     }
