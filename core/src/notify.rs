@@ -416,7 +416,9 @@ impl Hub {
                     continue;
                 }
                 let id = account.write(|tx| {
-                    let cutoff = now.as_millis() - i64::from(retention_days) * Timestamp::DAY;
+                    let cutoff = now
+                        .as_millis()
+                        .saturating_sub(i64::from(retention_days) * Timestamp::DAY);
                     tx.prepare_cached("DELETE FROM notifications WHERE community = ?1 AND created_at < ?2")?
                         .execute(params![community.as_bytes().as_slice(), cutoff])?;
                     tx.prepare_cached(

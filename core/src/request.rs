@@ -829,7 +829,7 @@ fn check_transitions(
             .get("expires_at")
             .and_then(|o| int_of(o))
             .unwrap_or(0);
-        if expires <= created || expires - created > 90 * Timestamp::DAY {
+        if expires <= created || expires.saturating_sub(created) > 90 * Timestamp::DAY {
             return Err(Rejection::InvalidField("expires_at".into()));
         }
         return Ok(());
@@ -856,9 +856,9 @@ fn check_transitions(
         if renewals != Some(seen.renewals + 1) || seen.renewals >= MAX_RENEWALS {
             return Err(illegal("a request is renewed at most 3 times"));
         }
-        if expires
-            .is_none_or(|e| e <= time.as_millis() || e - time.as_millis() > 90 * Timestamp::DAY)
-        {
+        if expires.is_none_or(|e| {
+            e <= time.as_millis() || e.saturating_sub(time.as_millis()) > 90 * Timestamp::DAY
+        }) {
             return Err(Rejection::InvalidField("expires_at".into()));
         }
     }

@@ -476,3 +476,40 @@ fn many_requests_stay_usable_as_documents_leave_memory() -> Result<()> {
     assert_eq!(c.search_requests("number 42", 5, at(404))?[0].id, ids[42]);
     Ok(())
 }
+
+#[test]
+fn extreme_times_in_a_forged_request_are_refused_not_panicked_on() -> Result<()> {
+    let mut s = Street::new()?;
+    let id = s.id;
+    let keys = Keypair::import_secret(&s.bob.k.export_secret())?;
+    let req = RequestId::generate(keys.member_id())?;
+    let heads = s.bob.k.community(id)?.heads()?.auth;
+    let mut doc = automerge::Automerge::new();
+    let forged = forge(id, &DocId::Request(req), &mut doc, heads, &keys, |tx| {
+        for (k, v) in [
+            ("title", "t"),
+            ("category", "food"),
+            ("urgency", "low"),
+            ("kind", "generic"),
+        ] {
+            tx.put(ROOT, k, v)?;
+        }
+        tx.put(ROOT, "created_at", i64::MIN)?;
+        tx.put(ROOT, "expires_at", i64::MAX)
+    })?;
+    let report = s.alice.k.receive(&bundle_of(id, vec![forged]), at(20))?;
+    assert_eq!(
+        report.reasons(),
+        vec![&Rejection::InvalidField("expires_at".into())]
+    );
+    // And the API with an absurd clock gives a typed answer, not a panic.
+    let far = karmyq_core::Timestamp::from_millis(i64::MAX);
+    let r = s
+        .alice
+        .k
+        .community(id)?
+        .post_request(&draft("Far future", Urgency::Low), far);
+    // Its expiry cannot lie after its creation: the validator says so.
+    assert_eq!(rejected(r), Rejection::InvalidField("expires_at".into()));
+    Ok(())
+}

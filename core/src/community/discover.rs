@@ -127,7 +127,9 @@ impl Community {
     /// This community's candidates for a member's feed: its newest open
     /// requests and the matches completed in the last week.
     pub(crate) fn feed_items(&self, now: Timestamp) -> Result<Vec<FeedItem>> {
-        let week_ago = now.as_millis() - matching::RECENT_COMPLETION_MS;
+        let week_ago = now
+            .as_millis()
+            .saturating_sub(matching::RECENT_COMPLETION_MS);
         let mut stmt = self.db.conn().prepare_cached(
             "SELECT r.request_id, r.category, r.urgency, r.state, r.created_at, r.expires_at,
                     m.completed_at, m.responder
@@ -185,7 +187,7 @@ impl Community {
 
     /// Requests created in the activity window, with their status at `now`.
     fn recent_requests(&self, now: Timestamp) -> Result<Vec<(Timestamp, RequestStatus)>> {
-        let since = now.as_millis() - matching::ACTIVITY_WINDOW_MS;
+        let since = now.as_millis().saturating_sub(matching::ACTIVITY_WINDOW_MS);
         let mut stmt = self.db.conn().prepare_cached(
             "SELECT created_at, state, expires_at FROM requests WHERE created_at > ?1",
         )?;

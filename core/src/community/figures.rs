@@ -119,7 +119,7 @@ impl Community {
     /// the app calls it when it wakes (no background job in core).
     pub fn send_due_reminders(&mut self, now: Timestamp) -> Result<usize> {
         let me = self.me();
-        let due_before = now.as_millis() - REMIND_AFTER_MS;
+        let due_before = now.as_millis().saturating_sub(REMIND_AFTER_MS);
         let due: Vec<(String, String)> = self
             .db
             .conn()

@@ -210,7 +210,7 @@ impl Community {
         self.write_doc(DocId::Request(id), now, |tx| {
             put_draft(tx, draft, None)?;
             tx.put(ROOT, "created_at", now.as_millis())?;
-            tx.put(ROOT, "expires_at", now.as_millis() + ttl)?;
+            tx.put(ROOT, "expires_at", now.as_millis().saturating_add(ttl))?;
             tx.put(ROOT, "renewals", 0_i64)?;
             Ok(())
         })?;
@@ -262,7 +262,7 @@ impl Community {
         }
         let ttl = self.ttl_days(old.draft.urgency);
         self.write_doc(DocId::Request(id), now, |tx| {
-            tx.put(ROOT, "expires_at", now.as_millis() + ttl)?;
+            tx.put(ROOT, "expires_at", now.as_millis().saturating_add(ttl))?;
             tx.put(ROOT, "renewals", old.renewals + 1)?;
             Ok(())
         })
