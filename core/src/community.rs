@@ -26,7 +26,7 @@ use crate::error::{Error, Rejection, Result};
 use crate::identity::{Keypair, MemberId};
 use crate::invite::InviteToken;
 use crate::karma::KarmaReason;
-use crate::norms::{self, Norm};
+use crate::norms::{self, Norm, Proposal, ProposalId};
 use crate::notify::{Event, Hub};
 use crate::profile::Profile;
 use crate::request::RequestId;
@@ -50,7 +50,8 @@ use persist::{
 };
 pub(crate) use projection::member_from_blob;
 use projection::{
-    Touched, profile_row, profile_row_at, project_all_docs, project_doc, project_members,
+    Touched, profile_row, profile_row_at, project_all_docs, project_community, project_doc,
+    project_members,
 };
 
 /// A new request scoring at least this for this device's member is
@@ -74,6 +75,21 @@ pub struct MemberView {
     pub admitted_at: Timestamp,
     /// Their profile, if they wrote one.
     pub profile: Option<Profile>,
+}
+
+/// A proposed norm as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposalView {
+    /// The proposal.
+    pub id: ProposalId,
+    /// Its title.
+    pub title: String,
+    /// Approvals among the current members (the proposer counts).
+    pub approvals: usize,
+    /// Approvals needed: half of the members, rounded up.
+    pub needed: usize,
+    /// Whether it is one of the norms now.
+    pub active: bool,
 }
 
 /// Name, description, visibility and settings.
@@ -381,10 +397,19 @@ impl Community {
             return Err(reason.clone().into());
         }
         let mut events = Vec::new();
-        self.db.write(|tx| {
+        let actor = actor_of(&self.me());
+        let Community { db, docs, .. } = self;
+        let result = db.write(|tx| {
             store_op(tx, &hash, &signed)?;
-            project_members(tx, &auth, &mut events)
-        })?;
+            project_members(tx, &auth, &mut events)?;
+            // Who is a member decides which proposals are active.
+            let community = load_doc_tx(tx, docs, &DocId::Community, &actor)?;
+            project_community(tx, &community.doc, &auth, &mut events)
+        });
+        if let Err(e) = result {
+            self.docs.remove(&DocId::Community);
+            return Err(e);
+        }
         self.log = log;
         self.auth = auth;
         self.outbox = events;
@@ -453,6 +478,72 @@ impl Community {
                 Err(Error::InvalidArgument("no such norm".into()))
             }
         })
+    }
+
+    /// Proposes a norm (any member): it becomes one of the norms once
+    /// approvals reach half of the members, rounded up; the proposer counts.
+    pub fn propose_norm(
+        &mut self,
+        title: &str,
+        description: &str,
+        category: &str,
+        now: Timestamp,
+    ) -> Result<ProposalId> {
+        let id = ProposalId::generate(self.me())?;
+        let norm = Norm {
+            id: "proposal".into(),
+            title: title.to_owned(),
+            description: description.to_owned(),
+            category: category.to_owned(),
+        };
+        norm.validate()?;
+        self.write_doc(DocId::Community, now, |tx| {
+            norms::write_proposal(tx, &id, &norm)
+        })?;
+        Ok(id)
+    }
+
+    /// Approves a proposal, or takes the approval back.
+    pub fn approve_proposal(
+        &mut self,
+        id: ProposalId,
+        approve: bool,
+        now: Timestamp,
+    ) -> Result<()> {
+        let me = self.me();
+        self.write_doc(DocId::Community, now, |tx| {
+            norms::write_approval(tx, &id, &me, approve)
+        })
+    }
+
+    /// Open proposals and their approvals among the current members, with
+    /// how many they need; those already active are norms too.
+    pub fn proposals(&self) -> Result<Vec<ProposalView>> {
+        let needed = Proposal::needed(self.auth.members.len());
+        let mut stmt = self.db.conn().prepare_cached(
+            "SELECT proposal_id, title, approvals, active FROM proposals ORDER BY proposal_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, bool>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, title, approvals, active) = row?;
+            let id = ProposalId::parse(&id).ok_or_else(|| Error::Corrupt("proposal id".into()))?;
+            out.push(ProposalView {
+                id,
+                title,
+                approvals: usize::try_from(approvals).unwrap_or(0),
+                needed,
+                active,
+            });
+        }
+        Ok(out)
     }
 
     /// The norms, by id.
@@ -648,7 +739,7 @@ impl Community {
             save_heads(tx, doc_id, &loaded.doc)?;
             loaded.since_snapshot += 1;
             touched.note(&authentic);
-            project_doc(tx, doc_id, &loaded.doc, &touched, outbox)?;
+            project_doc(tx, doc_id, &loaded.doc, &touched, auth, outbox)?;
             // Snapshots belong to quiet moments (`compact`); this only keeps
             // a file that never gets one from growing without bound.
             if loaded.since_snapshot >= compact_every.saturating_mul(4) {
@@ -939,7 +1030,12 @@ impl Community {
                 }
             }
             batch.report(tx, &mut report)?;
-            project_all_docs(tx, docs, &touched, outbox)
+            if resolved.is_some() {
+                // Who is a member decides which proposals are active.
+                load_doc_tx(tx, docs, &DocId::Community, &actor)?;
+                touched.community = true;
+            }
+            project_all_docs(tx, docs, &touched, auth_now, outbox)
         })?;
         if let Some(resolved) = resolved {
             self.log = log;
@@ -996,10 +1092,13 @@ impl Community {
                 tx.execute(&format!("DELETE FROM {table}"), [])?;
             }
             project_members(tx, auth, &mut discarded)?;
+            // Heads of the documents that have changes (others are empty).
             for (doc_id, loaded) in docs.iter() {
-                save_heads(tx, doc_id, &loaded.doc)?;
+                if !loaded.doc.get_heads().is_empty() {
+                    save_heads(tx, doc_id, &loaded.doc)?;
+                }
             }
-            project_all_docs(tx, docs, &touched, &mut discarded)?;
+            project_all_docs(tx, docs, &touched, auth, &mut discarded)?;
             tx.execute("DELETE FROM meta WHERE key = 'rebuild_projections'", [])?;
             Ok(())
         })

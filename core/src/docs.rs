@@ -19,6 +19,7 @@ use crate::authority::{CommunityId, OpHash, Resolved, Role};
 use crate::codec;
 use crate::error::{Error, Rejection, Result};
 use crate::identity::{Keypair, MemberId, Signature, SigningTag};
+use crate::norms::{APPROVE_PREFIX, PROPOSAL_PREFIX, parse_approval, parse_proposal_key};
 use crate::report::{self, ReportId, ReportState};
 use crate::request::{self, RequestId, RequestState};
 use crate::time::Timestamp;
@@ -316,32 +317,38 @@ impl Authentic {
             DocId::Profiles => &PROFILE_RULES,
             DocId::Request(_) | DocId::Report(_) => return Err(Rejection::UnknownDocument),
         };
+        let mut needed = Role::Member;
         for op in &expanded.operations {
             let Key::Map(key) = &op.key else {
                 return Err(Rejection::DisallowedOperation);
             };
-            match &op.obj {
+            let role = match &op.obj {
                 ObjectId::Root => (rules.root)(key, &op.action, &own_key)?,
                 ObjectId::Id(id) => {
-                    if rules.owned_objects && *id.actor() != own {
-                        return Err(Rejection::ForeignEntry);
-                    }
                     (rules.entry)(key, &op.action)?;
+                    match (rules.owned_objects, *id.actor() == own) {
+                        (true, true) => Role::Member,
+                        (true, false) => return Err(Rejection::ForeignEntry),
+                        (false, _) => rules.role,
+                    }
                 }
-            }
+            };
+            needed = needed.max(role);
         }
-        Ok(rules.role)
+        Ok(needed)
     }
 }
 
 /// The schema of one document kind.
 struct Rules {
-    /// Least role that may write it.
+    /// Role needed to write inside the document's objects.
     role: Role,
-    /// Whether a member may write only inside objects they created.
+    /// Whether each member writes only inside objects they created (any
+    /// role), instead.
     owned_objects: bool,
-    /// Check of an op on the root map: key, action, the author's hex id.
-    root: fn(&str, &OpType, &str) -> std::result::Result<(), Rejection>,
+    /// Check of an op on the root map (key, action, the author's hex id):
+    /// the role it needs.
+    root: fn(&str, &OpType, &str) -> std::result::Result<Role, Rejection>,
     /// Check of an op inside an entry object.
     entry: fn(&str, &OpType) -> std::result::Result<(), Rejection>,
 }
@@ -354,7 +361,7 @@ static PROFILE_RULES: Rules = Rules {
             return Err(Rejection::ForeignEntry);
         }
         match action {
-            OpType::Make(automerge::ObjType::Map) | OpType::Delete => Ok(()),
+            OpType::Make(automerge::ObjType::Map) | OpType::Delete => Ok(Role::Member),
             _ => Err(Rejection::DisallowedOperation),
         }
     },
@@ -372,15 +379,50 @@ static PROFILE_RULES: Rules = Rules {
 static COMMUNITY_RULES: Rules = Rules {
     role: Role::Moderator,
     owned_objects: false,
-    root: |key, action, _| match (key, action) {
+    root: |key, action, own| match (key, action) {
         ("description", OpType::Put(ScalarValue::Str(s))) if s.chars().count() <= MAX_TEXT => {
-            Ok(())
+            Ok(Role::Moderator)
         }
-        ("description", OpType::Delete) => Ok(()),
+        ("description", OpType::Delete) => Ok(Role::Moderator),
         (k, OpType::Make(automerge::ObjType::Map) | OpType::Delete)
             if k.strip_prefix(NORM_PREFIX).is_some_and(valid_norm_id) =>
         {
-            Ok(())
+            Ok(Role::Moderator)
+        }
+        // A member proposes a norm as flat keys under their own id
+        // (`proposal:<id>/title`...); they or a moderator may delete them.
+        (k, OpType::Put(ScalarValue::Str(_)) | OpType::Delete)
+            if k.starts_with(PROPOSAL_PREFIX) =>
+        {
+            let (id, field) =
+                parse_proposal_key(k).ok_or_else(|| Rejection::InvalidField(k.into()))?;
+            let max = match field {
+                "title" => 120,
+                "description" => MAX_TEXT,
+                "category" => 40,
+                _ => return Err(Rejection::InvalidField(k.into())),
+            };
+            if let OpType::Put(ScalarValue::Str(s)) = action
+                && s.chars().count() > max
+            {
+                return Err(Rejection::InvalidField(k.into()));
+            }
+            match (id.proposer.to_string() == own, action) {
+                (true, _) => Ok(Role::Member),
+                (false, OpType::Delete) => Ok(Role::Moderator),
+                (false, _) => Err(Rejection::ForeignEntry),
+            }
+        }
+        // Each member approves (or stops approving) for themselves only.
+        (k, OpType::Put(ScalarValue::Boolean(true)) | OpType::Delete)
+            if k.starts_with(APPROVE_PREFIX) =>
+        {
+            let (_, member) = parse_approval(k).ok_or_else(|| Rejection::InvalidField(k.into()))?;
+            if member.to_string() == own {
+                Ok(Role::Member)
+            } else {
+                Err(Rejection::ForeignEntry)
+            }
         }
         (k, OpType::Put(_) | OpType::Make(_) | OpType::Delete) => {
             Err(Rejection::InvalidField(k.into()))

@@ -58,8 +58,8 @@ pub use authority::{
 pub use bundle::{Bundle, Heads, Item, Report};
 pub use client::{CommunitySummary, Karmyq};
 pub use community::{
-    Community, CommunityInfo, DEFAULT_COMPACT_EVERY, MemberView, RequestQuery, RequestSort,
-    RequestSummary, RequestView,
+    Community, CommunityInfo, DEFAULT_COMPACT_EVERY, MemberView, ProposalView, RequestQuery,
+    RequestSort, RequestSummary, RequestView,
 };
 pub use docs::{Authentic, DocId, Envelope, SignedChange, actor_of, auth_message};
 pub use error::{Error, Rejection, Result};
@@ -75,7 +75,7 @@ pub use matching::{
     candidate_score, community_activity, geohash_distance_km, rank_feed, skill_share,
     suggest_helpers,
 };
-pub use norms::Norm;
+pub use norms::{Norm, Proposal, ProposalId};
 pub use notify::{Event, Listener, Notification, NotificationKind, QuietHours, Subscription};
 pub use profile::Profile;
 pub use report::{ReportCategory, ReportId, ReportState, ReportTarget, Resolution};

@@ -17,6 +17,7 @@ use rusqlite::{OptionalExtension, params};
 use crate::authority::{CommunityId, Role};
 use crate::error::{Error, Result};
 use crate::identity::MemberId;
+use crate::norms::ProposalId;
 use crate::report::ReportId;
 use crate::request::{OfferId, RequestId};
 use crate::store::Db;
@@ -138,6 +139,13 @@ pub enum Event {
         /// The member's score for it (0–115).
         score: f64,
     },
+    /// A member proposed a norm.
+    NormProposed {
+        /// Where.
+        community: CommunityId,
+        /// Which proposal (its proposer is `proposal.proposer`).
+        proposal: ProposalId,
+    },
     /// This device's member earned a badge.
     BadgeEarned {
         /// Where.
@@ -210,6 +218,7 @@ kinds!(
     ReportFiled = "report_filed",
     BadgeEarned = "badge_earned",
     MatchReminder = "match_reminder",
+    NormProposed = "norm_proposed",
     RoleChanged = "role_changed",
 );
 
@@ -554,6 +563,12 @@ impl Hub {
                 report,
                 notify_me: true,
             } => Some((*community, K::ReportFiled, None, Some(report.reporter))),
+            Event::NormProposed {
+                community,
+                proposal,
+            } if proposal.proposer != me => {
+                Some((*community, K::NormProposed, None, Some(proposal.proposer)))
+            }
             Event::BadgeEarned { community, .. } => Some((*community, K::BadgeEarned, None, None)),
             Event::MatchReminder { community, request } => {
                 Some((*community, K::MatchReminder, Some(*request), None))

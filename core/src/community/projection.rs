@@ -12,7 +12,7 @@ use crate::authority::Resolved;
 use crate::docs::{Authentic, DocId};
 use crate::error::{Error, Result};
 use crate::identity::MemberId;
-use crate::norms::{self, Norm};
+use crate::norms::{self, Norm, Proposal};
 use crate::notify::Event;
 use crate::profile::Profile;
 use crate::report::{ReportId, ReportState};
@@ -105,10 +105,11 @@ pub(super) fn project_all_docs(
     tx: &Transaction<'_>,
     docs: &HashMap<DocId, Loaded>,
     touched: &Touched,
+    auth: &Resolved,
     events: &mut Vec<Event>,
 ) -> Result<()> {
     for (doc_id, loaded) in docs {
-        project_doc(tx, doc_id, &loaded.doc, touched, events)?;
+        project_doc(tx, doc_id, &loaded.doc, touched, auth, events)?;
     }
     Ok(())
 }
@@ -119,6 +120,7 @@ pub(super) fn project_doc(
     doc_id: &DocId,
     doc: &Automerge,
     touched: &Touched,
+    auth: &Resolved,
     events: &mut Vec<Event>,
 ) -> Result<()> {
     match doc_id {
@@ -127,7 +129,7 @@ pub(super) fn project_doc(
                 project_profile(tx, doc, member)?;
             }
         }
-        DocId::Community if touched.community => project_community(tx, doc)?,
+        DocId::Community if touched.community => project_community(tx, doc, auth, events)?,
         DocId::Request(id) if touched.requests.contains(id) => {
             project_request(tx, doc, *id, community_of(tx)?, events)?;
         }
@@ -166,12 +168,52 @@ fn project_profile(tx: &Transaction<'_>, doc: &Automerge, member: &MemberId) -> 
     Ok(())
 }
 
-fn project_community(tx: &Transaction<'_>, doc: &Automerge) -> Result<()> {
+/// Norms (those moderators wrote and proposals that gathered enough
+/// approvals among the current members), proposals and the description.
+pub(super) fn project_community(
+    tx: &Transaction<'_>,
+    doc: &Automerge,
+    auth: &Resolved,
+    events: &mut Vec<Event>,
+) -> Result<()> {
+    let known: std::collections::HashSet<String> = tx
+        .prepare_cached("SELECT proposal_id FROM proposals")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let proposals = Proposal::read_all(doc)?;
+    let needed = Proposal::needed(auth.members.len());
+    tx.execute("DELETE FROM proposals", [])?;
+    let mut norms = Norm::read_all(doc)?;
+    for p in &proposals {
+        let approvals = p.approvals_among(&auth.members);
+        let active = approvals >= needed;
+        if active {
+            norms.push(p.as_norm());
+        }
+        let id = p.id.to_string();
+        if !known.contains(&id) {
+            events.push(Event::NormProposed {
+                community: auth.community,
+                proposal: p.id,
+            });
+        }
+        tx.prepare_cached(
+            "INSERT INTO proposals (proposal_id, proposer, title, approvals, active)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            id,
+            p.id.proposer.as_bytes().as_slice(),
+            p.title,
+            i64::try_from(approvals).unwrap_or(i64::MAX),
+            active
+        ])?;
+    }
     tx.execute("DELETE FROM norms", [])?;
     let mut stmt = tx.prepare_cached(
         "INSERT INTO norms (norm_id, title, description, category) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    for n in Norm::read_all(doc)? {
+    for n in norms {
         stmt.execute(params![n.id, n.title, n.description, n.category])?;
     }
     match norms::read_description(doc)? {

@@ -219,6 +219,13 @@ CREATE TABLE reports (
 ) WITHOUT ROWID;
 CREATE INDEX reports_open ON reports (resolution, created_at);
 CREATE INDEX reports_target_member ON reports (target_member);
+CREATE TABLE proposals (
+    proposal_id TEXT PRIMARY KEY,
+    proposer BLOB NOT NULL,
+    title TEXT NOT NULL,
+    approvals INTEGER NOT NULL,
+    active INTEGER NOT NULL
+) WITHOUT ROWID;
 -- match reminders already given on this device (by request)
 CREATE TABLE reminders (
     request_id TEXT PRIMARY KEY,
