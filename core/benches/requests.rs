@@ -187,14 +187,7 @@ fn content(i: usize) -> (String, String, Category, Urgency, RequestKind) {
 
 /// How long a request of this urgency lives (the community's defaults).
 fn ttl(urgency: Urgency) -> i64 {
-    let t = Settings::default().request_ttl_days;
-    let days = match urgency {
-        Urgency::Critical => t.critical,
-        Urgency::High => t.high,
-        Urgency::Medium => t.medium,
-        Urgency::Low => t.low,
-    };
-    i64::from(days) * Timestamp::DAY
+    Settings::default().request_ttl_days.for_urgency(urgency)
 }
 
 /// Everyone's keys, and the authority heads every change cites.

@@ -233,6 +233,19 @@ named_enum!(
     }
 );
 
+impl crate::authority::RequestTtlDays {
+    /// How long a request of this urgency lives, in milliseconds.
+    pub fn for_urgency(&self, urgency: Urgency) -> i64 {
+        let days = match urgency {
+            Urgency::Critical => self.critical,
+            Urgency::High => self.high,
+            Urgency::Medium => self.medium,
+            Urgency::Low => self.low,
+        };
+        i64::from(days) * Timestamp::DAY
+    }
+}
+
 impl Urgency {
     /// From its position in [`Urgency::ALL`], as projections store it.
     pub fn from_index(i: i64) -> Option<Urgency> {

@@ -62,23 +62,15 @@ pub fn first_profile(
 ) -> SignedChange {
     let member = kp.member_id();
     let mut doc = Automerge::new();
-    doc.set_actor(actor_of(&member));
-    let mut tx = doc.transaction();
-    let entry = tx
-        .put_object(ROOT, member.to_string(), ObjType::Map)
-        .expect("profile entry");
-    tx.put(&entry, "name", format!("Member {n}")).expect("name");
-    tx.put(&entry, "availability", "weekends")
-        .expect("availability");
-    let (hash, _) = tx.commit_with(
-        CommitOptions::default()
-            .with_message(auth_message(auth_heads))
-            .with_time(now.as_millis()),
-    );
-    let mut change = doc
-        .get_change_by_hash(&hash.expect("a change"))
-        .expect("committed change");
-    SignedChange::sign(id, &DocId::Profiles, &mut change, kp)
+    let (change, ()) = signed_change(id, &DocId::Profiles, &mut doc, kp, auth_heads, now, |tx| {
+        let entry = tx
+            .put_object(ROOT, member.to_string(), ObjType::Map)
+            .expect("profile entry");
+        tx.put(&entry, "name", format!("Member {n}")).expect("name");
+        tx.put(&entry, "availability", "weekends")
+            .expect("availability");
+    });
+    change
 }
 
 /// A community of `members` members besides its founder, each with a

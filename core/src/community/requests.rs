@@ -218,14 +218,7 @@ impl Community {
     }
 
     fn ttl_days(&self, urgency: Urgency) -> i64 {
-        let t = self.auth.settings.request_ttl_days;
-        let days = match urgency {
-            Urgency::Critical => t.critical,
-            Urgency::High => t.high,
-            Urgency::Medium => t.medium,
-            Urgency::Low => t.low,
-        };
-        i64::from(days) * Timestamp::DAY
+        self.auth.settings.request_ttl_days.for_urgency(urgency)
     }
 
     /// Edits a request (the requester, while it is open).
