@@ -2,6 +2,10 @@
 //! `account.sqlite3` (this device's identity and its communities) and
 //! `communities/<id>.sqlite3`, one file per community.
 
+mod crosspost;
+
+pub use crosspost::MATCHED_ELSEWHERE;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -267,6 +271,7 @@ impl Karmyq {
         let report = community.apply(bundle, now)?;
         let name = community.authority().name.clone();
         self.remember(id, &name, now)?;
+        self.reconcile_received(id, &report, now)?;
         Ok(report)
     }
 

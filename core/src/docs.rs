@@ -276,6 +276,7 @@ impl Authentic {
                 };
                 let time = Timestamp::from_millis(self.change.timestamp());
                 request::check_change(
+                    &self.signed.envelope.community,
                     id,
                     &author,
                     role,

@@ -56,7 +56,7 @@ pub use authority::{
     OpHash, RequestTtlDays, Resolved, Role, Settings, SettingsPatch, SignedOp, Visibility,
 };
 pub use bundle::{Bundle, Heads, Item, Report};
-pub use client::{CommunitySummary, Karmyq};
+pub use client::{CommunitySummary, Karmyq, MATCHED_ELSEWHERE};
 pub use community::{
     Community, CommunityInfo, DEFAULT_COMPACT_EVERY, MemberView, ProposalView, RequestQuery,
     RequestSort, RequestSummary, RequestView,
@@ -80,8 +80,8 @@ pub use notify::{Event, Listener, Notification, NotificationKind, QuietHours, Su
 pub use profile::Profile;
 pub use report::{ReportCategory, ReportId, ReportState, ReportTarget, Resolution};
 pub use request::{
-    Category, MatchState, MatchStatus, OfferId, OfferState, OfferStatus, RequestDraft, RequestId,
-    RequestKind, RequestState, RequestStatus, Urgency,
+    Category, MAX_POSTED_TO, MatchState, MatchStatus, OfferId, OfferState, OfferStatus,
+    RequestDraft, RequestId, RequestKind, RequestState, RequestStatus, Urgency,
 };
 pub use time::Timestamp;
 pub use trust::{Badge, TrustInput, TrustScore, badges, trust};

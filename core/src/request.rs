@@ -15,6 +15,16 @@
 //!   fields `message`, `created_at`, `withdrawn_at`, `confirmed_at`, `note`,
 //!   `cancelled_at`, `cancel_reason`.
 //!
+//! Cross-posting: a request posted to several of the requester's
+//! communities is one document per community, all with the same id. The
+//! requester writes `posted_to` (the communities, at creation) and, with
+//! `accepted`, `shares` (the communities the match is made in, whose
+//! copies split the karma pool). In the other copies of `shares` the
+//! requester mirrors the acceptance with `accepted_in` (the community where
+//! the offer was made), and the responder creates `offer:<offer>` there
+//! to confirm or cancel: each copy pays its share only when both parties
+//! confirmed in it.
+//!
 //! Request and offer ids name their author, so the validator knows who may
 //! write what from the change alone; whether a transition is legal is judged
 //! on the document as the change's author saw it (its dependencies), and
@@ -27,7 +37,7 @@ use automerge::{
     ActorId, Automerge, ChangeHash, ObjId as ExId, ROOT, ReadDoc, ScalarValueRef, ValueRef,
 };
 
-use crate::authority::Role;
+use crate::authority::{CommunityId, Role};
 use crate::docs::valid_geohash;
 use crate::error::{Error, Rejection, Result};
 use crate::identity::MemberId;
@@ -306,13 +316,18 @@ fn valid_short(s: &str) -> bool {
     s.chars().count() <= 500
 }
 
+/// Most communities one request is posted to (and so most shares of its pool).
+pub const MAX_POSTED_TO: usize = 3;
+
 /// One offer as its document holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfferState {
     /// The offer.
     pub id: OfferId,
-    /// The object holding it (created by the responder).
-    obj: (u64, ActorId),
+    /// The object holding it (created by the responder); `None` for an
+    /// offer accepted in another community whose responder has not written
+    /// here yet.
+    obj: Option<(u64, ActorId)>,
     /// What the responder said.
     pub message: String,
     /// When it was made.
@@ -363,6 +378,13 @@ pub struct RequestState {
     pub invalidated: BTreeMap<OfferId, String>,
     /// Every offer.
     pub offers: BTreeMap<OfferId, OfferState>,
+    /// The communities a cross-posted request is posted to (empty: only this one).
+    pub posted_to: Vec<CommunityId>,
+    /// The communities the accepted offer's match is made in, which split
+    /// its karma pool (empty: only this one).
+    pub shares: Vec<CommunityId>,
+    /// Where the accepted offer was made, if in another community.
+    pub accepted_in: Option<CommunityId>,
 }
 
 /// A match as derived from a request's document.
@@ -443,6 +465,9 @@ impl RequestState {
             hidden: None,
             invalidated: BTreeMap::new(),
             offers: BTreeMap::new(),
+            posted_to: Vec::new(),
+            shares: Vec::new(),
+            accepted_in: None,
         };
         let mut created = false;
         let (mut accepted, mut accepted_at, mut when_start, mut when_end) =
@@ -481,6 +506,11 @@ impl RequestState {
                 "accepted" => accepted = text(v).and_then(|t| OfferId::parse(&t)),
                 "accepted_at" => accepted_at = ms(v),
                 "hidden" => s.hidden = text(v),
+                "posted_to" => {
+                    s.posted_to = text(v).and_then(|t| communities(&t)).unwrap_or_default()
+                }
+                "shares" => s.shares = text(v).and_then(|t| communities(&t)).unwrap_or_default(),
+                "accepted_in" => s.accepted_in = text(v).and_then(|t| t.parse().ok()),
                 key => {
                     if let Some(o) = key.strip_prefix(DECLINED).and_then(OfferId::parse) {
                         s.declined.insert(o);
@@ -498,7 +528,7 @@ impl RequestState {
                     } else if let Some(o) = key.strip_prefix(OFFER).and_then(OfferId::parse)
                         && let ExId::Id(counter, actor, _) = item.id()
                     {
-                        let offer = read_offer(doc, o, (counter, actor), &item.id(), heads)?;
+                        let offer = read_offer(doc, o, Some((counter, actor)), &item.id(), heads)?;
                         s.offers.insert(o, offer);
                     }
                 }
@@ -506,7 +536,20 @@ impl RequestState {
         }
         s.accepted = accepted.zip(accepted_at);
         s.draft.when = when_start.zip(when_end);
+        // An offer accepted in another community: its responder may not
+        // have written here yet.
+        if s.accepted_in.is_some()
+            && let Some((offer, at)) = s.accepted
+            && !s.offers.contains_key(&offer)
+        {
+            s.offers.insert(offer, OfferState::mirrored(offer, at));
+        }
         Ok(created.then_some(s))
+    }
+
+    /// How many communities split the pool of this request's match (1..=3).
+    pub fn share_count(&self) -> u8 {
+        u8::try_from(self.shares.len().clamp(1, MAX_POSTED_TO)).unwrap_or(1)
     }
 
     /// The offer of the live match, if any: accepted, not declined, not
@@ -600,10 +643,52 @@ impl RequestState {
     }
 }
 
+impl OfferState {
+    /// An offer accepted in another community, as its copy here stands
+    /// before the responder writes to it.
+    fn mirrored(id: OfferId, accepted_at: Timestamp) -> Self {
+        OfferState {
+            id,
+            obj: None,
+            message: String::new(),
+            created_at: accepted_at,
+            withdrawn_at: None,
+            confirmed_at: None,
+            note: None,
+            cancelled_at: None,
+            cancel_reason: None,
+        }
+    }
+
+    /// Whether the responder wrote this offer in this community's copy.
+    pub fn is_here(&self) -> bool {
+        self.obj.is_some()
+    }
+}
+
+/// A list of 1..=3 distinct community ids, comma-separated.
+pub(crate) fn communities(s: &str) -> Option<Vec<CommunityId>> {
+    let list: Vec<CommunityId> = s
+        .split(',')
+        .map(|c| c.parse().ok())
+        .collect::<Option<_>>()?;
+    let distinct: BTreeSet<_> = list.iter().collect();
+    (!list.is_empty() && list.len() <= MAX_POSTED_TO && distinct.len() == list.len())
+        .then_some(list)
+}
+
+/// The stored form of a list of communities.
+pub(crate) fn communities_text(list: &[CommunityId]) -> String {
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn read_offer(
     doc: &Automerge,
     id: OfferId,
-    obj: (u64, ActorId),
+    obj: Option<(u64, ActorId)>,
     exid: &ExId,
     heads: Option<&[ChangeHash]>,
 ) -> Result<OfferState> {
@@ -706,6 +791,8 @@ fn root_value_ok(key: &str, op: &OpType) -> bool {
         }
         "cancel_reason" => str_of(op).is_some_and(valid_short),
         "accepted" => str_of(op).and_then(OfferId::parse).is_some(),
+        "posted_to" | "shares" => str_of(op).and_then(communities).is_some(),
+        "accepted_in" => str_of(op).is_some_and(|c| c.parse::<CommunityId>().is_ok()),
         "hidden" => str_of(op).is_some_and(valid_short) || matches!(op, OpType::Delete),
         k if k.starts_with(DECLINED) => {
             matches!(op, OpType::Put(automerge::ScalarValue::Boolean(true))) && offer_key_ok(k)
@@ -745,8 +832,10 @@ fn illegal(why: &'static str) -> Rejection {
 ///
 /// `seen` is the request as of the change's dependencies (`None` before it
 /// was created); `role` is the author's role where the change was made;
-/// `time` is the change's own timestamp (the author's clock).
+/// `time` is the change's own timestamp (the author's clock); `community`
+/// is where the change was made.
 pub(crate) fn check_change(
+    community: &CommunityId,
     id: &RequestId,
     author: &MemberId,
     role: Role,
@@ -806,16 +895,88 @@ pub(crate) fn check_change(
             }
         }
     }
-    check_transitions(id, author, &t, seen, time)
+    check_transitions(community, id, author, &t, seen, time)
+}
+
+/// The communities listed under a root key this change writes.
+fn listed(t: &Touches<'_>, key: &str) -> Option<Vec<CommunityId>> {
+    t.root
+        .get(key)
+        .and_then(|op| str_of(op))
+        .and_then(communities)
+}
+
+/// Cross-posting: `posted_to` at creation lists this community; `shares`
+/// and `accepted_in` come with an acceptance and stay within `posted_to`.
+fn check_cross_post(
+    community: &CommunityId,
+    t: &Touches<'_>,
+    seen: Option<&RequestState>,
+) -> std::result::Result<(), Rejection> {
+    if let Some(posted) = listed(t, "posted_to") {
+        if seen.is_some() {
+            return Err(illegal("a request's communities are set when it is posted"));
+        }
+        if posted.len() < 2 || !posted.contains(community) {
+            return Err(Rejection::InvalidField("posted_to".into()));
+        }
+    }
+    let posted = seen.map(|s| s.posted_to.as_slice()).unwrap_or_default();
+    let accepted_in = t
+        .root
+        .get("accepted_in")
+        .and_then(|op| str_of(op))
+        .and_then(|c| c.parse::<CommunityId>().ok());
+    if (t.root.contains_key("shares") || accepted_in.is_some()) && !t.root.contains_key("accepted")
+    {
+        return Err(illegal("shares come with an acceptance"));
+    }
+    if let Some(origin) = accepted_in
+        && (origin == *community || !posted.contains(&origin))
+    {
+        return Err(Rejection::InvalidField("accepted_in".into()));
+    }
+    if let Some(shares) = listed(t, "shares") {
+        let within = shares.iter().all(|c| posted.contains(c));
+        let names_both =
+            shares.contains(community) && accepted_in.is_none_or(|o| shares.contains(&o));
+        if !within || !names_both {
+            return Err(Rejection::InvalidField("shares".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the responder may write `field` in their offer `offer`.
+fn offer_field_ok(
+    field: &str,
+    offer: OfferId,
+    offer_status: OfferStatus,
+    active: Option<OfferId>,
+    status: RequestStatus,
+) -> bool {
+    match field {
+        "withdrawn_at" => offer_status == OfferStatus::Pending,
+        "confirmed_at" | "note" => {
+            active == Some(offer)
+                && matches!(status, RequestStatus::Matched | RequestStatus::Completed)
+        }
+        "cancelled_at" | "cancel_reason" => {
+            active == Some(offer) && status == RequestStatus::Matched
+        }
+        _ => false,
+    }
 }
 
 fn check_transitions(
+    community: &CommunityId,
     id: &RequestId,
     author: &MemberId,
     t: &Touches<'_>,
     seen: Option<&RequestState>,
     time: Timestamp,
 ) -> std::result::Result<(), Rejection> {
+    check_cross_post(community, t, seen)?;
     let Some(seen) = seen else {
         // Creation: the requester writes the request's fields, nothing else.
         let needed = [
@@ -877,9 +1038,14 @@ fn check_transitions(
     }
     if let Some(op) = t.root.get("accepted") {
         let offer = str_of(op).and_then(OfferId::parse);
-        let pending = offer
-            .and_then(|o| seen.offers.get(&o))
-            .is_some_and(|o| seen.offer_status(o, time) == OfferStatus::Pending);
+        // Accepted here, or mirrored from the community it was made in.
+        let pending = if t.root.contains_key("accepted_in") {
+            offer.is_some_and(|o| o.responder != id.requester && !seen.offers.contains_key(&o))
+        } else {
+            offer
+                .and_then(|o| seen.offers.get(&o))
+                .is_some_and(|o| seen.offer_status(o, time) == OfferStatus::Pending)
+        };
         if status != RequestStatus::Open || !pending || !t.root.contains_key("accepted_at") {
             return Err(illegal(
                 "only a pending offer on an open request can be accepted",
@@ -918,7 +1084,22 @@ fn check_transitions(
         }
     }
     // Offers.
-    if !t.new_offers.is_empty() {
+    let mirrored = match t.new_offers.as_slice() {
+        [o] => seen.offers.get(o).filter(|x| !x.is_here()),
+        _ => None,
+    };
+    if let Some(offer) = mirrored {
+        // The responder's copy of an offer accepted in another community:
+        // it carries their confirmation or cancellation here.
+        let fields_ok = t.new_offer_fields.contains("created_at")
+            && t.new_offer_fields.iter().all(|f| {
+                matches!(*f, "message" | "created_at")
+                    || offer_field_ok(f, offer.id, OfferStatus::Accepted, active, status)
+            });
+        if !fields_ok {
+            return Err(illegal("not a legal change of this offer"));
+        }
+    } else if !t.new_offers.is_empty() {
         if *author == id.requester {
             return Err(illegal("no offer on one's own request"));
         }
@@ -942,24 +1123,18 @@ fn check_transitions(
         let offer = seen
             .offers
             .values()
-            .find(|o| o.obj.0 == *counter && &o.obj.1 == *actor)
+            .find(|o| {
+                o.obj
+                    .as_ref()
+                    .is_some_and(|(c, a)| c == counter && a == *actor)
+            })
             .ok_or(illegal("no such offer"))?;
         let offer_status = seen.offer_status(offer, time);
-        for f in fields {
-            let ok = match *f {
-                "withdrawn_at" => offer_status == OfferStatus::Pending,
-                "confirmed_at" | "note" => {
-                    active == Some(offer.id)
-                        && matches!(status, RequestStatus::Matched | RequestStatus::Completed)
-                }
-                "cancelled_at" | "cancel_reason" => {
-                    active == Some(offer.id) && status == RequestStatus::Matched
-                }
-                _ => false,
-            };
-            if !ok {
-                return Err(illegal("not a legal change of this offer"));
-            }
+        if !fields
+            .iter()
+            .all(|f| offer_field_ok(f, offer.id, offer_status, active, status))
+        {
+            return Err(illegal("not a legal change of this offer"));
         }
     }
     Ok(())

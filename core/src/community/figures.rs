@@ -20,7 +20,7 @@ impl Community {
     /// Completed matches of this community in which `member` took part.
     pub fn completed_matches(&self, member: &MemberId) -> Result<Vec<CompletedMatch>> {
         let mut stmt = self.db.conn().prepare_cached(
-            "SELECT offer_id, requester, responder, accepted_at, completed_at, invalidated FROM matches
+            "SELECT offer_id, requester, responder, accepted_at, completed_at, invalidated, shares FROM matches
              WHERE completed_at IS NOT NULL AND (requester = ?1 OR responder = ?1)",
         )?;
         let blob = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<[u8; 32]> {
@@ -41,11 +41,12 @@ impl Community {
                 r.get::<_, i64>(3)?,
                 r.get::<_, i64>(4)?,
                 r.get::<_, bool>(5)?,
+                r.get::<_, u8>(6)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, requester, helper, accepted, completed, invalidated) = row?;
+            let (id, requester, helper, accepted, completed, invalidated, shares) = row?;
             let (requester, helper) = (
                 MemberId::from_stored(requester),
                 MemberId::from_stored(helper),
@@ -60,7 +61,7 @@ impl Community {
                 completed_at: Timestamp::from_millis(completed),
                 both_members_at_acceptance: self.auth.member_at(&requester, accepted_at)
                     && self.auth.member_at(&helper, accepted_at),
-                communities_matched: 1,
+                communities_matched: shares,
                 invalidated,
             });
         }

@@ -489,8 +489,8 @@ fn project_request(
     if let Some(m) = state.active_match(never) {
         tx.prepare_cached(
             "INSERT INTO matches (request_id, offer_id, requester, responder, accepted_at,
-                requester_confirmed_at, responder_confirmed_at, completed_at, invalidated)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                requester_confirmed_at, responder_confirmed_at, completed_at, invalidated, shares)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
             request_id,
@@ -502,6 +502,7 @@ fn project_request(
             m.responder_confirmed_at.map(Timestamp::as_millis),
             m.completed_at.map(Timestamp::as_millis),
             m.invalidated,
+            state.share_count(),
         ])?;
     }
     request_events(community, &state, &was, &stored_states, events);

@@ -10,13 +10,14 @@ use rusqlite::{ToSql, params_from_iter};
 
 use super::Community;
 use super::persist::load_doc;
+use crate::authority::CommunityId;
 use crate::docs::{DocId, actor_of};
 use crate::error::{Error, Rejection, Result};
 use crate::identity::MemberId;
 use crate::request::{
     CONFIRMED, Category, DECLINED, INVALIDATED, MATCH_CANCEL, MAX_RENEWALS, MatchState, NOTE,
     OFFER, OfferId, OfferState, OfferStatus, RequestDraft, RequestId, RequestKind, RequestState,
-    RequestStatus, Urgency,
+    RequestStatus, Urgency, communities_text,
 };
 use crate::time::Timestamp;
 
@@ -157,6 +158,17 @@ fn offer_obj(tx: &DocTx<'_>, offer: &OfferId) -> Result<ObjId> {
 }
 
 /// A moderator's mark: set with its reason, or lifted with `None`.
+/// The responder's own object for `offer`, created here if the offer was
+/// accepted in another community and this copy lacks it.
+fn own_offer_obj(tx: &mut DocTx<'_>, offer: &OfferState, now: Timestamp) -> Result<ObjId> {
+    if offer.is_here() {
+        return offer_obj(tx, &offer.id);
+    }
+    let obj = tx.put_object(ROOT, format!("{OFFER}{}", offer.id), ObjType::Map)?;
+    tx.put(&obj, "created_at", now.as_millis())?;
+    Ok(obj)
+}
+
 fn put_reason(tx: &mut DocTx<'_>, key: &str, reason: Option<&str>) -> Result<()> {
     match reason {
         Some(r) => tx.put(ROOT, key, r)?,
@@ -175,10 +187,15 @@ fn check_text(s: &str, what: &str) -> Result<()> {
 impl Community {
     /// The request as this device holds it, read from its document.
     fn request_state(&mut self, id: RequestId) -> Result<RequestState> {
+        self.request_copy(id)?
+            .ok_or_else(|| Error::InvalidArgument("no such request".into()))
+    }
+
+    /// This community's copy of a request, if it holds one.
+    pub(crate) fn request_copy(&mut self, id: RequestId) -> Result<Option<RequestState>> {
         let actor = actor_of(&self.me());
         let loaded = load_doc(&self.db, &mut self.docs, &DocId::Request(id), &actor)?;
-        RequestState::read(&loaded.doc, id, None)?
-            .ok_or_else(|| Error::InvalidArgument("no such request".into()))
+        RequestState::read(&loaded.doc, id, None)
     }
 
     /// A request with its offers and match, statuses derived at `now`.
@@ -204,17 +221,32 @@ impl Community {
     /// Posts a help request; it expires after the community's time-to-live
     /// for its urgency.
     pub fn post_request(&mut self, draft: &RequestDraft, now: Timestamp) -> Result<RequestId> {
-        draft.validate()?;
         let id = RequestId::generate(self.me())?;
+        self.post_request_as(id, draft, &[], now)?;
+        Ok(id)
+    }
+
+    /// Posts this community's copy of request `id`; `posted_to` lists every
+    /// community of a cross-posted request (empty: this one only).
+    pub(crate) fn post_request_as(
+        &mut self,
+        id: RequestId,
+        draft: &RequestDraft,
+        posted_to: &[CommunityId],
+        now: Timestamp,
+    ) -> Result<()> {
+        draft.validate()?;
         let ttl = self.ttl_days(draft.urgency);
         self.write_doc(DocId::Request(id), now, |tx| {
             put_draft(tx, draft, None)?;
             tx.put(ROOT, "created_at", now.as_millis())?;
             tx.put(ROOT, "expires_at", now.as_millis().saturating_add(ttl))?;
             tx.put(ROOT, "renewals", 0_i64)?;
+            if !posted_to.is_empty() {
+                tx.put(ROOT, "posted_to", communities_text(posted_to))?;
+            }
             Ok(())
-        })?;
-        Ok(id)
+        })
     }
 
     fn ttl_days(&self, urgency: Urgency) -> i64 {
@@ -342,12 +374,46 @@ impl Community {
         offer: OfferId,
         now: Timestamp,
     ) -> Result<()> {
+        self.accept_offer_shared(request, offer, &[], now)
+    }
+
+    /// Accepts a pending offer, naming the communities (this one among
+    /// them) whose copies of a cross-posted request split the pool.
+    pub(crate) fn accept_offer_shared(
+        &mut self,
+        request: RequestId,
+        offer: OfferId,
+        shares: &[CommunityId],
+        now: Timestamp,
+    ) -> Result<()> {
         if self.hub.is_blocked(&offer.responder)? {
             return Err(Rejection::Blocked.into());
         }
         self.write_doc(DocId::Request(request), now, |tx| {
             tx.put(ROOT, "accepted", offer.to_string())?;
             tx.put(ROOT, "accepted_at", now.as_millis())?;
+            if shares.len() > 1 {
+                tx.put(ROOT, "shares", communities_text(shares))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Mirrors into this copy of a cross-posted request the acceptance of
+    /// `offer` in community `origin` (the requester).
+    pub(crate) fn mirror_acceptance(
+        &mut self,
+        request: RequestId,
+        (offer, accepted_at): (OfferId, Timestamp),
+        origin: CommunityId,
+        shares: &[CommunityId],
+        now: Timestamp,
+    ) -> Result<()> {
+        self.write_doc(DocId::Request(request), now, |tx| {
+            tx.put(ROOT, "accepted", offer.to_string())?;
+            tx.put(ROOT, "accepted_at", accepted_at.as_millis())?;
+            tx.put(ROOT, "accepted_in", origin.to_string())?;
+            tx.put(ROOT, "shares", communities_text(shares))?;
             Ok(())
         })
     }
@@ -397,7 +463,7 @@ impl Community {
                 return Ok(());
             }
             self.write_doc(DocId::Request(request), now, |tx| {
-                let obj = offer_obj(tx, &offer.id)?;
+                let obj = own_offer_obj(tx, &offer, now)?;
                 tx.put(&obj, "confirmed_at", now.as_millis())?;
                 if let Some(n) = note {
                     tx.put(&obj, "note", n)?;
@@ -415,19 +481,20 @@ impl Community {
         check_text(reason, "reason")?;
         let me = self.me();
         let state = self.request_state(request)?;
-        let Some(offer) = state.active_offer().map(|o| o.id) else {
+        let Some(offer) = state.active_offer().cloned() else {
             return Err(
                 Rejection::IllegalTransition("only an uncompleted match can be cancelled").into(),
             );
         };
         if me == request.requester {
+            let offer = offer.id;
             self.write_doc(DocId::Request(request), now, |tx| {
                 tx.put(ROOT, format!("{MATCH_CANCEL}{offer}"), reason)?;
                 Ok(())
             })
-        } else if me == offer.responder {
+        } else if me == offer.id.responder {
             self.write_doc(DocId::Request(request), now, |tx| {
-                let obj = offer_obj(tx, &offer)?;
+                let obj = own_offer_obj(tx, &offer, now)?;
                 tx.put(&obj, "cancelled_at", now.as_millis())?;
                 tx.put(&obj, "cancel_reason", reason)?;
                 Ok(())
@@ -435,6 +502,18 @@ impl Community {
         } else {
             Err(Rejection::NotPermitted.into())
         }
+    }
+
+    /// Whether `member` is a party of the match the projection holds for
+    /// `request`.
+    pub(crate) fn is_party(&self, request: &RequestId, member: &MemberId) -> Result<bool> {
+        let mut stmt = self.db.conn().prepare_cached(
+            "SELECT 1 FROM matches WHERE request_id = ?1 AND (requester = ?2 OR responder = ?2)",
+        )?;
+        Ok(stmt.exists(rusqlite::params![
+            request.to_string(),
+            member.as_bytes().as_slice()
+        ])?)
     }
 
     /// Lists requests from the projections, statuses derived at `now`.

@@ -78,7 +78,7 @@ pub static ACCOUNT: Schema = Schema {
 /// `communities/<id>.sqlite3`: one community's log, documents and projections.
 pub static COMMUNITY: Schema = Schema {
     name: "community",
-    version: 3,
+    version: 4,
     create: COMMUNITY_CURRENT,
     upgrade_from: community_upgrade_from,
 };
@@ -236,10 +236,23 @@ CREATE TABLE reminders (
     };
 }
 
+/// Version 4: how many communities a match's pool is split across (a
+/// cross-posted request).
+macro_rules! match_shares {
+    () => {
+        "ALTER TABLE matches ADD COLUMN shares INTEGER NOT NULL DEFAULT 1;"
+    };
+}
+
 #[cfg(test)]
 pub(crate) const COMMUNITY_V1: &str = community_v1!();
 
-const COMMUNITY_CURRENT: &str = concat!(community_v1!(), norms_table!(), requests_tables!());
+const COMMUNITY_CURRENT: &str = concat!(
+    community_v1!(),
+    norms_table!(),
+    requests_tables!(),
+    match_shares!()
+);
 
 fn community_upgrade_from(tx: &Transaction<'_>, from: u32) -> Result<()> {
     match from {
@@ -252,6 +265,12 @@ fn community_upgrade_from(tx: &Transaction<'_>, from: u32) -> Result<()> {
         // Doc heads and request projections are filled by the same rebuild.
         2 => tx.execute_batch(concat!(
             requests_tables!(),
+            "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
+                ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
+        ))?,
+        // Shares are filled by the same rebuild.
+        3 => tx.execute_batch(concat!(
+            match_shares!(),
             "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
                 ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
         ))?,
