@@ -28,9 +28,9 @@ use automerge::transaction::Transactable;
 use automerge::{Automerge, ObjType, ROOT};
 use criterion::Criterion;
 use karmyq_core::{
-    Bundle, Category, CommunityId, DocId, Karmyq, Keypair, MemberId, OfferId, OpHash, RequestDraft,
-    RequestId, RequestKind, RequestQuery, RequestSort, RequestStatus, Settings, SignedChange,
-    Timestamp, Urgency,
+    Bundle, Category, Community, CommunityId, DocId, Karmyq, Keypair, MemberId, OfferId, OpHash,
+    RequestDraft, RequestId, RequestKind, RequestQuery, RequestSort, RequestStatus, Settings,
+    SignedChange, Timestamp, Urgency,
 };
 use tempfile::TempDir;
 
@@ -470,6 +470,23 @@ fn open_page(category: Category) -> RequestQuery {
 
 // ----- reads -----------------------------------------------------------------
 
+/// Times `f` on a community just written to (a description update, not
+/// timed), `runs` times.
+fn cold(community: &mut Community, runs: usize, mut f: impl FnMut(&Community)) -> Vec<Duration> {
+    let mut times: Vec<Duration> = (0..runs.max(1))
+        .map(|i| {
+            community
+                .set_description(&format!("Edition {i}"), at(i as i64))
+                .expect("write");
+            let start = Instant::now();
+            f(community);
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times
+}
+
 fn reads(c: &mut Criterion, fx: &mut Fixture) {
     let (id, now, busy) = (fx.id, fx.plan.now(), fx.busy);
     // The category with the most open requests: a full page.
@@ -509,6 +526,20 @@ fn reads(c: &mut Criterion, fx: &mut Fixture) {
         black_box(community.karma(&busy, now).unwrap());
     });
     report("karma (busy helper)", &times, "≤ 1 ms");
+    // Karma and trust are kept in memory until the file changes: the first
+    // read after any write computes them from the projection.
+    let times = cold(community, runs / 10, |c| {
+        black_box(c.karma(&busy, now).unwrap());
+    });
+    report("karma, first read after a write", &times, "≤ 1 ms");
+    let times = cold(community, runs / 10, |c| {
+        black_box(c.trust(&busy, now).unwrap());
+    });
+    report("trust, first read after a write", &times, "≤ 1 ms");
+    let times = measure(1, (runs / 10).max(1), |_| {
+        black_box(community.completed_matches(&busy).unwrap());
+    });
+    report("  completed_matches", &times, "-");
     let times = measure(runs / 10, runs, |_| {
         black_box(community.trust(&busy, now).unwrap());
     });

@@ -126,6 +126,9 @@ pub struct Community {
     /// them. A cut's past never changes, so entries never go stale.
     at_cache: HashMap<Vec<OpHash>, Resolved>,
     compact_every: u32,
+    /// Members' completed matches and karma events, derived from the file
+    /// as of one generation of it.
+    figures: figures::FiguresCache,
 }
 
 impl std::fmt::Debug for Community {
@@ -211,6 +214,7 @@ impl Community {
             docs: HashMap::new(),
             at_cache: HashMap::new(),
             compact_every: DEFAULT_COMPACT_EVERY,
+            figures: figures::FiguresCache::default(),
         };
         let Community {
             auth, db, outbox, ..

@@ -28,7 +28,7 @@
 //!   repeat in 30 days earns no base points but still counts towards milestones.
 //! - Events worth nothing (a 0 factor, a spent cap, a zero pool) are not emitted.
 
-use std::collections::{BTreeSet, HashMap};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::authority::{CommunityId, Settings};
 use crate::identity::MemberId;
@@ -115,7 +115,7 @@ pub(crate) fn eligible_in_order(matches: &[CompletedMatch]) -> Vec<&CompletedMat
     out.sort_by(|a, b| {
         (a.completed_at, &a.id, a.community).cmp(&(b.completed_at, &b.id, b.community))
     });
-    let mut seen = BTreeSet::new();
+    let mut seen = HashSet::default();
     out.retain(|m| seen.insert((m.community, m.id.as_str())));
     out
 }

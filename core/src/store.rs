@@ -36,6 +36,9 @@ pub struct Db {
     wal: Option<std::path::PathBuf>,
     /// Commits since the write-ahead log was last checkpointed.
     commits: std::cell::Cell<u32>,
+    /// Write transactions committed since the file was opened: what is
+    /// derived from the file and kept in memory is valid while it holds.
+    generation: u64,
 }
 
 /// Checkpoint the write-ahead log after this many commits, if nobody did
@@ -89,6 +92,7 @@ impl Db {
             conn,
             wal: None,
             commits: std::cell::Cell::new(0),
+            generation: 0,
         };
         db.migrate(schema)?;
         Ok(db)
@@ -132,6 +136,7 @@ impl Db {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
+        self.generation += 1;
         self.commits.set(self.commits.get() + 1);
         let big = || {
             self.wal
@@ -152,6 +157,11 @@ impl Db {
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         self.commits.set(0);
         Ok(())
+    }
+
+    /// Write transactions committed so far (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The connection, for queries outside a transaction.

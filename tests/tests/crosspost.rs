@@ -40,7 +40,11 @@ impl Town {
         let (mut alice, mut bob, mut carol) = (Device::new()?, Device::new()?, Device::new()?);
         let mut ids = Vec::new();
         for name in ["Elm Street", "Oak Lane", "Ash Row"] {
-            ids.push(alice.k.create_community(name, "", Visibility::Public, at(0))?);
+            ids.push(
+                alice
+                    .k
+                    .create_community(name, "", Visibility::Public, at(0))?,
+            );
         }
         let (elm, oak, ash) = (ids[0], ids[1], ids[2]);
         for (joiner, c) in [(0, elm), (0, oak), (1, ash)] {
@@ -81,7 +85,11 @@ fn cross_posted_request_completed_once_pays_once_split() -> Result<()> {
 
     // Bob offers in Oak Lane; Alice accepts there. Bob belongs to Elm
     // Street too, so the match is shared with it; Ash Row's copy closes.
-    let offer = t.bob.k.community(oak)?.offer_help(req, "I have a trolley", at(12))?;
+    let offer = t
+        .bob
+        .k
+        .community(oak)?
+        .offer_help(req, "I have a trolley", at(12))?;
     t.bob.send_to(&mut t.alice, oak, at(13))?;
     t.alice.k.accept_offer(oak, req, offer, at(14))?;
     let elm_copy = t.alice.k.community(elm)?.request(req, at(14))?;
@@ -90,27 +98,42 @@ fn cross_posted_request_completed_once_pays_once_split() -> Result<()> {
     assert_eq!(elm_copy.request.shares, vec![oak, elm]);
     let ash_copy = t.alice.k.community(ash)?.request(req, at(14))?;
     assert_eq!(ash_copy.status, RequestStatus::Cancelled);
-    assert_eq!(ash_copy.request.cancel_reason.as_deref(), Some(MATCHED_ELSEWHERE));
+    assert_eq!(
+        ash_copy.request.cancel_reason.as_deref(),
+        Some(MATCHED_ELSEWHERE)
+    );
     t.alice.send_to(&mut t.carol, ash, at(15))?;
-    assert_eq!(Town::status(&mut t.carol, ash, req, 15)?, RequestStatus::Cancelled);
+    assert_eq!(
+        Town::status(&mut t.carol, ash, req, 15)?,
+        RequestStatus::Cancelled
+    );
 
     // Bob hears of the acceptance in Oak Lane first and confirms there;
     // Elm Street's mirrored acceptance reaches him later, and his device
     // repeats his confirmation there by itself.
     t.alice.send_to(&mut t.bob, oak, at(15))?;
-    t.bob.k.confirm_match(oak, req, Some("Heavy sofa!"), at(40))?;
+    t.bob
+        .k
+        .confirm_match(oak, req, Some("Heavy sofa!"), at(40))?;
     assert_eq!(Town::status(&mut t.bob, elm, req, 40)?, RequestStatus::Open);
     t.alice.send_to(&mut t.bob, elm, at(41))?;
     let bob_elm = t.bob.k.community(elm)?.request(req, at(41))?;
-    let m = bob_elm.active_match.ok_or(Error::InvalidArgument("no match".into()))?;
+    let m = bob_elm
+        .active_match
+        .ok_or(Error::InvalidArgument("no match".into()))?;
     assert_eq!((m.responder, m.offer), (t.bob.k.member_id(), offer));
-    assert!(m.responder_confirmed_at.is_some(), "Bob's confirmation mirrored");
+    assert!(
+        m.responder_confirmed_at.is_some(),
+        "Bob's confirmation mirrored"
+    );
 
     // Alice confirms in Elm Street's copy; her device confirms in Oak Lane.
     for c in [elm, oak] {
         t.bob.send_to(&mut t.alice, c, at(42))?;
     }
-    t.alice.k.confirm_match(elm, req, Some("Thank you"), at(45))?;
+    t.alice
+        .k
+        .confirm_match(elm, req, Some("Thank you"), at(45))?;
     for c in [elm, oak] {
         t.alice.send_to(&mut t.bob, c, at(46))?;
     }
@@ -120,7 +143,9 @@ fn cross_posted_request_completed_once_pays_once_split() -> Result<()> {
         for c in [elm, oak] {
             let view = d.k.community(c)?.request(req, at(50))?;
             assert_eq!(view.status, RequestStatus::Completed, "{c:?}");
-            let m = view.active_match.ok_or(Error::InvalidArgument("no match".into()))?;
+            let m = view
+                .active_match
+                .ok_or(Error::InvalidArgument("no match".into()))?;
             assert_eq!(m.status, MatchStatus::Completed);
             let community = d.k.community(c)?;
             // Half of the pool in each community, and a first-help bonus
@@ -157,7 +182,10 @@ fn a_cancelled_shared_match_reopens_every_shared_copy() -> Result<()> {
     t.alice.k.accept_offer(elm, req, offer, at(14))?;
     for c in [elm, oak] {
         t.alice.send_to(&mut t.bob, c, at(15))?;
-        assert_eq!(Town::status(&mut t.bob, c, req, 15)?, RequestStatus::Matched);
+        assert_eq!(
+            Town::status(&mut t.bob, c, req, 15)?,
+            RequestStatus::Matched
+        );
     }
     // Bob cancels in the mirrored copy; his device cancels in the origin.
     t.bob.k.cancel_match(oak, req, "My back hurts", at(20))?;
@@ -215,7 +243,11 @@ fn forged_cross_post_keys_are_refused() -> Result<()> {
         }
     };
     // Only the requester mirrors an acceptance.
-    check(&bob_keys, &mirror(oak, format!("{oak},{elm}")), Rejection::NotRequester)?;
+    check(
+        &bob_keys,
+        &mirror(oak, format!("{oak},{elm}")),
+        Rejection::NotRequester,
+    )?;
     // From a community the request was not posted to.
     check(
         &alice_keys,

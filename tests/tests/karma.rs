@@ -137,6 +137,11 @@ fn a_moderator_invalidates_a_match_and_can_restore_it() -> Result<()> {
     ));
     // The founder (an admin) invalidates it: karma gone, trust penalised.
     let trust_before = alice.k.community(id)?.trust(&b, at(61))?.score;
+    // Read on both devices first: figures kept in memory must not outlive
+    // the change that voids them.
+    for d in [&mut alice, &mut bob] {
+        assert!(d.k.community(id)?.karma(&b, at(61))? > 24.9);
+    }
     alice
         .k
         .community(id)?

@@ -2,6 +2,10 @@
 //! projection and `now` (nothing derived is ever stored), and the
 //! time-driven match reminders.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use rusqlite::params;
 
 use super::Community;
@@ -13,6 +17,32 @@ use crate::request::RequestId;
 use crate::time::Timestamp;
 use crate::trust::{self, Badge, TrustInput, TrustScore};
 
+/// What the figures of members were computed from, kept until the file
+/// changes (any committed write moves its generation on).
+#[derive(Debug, Default)]
+pub(super) struct FiguresCache(RefCell<Figures>);
+
+#[derive(Debug, Default)]
+struct Figures {
+    generation: u64,
+    matches: HashMap<MemberId, Arc<[CompletedMatch]>>,
+    events: HashMap<MemberId, Arc<[karma::KarmaEvent]>>,
+}
+
+impl FiguresCache {
+    /// The entries, emptied first if the file moved past them.
+    fn at(&self, generation: u64) -> std::cell::RefMut<'_, Figures> {
+        let mut f = self.0.borrow_mut();
+        if f.generation != generation {
+            *f = Figures {
+                generation,
+                ..Figures::default()
+            };
+        }
+        f
+    }
+}
+
 /// A match waiting this long for completion earns its parties a reminder.
 const REMIND_AFTER_MS: i64 = 3 * Timestamp::DAY;
 
@@ -20,8 +50,11 @@ impl Community {
     /// Completed matches of this community in which `member` took part.
     pub fn completed_matches(&self, member: &MemberId) -> Result<Vec<CompletedMatch>> {
         let mut stmt = self.db.conn().prepare_cached(
-            "SELECT offer_id, requester, responder, accepted_at, completed_at, invalidated, shares FROM matches
-             WHERE completed_at IS NOT NULL AND (requester = ?1 OR responder = ?1)",
+            "SELECT offer_id, requester, responder, accepted_at, completed_at, invalidated, shares
+             FROM matches WHERE requester = ?1 AND completed_at IS NOT NULL
+             UNION ALL
+             SELECT offer_id, requester, responder, accepted_at, completed_at, invalidated, shares
+             FROM matches WHERE responder = ?1 AND requester != ?1 AND completed_at IS NOT NULL",
         )?;
         let blob = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<[u8; 32]> {
             let bytes = r.get_ref(i)?.as_blob()?;
@@ -68,10 +101,34 @@ impl Community {
         Ok(out)
     }
 
-    fn karma_events_of(&self, member: &MemberId) -> Result<Vec<karma::KarmaEvent>> {
+    /// [`Community::completed_matches`], kept until the file changes.
+    fn matches_of(&self, member: &MemberId) -> Result<Arc<[CompletedMatch]>> {
+        let generation = self.db.generation();
+        if let Some(m) = self.figures.at(generation).matches.get(member) {
+            return Ok(m.clone());
+        }
+        let matches: Arc<[CompletedMatch]> = self.completed_matches(member)?.into();
+        self.figures
+            .at(generation)
+            .matches
+            .insert(*member, matches.clone());
+        Ok(matches)
+    }
+
+    /// A member's karma events here, kept until the file changes.
+    fn karma_events_of(&self, member: &MemberId) -> Result<Arc<[karma::KarmaEvent]>> {
+        let generation = self.db.generation();
+        if let Some(e) = self.figures.at(generation).events.get(member) {
+            return Ok(e.clone());
+        }
         let pool = KarmaPool::from(&self.auth.settings);
-        let matches = self.completed_matches(member)?;
-        Ok(karma::karma_events(&matches, |_| pool))
+        let events: Arc<[karma::KarmaEvent]> =
+            karma::karma_events(&self.matches_of(member)?, |_| pool).into();
+        self.figures
+            .at(generation)
+            .events
+            .insert(*member, events.clone());
+        Ok(events)
     }
 
     /// A member's karma in this community at `now`, decayed.
@@ -167,7 +224,7 @@ impl Community {
             .get(member)
             .map(|m| m.admitted_at)
             .ok_or_else(|| Error::InvalidArgument("not a member".into()))?;
-        let matches = self.completed_matches(member)?;
+        let matches = self.matches_of(member)?;
         // Penalties: matches a moderator invalidated (at their completion)
         // and upheld reports against the member (at their resolution).
         let mut penalties: Vec<Timestamp> = matches

@@ -237,10 +237,17 @@ CREATE TABLE reminders (
 }
 
 /// Version 4: how many communities a match's pool is split across (a
-/// cross-posted request).
+/// cross-posted request), and covering indexes that read a member's
+/// completed matches (karma, trust, badges) without touching the table.
 macro_rules! match_shares {
     () => {
-        "ALTER TABLE matches ADD COLUMN shares INTEGER NOT NULL DEFAULT 1;"
+        "ALTER TABLE matches ADD COLUMN shares INTEGER NOT NULL DEFAULT 1;
+DROP INDEX matches_requester;
+DROP INDEX matches_responder;
+CREATE INDEX matches_requester ON matches (requester, completed_at, offer_id, responder,
+    accepted_at, invalidated, shares);
+CREATE INDEX matches_responder ON matches (responder, completed_at, offer_id, requester,
+    accepted_at, invalidated, shares);"
     };
 }
 
