@@ -29,13 +29,13 @@ use automerge::{Automerge, ObjType, ROOT};
 use criterion::Criterion;
 use karmyq_core::{
     Bundle, Category, Community, CommunityId, DocId, Karmyq, Keypair, MemberId, OfferId, OpHash,
-    RequestDraft, RequestId, RequestKind, RequestQuery, RequestSort, RequestStatus, Settings,
-    SignedChange, Timestamp, Urgency,
+    Profile, RequestDraft, RequestId, RequestKind, RequestQuery, RequestSort, RequestStatus,
+    Settings, SignedChange, Timestamp, Urgency,
 };
 use tempfile::TempDir;
 
 mod support;
-use support::{at, key, large_community, measure, report, signed_change};
+use support::{add_large_community, at, key, large_community, measure, report, signed_change};
 
 const MINUTE: i64 = 60 * Timestamp::SECOND;
 const HOUR: i64 = 60 * MINUTE;
@@ -67,6 +67,8 @@ struct Plan {
     requests: usize,
     /// Requests per bundle.
     chunk: usize,
+    /// Sets this community's request and offer ids apart from another's.
+    salt: u64,
 }
 
 impl Plan {
@@ -77,6 +79,7 @@ impl Plan {
                 helpers: 200,
                 requests: 10_000,
                 chunk: 500,
+                salt: 0,
             }
         } else {
             Plan {
@@ -84,6 +87,7 @@ impl Plan {
                 helpers: 20,
                 requests: 100,
                 chunk: 40,
+                salt: 0,
             }
         }
     }
@@ -212,7 +216,7 @@ fn request_changes(
     let requester = &members.requesters[i % plan.requesters];
     let request = RequestId {
         requester: requester.member_id(),
-        nonce: (i as u64).to_be_bytes(),
+        nonce: ((plan.salt << 40) | i as u64).to_be_bytes(),
     };
     let doc_id = DocId::Request(request);
     let auth = &members.auth_heads;
@@ -237,7 +241,7 @@ fn request_changes(
         let helper = &members.helpers[plan.helper(i, j)];
         let offer = OfferId {
             responder: helper.member_id(),
-            nonce: ((i * OFFERS + j) as u64).to_be_bytes(),
+            nonce: ((plan.salt << 40) | (i * OFFERS + j) as u64).to_be_bytes(),
         };
         let t = created.plus_millis((j as i64 + 1) * 10 * MINUTE);
         let (change, obj) = signed_change(id, &doc_id, &mut doc, helper, auth, t, |tx| {
@@ -336,12 +340,11 @@ impl Fixture {
     }
 }
 
-fn build(plan: Plan) -> Fixture {
-    let start = Instant::now();
-    let (dir, mut founder, id) = large_community(plan.requesters + plan.helpers);
-    let members_took = start.elapsed();
+/// The plan's requesters and helpers, and community `id`'s authority heads
+/// once they all joined.
+fn members_of(founder: &mut Karmyq, id: CommunityId, plan: &Plan) -> Members {
     let (r, h) = (plan.requesters as u64, plan.helpers as u64);
-    let members = Members {
+    Members {
         requesters: (1..=r).map(key).collect(),
         helpers: (r + 1..=r + h).map(key).collect(),
         auth_heads: founder
@@ -350,18 +353,28 @@ fn build(plan: Plan) -> Fixture {
             .authority()
             .heads
             .clone(),
-    };
-    let busy = members.helpers[0].member_id();
+    }
+}
 
+/// Receives requests `range` of `plan` into community `id`, in bundles of
+/// `plan.chunk` requests; returns the time spent crafting and receiving
+/// them, and how many changes were applied.
+fn fill(
+    founder: &mut Karmyq,
+    id: CommunityId,
+    plan: &Plan,
+    members: &Members,
+    range: std::ops::Range<usize>,
+) -> (Duration, Duration, usize) {
     let (mut craft, mut apply) = (Duration::ZERO, Duration::ZERO);
     let mut applied = 0;
-    let mut first = 0;
-    while first < plan.requests {
-        let last = (first + plan.chunk).min(plan.requests);
+    let mut first = range.start;
+    while first < range.end {
+        let last = (first + plan.chunk).min(range.end);
         let t = Instant::now();
         let mut bundle = Bundle::new(id);
         for i in first..last {
-            request_changes(id, &plan, &members, i, &mut bundle.changes);
+            request_changes(id, plan, members, i, &mut bundle.changes);
         }
         craft += t.elapsed();
         let t = Instant::now();
@@ -378,6 +391,16 @@ fn build(plan: Plan) -> Fixture {
         applied += bundle.changes.len();
         first = last;
     }
+    (craft, apply, applied)
+}
+
+fn build(plan: Plan) -> Fixture {
+    let start = Instant::now();
+    let (dir, mut founder, id) = large_community(plan.requesters + plan.helpers);
+    let members_took = start.elapsed();
+    let members = members_of(&mut founder, id, &plan);
+    let busy = members.helpers[0].member_id();
+    let (craft, apply, applied) = fill(&mut founder, id, &plan, &members, 0..plan.requests);
     let expected = expected(&plan);
     assert_eq!(applied, expected.changes);
     println!(
@@ -690,6 +713,79 @@ fn compact(fx: &mut Fixture) {
     );
 }
 
+// ----- the feed ----------------------------------------------------------------
+
+/// The founder's feed across five communities: the large one and four more
+/// with a quarter of its requests each, posted over the same last weeks.
+fn feed(c: &mut Criterion, fx: &mut Fixture) {
+    let plan = fx.plan;
+    let now = plan.now();
+    let mut ids = vec![fx.id];
+    let founder = fx.founder();
+    let t = Instant::now();
+    for salt in 1..=4 {
+        let id = add_large_community(
+            founder,
+            &format!("Bench {salt}"),
+            plan.requesters + plan.helpers,
+        );
+        let members = members_of(founder, id, &plan);
+        let quarter = Plan { salt, ..plan };
+        let range = plan.requests - plan.requests / 4..plan.requests;
+        fill(founder, id, &quarter, &members, range);
+        ids.push(id);
+    }
+    println!(
+        "feed: four more communities of {} requests each, built in {:.1} s",
+        plan.requests / 4,
+        t.elapsed().as_secs_f64()
+    );
+    let profile = Profile {
+        name: "Founder".into(),
+        bio: String::new(),
+        location: None,
+        availability: String::new(),
+        skills: vec!["moving".into(), "tech".into()],
+    };
+    for id in &ids {
+        let community = founder.community(*id).expect("community");
+        community.set_profile(&profile, now).expect("profile");
+    }
+    let page = founder.feed(now, 0, 20).expect("feed");
+    assert_eq!(page.len(), 20);
+    let shown: std::collections::BTreeSet<CommunityId> = page.iter().map(|r| r.community).collect();
+    println!(
+        "feed: a page of 20 from {} of the 5 communities",
+        shown.len()
+    );
+
+    let runs = if full() { 500 } else { 3 };
+    let times = measure(runs / 10, runs, |_| {
+        black_box(founder.feed(now, 0, 20).unwrap());
+    });
+    report("feed page of 20, 5 communities", &times, "≤ 5 ms");
+    // The first read after a write to one of the communities (not timed).
+    let mut times: Vec<Duration> = (0..runs / 5 + 1)
+        .map(|i| {
+            let id = ids[i % ids.len()];
+            let community = founder.community(id).expect("community");
+            community
+                .set_description(&format!("Edition {i}"), now)
+                .expect("write");
+            let start = Instant::now();
+            black_box(founder.feed(now, 0, 20).unwrap());
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    report("  first read after a write", &times, "≤ 5 ms");
+    let mut group = c.benchmark_group("requests");
+    group.bench_function("feed_page_of_20_across_5_communities", |b| {
+        b.iter(|| founder.feed(now, 0, 20).unwrap());
+    });
+    group.finish();
+}
+
 fn main() {
     let mut c = Criterion::default()
         .sample_size(10)
@@ -701,6 +797,7 @@ fn main() {
     compact(&mut fx);
     reads(&mut c, &mut fx);
     cold_open(&mut c, &mut fx);
+    feed(&mut c, &mut fx);
     post(&mut c, &mut fx);
     c.final_summary();
 }

@@ -19,7 +19,7 @@ use crate::community::Community;
 use crate::error::{Error, Rejection, Result};
 use crate::identity::{Keypair, MemberId};
 use crate::invite::InviteToken;
-use crate::matching::{BlockList, RankedItem, Viewer, rank_feed};
+use crate::matching::{BlockList, RankedItem, Viewer, rank_feed_with};
 use crate::notify::{
     self, Hub, Listener, Notification, NotificationKind, QuietHours, Subscription,
 };
@@ -365,7 +365,21 @@ impl Karmyq {
         skills.sort();
         skills.dedup();
         let viewer = Viewer { member: me, skills };
-        Ok(rank_feed(&viewer, &items, &blocks, now, page, per_page))
+        // Trust is computed only for requesters whose items can reach the
+        // page, once each per community.
+        let mut trust: HashMap<(CommunityId, MemberId), u8> = HashMap::new();
+        rank_feed_with(&viewer, &items, &blocks, now, page, per_page, |item| {
+            let key = (item.community, item.id.requester);
+            if let Some(t) = trust.get(&key) {
+                return Ok(*t);
+            }
+            let t = self
+                .community(item.community)?
+                .trust(&item.id.requester, now)
+                .map_or(0, |t| t.score);
+            trust.insert(key, t);
+            Ok(t)
+        })
     }
 
     /// Sends the match reminders due at `now` in every community (once per

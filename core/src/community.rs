@@ -538,7 +538,8 @@ impl Community {
         let mut out = Vec::new();
         for row in rows {
             let (id, title, approvals, active) = row?;
-            let id = ProposalId::parse(&id).ok_or_else(|| Error::Corrupt("proposal id".into()))?;
+            let id = ProposalId::parse_stored(&id)
+                .ok_or_else(|| Error::Corrupt("proposal id".into()))?;
             out.push(ProposalView {
                 id,
                 title,
@@ -839,7 +840,8 @@ impl Community {
             if their == Some(&ours) {
                 continue;
             }
-            let doc_id = DocId::parse(&name).ok_or_else(|| Error::Corrupt("doc id".into()))?;
+            let doc_id =
+                DocId::parse_stored(&name).ok_or_else(|| Error::Corrupt("doc id".into()))?;
             let readable = match reader {
                 Some(r) => doc_id.readable_by(r, self.auth.role(r)),
                 None => !matches!(doc_id, DocId::Report(_)),
@@ -1062,7 +1064,8 @@ impl Community {
             ..Touched::default()
         };
         for name in &names {
-            let doc_id = DocId::parse(name).ok_or_else(|| Error::Corrupt("doc id".into()))?;
+            let doc_id =
+                DocId::parse_stored(name).ok_or_else(|| Error::Corrupt("doc id".into()))?;
             let loaded = load_doc(&self.db, &mut self.docs, &doc_id, &actor)?;
             match doc_id {
                 DocId::Profiles => {

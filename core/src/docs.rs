@@ -65,16 +65,30 @@ impl DocId {
 
     /// Parses a document name.
     pub fn parse(s: &str) -> Option<DocId> {
+        Self::parse_with(s, RequestId::parse, ReportId::parse)
+    }
+
+    /// [`DocId::parse`] for a name this device stored after validating it:
+    /// skips the curve-point check of the author's key.
+    pub(crate) fn parse_stored(s: &str) -> Option<DocId> {
+        Self::parse_with(s, RequestId::parse_stored, ReportId::parse_stored)
+    }
+
+    fn parse_with(
+        s: &str,
+        request: fn(&str) -> Option<RequestId>,
+        report: fn(&str) -> Option<ReportId>,
+    ) -> Option<DocId> {
         match s {
             "community" => Some(DocId::Community),
             "profiles" => Some(DocId::Profiles),
             _ => s
                 .strip_prefix("request/")
-                .and_then(RequestId::parse)
+                .and_then(request)
                 .map(DocId::Request)
                 .or_else(|| {
                     s.strip_prefix("report/")
-                        .and_then(ReportId::parse)
+                        .and_then(report)
                         .map(DocId::Report)
                 }),
         }

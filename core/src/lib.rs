@@ -72,8 +72,8 @@ pub use karma::{
 pub use matching::{
     ACTIVITY_WINDOW_MS, BlockList, Candidate, CandidateScore, FeedItem, FeedKind, MAX_SUGGESTIONS,
     MIN_SUGGESTION_SCORE, RECENT_COMPLETION_MS, RankedItem, RequestFacts, Suggestion, Viewer,
-    candidate_score, community_activity, geohash_distance_km, rank_feed, skill_share,
-    suggest_helpers,
+    candidate_score, community_activity, completion_share, geohash_distance_km, rank_feed,
+    rank_feed_with, skill_share, suggest_helpers,
 };
 pub use norms::{Norm, Proposal, ProposalId};
 pub use notify::{Event, Listener, Notification, NotificationKind, QuietHours, Subscription};

@@ -431,26 +431,80 @@ pub fn rank_feed(
     page: usize,
     per_page: usize,
 ) -> Vec<RankedItem> {
-    let mut ranked: Vec<RankedItem> = items
+    let known =
+        |item: &FeedItem| -> Result<u8, std::convert::Infallible> { Ok(item.requester_trust) };
+    match rank_feed_with(viewer, items, blocks, now, page, per_page, known) {
+        Ok(ranked) => ranked,
+        Err(never) => match never {},
+    }
+}
+
+/// [`rank_feed`] where the requester's trust is costly to learn: items'
+/// `requester_trust` is ignored and `trust(item)` is asked only for the
+/// items that can still reach the page.
+///
+/// Items are visited in order of their best possible score (trust 100); an
+/// item is scored exactly only while fewer than `(page + 1) · per_page`
+/// distinct requests already rank above its best possible place. The page
+/// equals the one [`rank_feed`] gives with every trust known.
+pub fn rank_feed_with<E>(
+    viewer: &Viewer,
+    items: &[FeedItem],
+    blocks: &BlockList,
+    now: Timestamp,
+    page: usize,
+    per_page: usize,
+    mut trust: impl FnMut(&FeedItem) -> Result<u8, E>,
+) -> Result<Vec<RankedItem>, E> {
+    let needed = page.saturating_add(1).saturating_mul(per_page);
+    // (item, best possible ranking) in ranking order.
+    let mut bounds: Vec<(&FeedItem, RankedItem)> = items
         .iter()
         .filter(|item| is_visible(viewer, item, blocks))
-        .filter_map(|item| rank_item(viewer, item, now))
+        .filter_map(|item| {
+            let best = FeedItem {
+                requester_trust: MAX_TRUST as u8,
+                ..item.clone()
+            };
+            rank_item(viewer, &best, now).map(|r| (item, r))
+        })
         .collect();
-    ranked.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then(b.created_at.cmp(&a.created_at))
-            .then(a.id.cmp(&b.id))
-            .then(a.community.cmp(&b.community))
-    });
+    bounds.sort_by(|a, b| ranking(&a.1, &b.1));
+    let mut ranked: Vec<RankedItem> = Vec::new();
+    for (item, best) in bounds {
+        let above: BTreeSet<RequestId> = ranked
+            .iter()
+            .filter(|r| ranking(r, &best).is_lt())
+            .map(|r| r.id)
+            .collect();
+        if needed == 0 || above.len() >= needed {
+            break;
+        }
+        let exact = FeedItem {
+            requester_trust: trust(item)?,
+            ..item.clone()
+        };
+        ranked.extend(rank_item(viewer, &exact, now));
+    }
+    ranked.sort_by(ranking);
     // A cross-posted request: keep its best copy, which sorts first.
     let mut seen = BTreeSet::new();
     ranked.retain(|r| seen.insert(r.id));
-    ranked
+    Ok(ranked
         .into_iter()
         .skip(page.saturating_mul(per_page))
         .take(per_page)
-        .collect()
+        .collect())
+}
+
+/// The feed's order: score (descending), then newest, then request id and
+/// community.
+fn ranking(a: &RankedItem, b: &RankedItem) -> std::cmp::Ordering {
+    b.score
+        .total_cmp(&a.score)
+        .then(b.created_at.cmp(&a.created_at))
+        .then(a.id.cmp(&b.id))
+        .then(a.community.cmp(&b.community))
 }
 
 /// Whether the viewer may see the item: not their own, nobody blocked either way.
@@ -515,14 +569,19 @@ pub fn community_activity(requests: &[(Timestamp, RequestStatus)], now: Timestam
         .filter(|(created, _)| within(*created, now, ACTIVITY_WINDOW_MS))
         .map(|&(_, status)| status)
         .collect();
-    if recent.is_empty() {
-        return 0.0;
-    }
     let completed = recent
         .iter()
         .filter(|&&s| s == RequestStatus::Completed)
         .count();
-    completed as f64 / recent.len() as f64
+    completion_share(completed, recent.len())
+}
+
+/// `completed` of `recent` requests as a share (0..=1); 0 if none were.
+pub fn completion_share(completed: usize, recent: usize) -> f64 {
+    if recent == 0 {
+        return 0.0;
+    }
+    completed.min(recent) as f64 / recent as f64
 }
 
 #[cfg(test)]
@@ -1044,6 +1103,83 @@ mod tests {
         assert!(page(usize::MAX, usize::MAX).is_empty());
         assert_eq!(page(0, usize::MAX), all);
         assert!(rank_feed(&viewer(), &[], &BlockList::new(), now, 0, 10).is_empty());
+    }
+
+    fn arbitrary_item() -> impl proptest::strategy::Strategy<Value = FeedItem> {
+        use proptest::prelude::*;
+        (
+            2..9u8,
+            0..4u8,
+            0..30i64,
+            0..4usize,
+            any::<bool>(),
+            1..4u8,
+            0..3usize,
+        )
+            .prop_map(|(requester, nonce, day, urgency, done, c, category)| {
+                let mut item = if done {
+                    completed(requester, nonce, 9, at(29, 0))
+                } else {
+                    open(requester, nonce, day)
+                };
+                item.urgency = Urgency::ALL[urgency];
+                item.category = [Category::Moving, Category::Food, Category::Tech][category];
+                item.community = community(c);
+                item.community_activity = f64::from(c) / 4.0;
+                item
+            })
+    }
+
+    proptest::proptest! {
+        /// Scoring only the items that can reach the page gives the page
+        /// that scoring every item gives.
+        #[test]
+        fn lazy_trust_gives_the_same_page(
+            items in proptest::collection::vec(arbitrary_item(), 0..40),
+            trusts in proptest::collection::vec(0..=100u8, 10),
+            page in 0..4usize,
+            per_page in 0..8usize,
+        ) {
+            let now = at(30, 0);
+            let trust_of = |item: &FeedItem| trusts[usize::from(item.id.requester.as_bytes()[0]) % 10];
+            let known: Vec<FeedItem> = items
+                .iter()
+                .map(|i| FeedItem { requester_trust: trust_of(i), ..i.clone() })
+                .collect();
+            let full = rank_feed(&viewer(), &known, &BlockList::new(), now, page, per_page);
+            let mut asked = 0;
+            let lazy = rank_feed_with(&viewer(), &items, &BlockList::new(), now, page, per_page, |i| {
+                asked += 1;
+                Ok::<_, ()>(trust_of(i))
+            });
+            proptest::prop_assert_eq!(lazy, Ok(full));
+            proptest::prop_assert!(asked <= items.len());
+        }
+    }
+
+    #[test]
+    fn lazy_trust_asks_only_for_items_that_can_reach_the_page() {
+        // 50 requests in the viewer's skill (moving), 150 outside it (food):
+        // whatever its requester's trust, a food request cannot outrank a
+        // moving one here, so only the moving ones need their trust.
+        let now = at(45, 0);
+        let items: Vec<FeedItem> = (0..200u8)
+            .map(|i| FeedItem {
+                category: if i < 50 {
+                    Category::Moving
+                } else {
+                    Category::Food
+                },
+                ..open(2 + i % 50, i, 20 + i64::from(i % 20))
+            })
+            .collect();
+        let mut asked = 0;
+        let page = rank_feed_with(&viewer(), &items, &BlockList::new(), now, 0, 5, |_| {
+            asked += 1;
+            Ok::<_, ()>(50)
+        });
+        assert_eq!(page.map(|p| p.len()), Ok(5));
+        assert_eq!(asked, 50);
     }
 
     #[test]

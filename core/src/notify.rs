@@ -675,7 +675,7 @@ pub(crate) fn list(
             community: CommunityId::from_bytes(community),
             kind: NotificationKind::parse(&kind).ok_or_else(corrupt)?,
             request: request
-                .map(|r| RequestId::parse(&r).ok_or_else(corrupt))
+                .map(|r| RequestId::parse_stored(&r).ok_or_else(corrupt))
                 .transpose()?,
             actor: actor
                 .map(|a| crate::community::member_from_blob(&a))

@@ -75,6 +75,17 @@ macro_rules! authored_id {
                 let who = $crate::identity::MemberId::from_bytes($crate::identity::decode_hex32(who).ok()?).ok()?;
                 Some($name { $author: who, nonce: n })
             }
+
+            /// [`Self::parse`] for an id this device stored after
+            /// validating it (a projection row, a validated document):
+            /// skips the curve-point check of the author's key.
+            pub(crate) fn parse_stored(s: &str) -> Option<Self> {
+                let (who, nonce) = s.split_once('.')?;
+                let mut n = [0u8; 8];
+                hex::decode_to_slice(nonce, &mut n).ok()?;
+                let who = $crate::identity::MemberId::from_stored($crate::identity::decode_hex32(who).ok()?);
+                Some($name { $author: who, nonce: n })
+            }
         }
 
         impl ::std::fmt::Display for $name {
@@ -503,7 +514,7 @@ impl RequestState {
                 "renewals" => s.renewals = ms(v).map_or(0, Timestamp::as_millis),
                 "cancelled_at" => s.cancelled_at = ms(v),
                 "cancel_reason" => s.cancel_reason = text(v),
-                "accepted" => accepted = text(v).and_then(|t| OfferId::parse(&t)),
+                "accepted" => accepted = text(v).and_then(|t| OfferId::parse_stored(&t)),
                 "accepted_at" => accepted_at = ms(v),
                 "hidden" => s.hidden = text(v),
                 "posted_to" => {
@@ -512,20 +523,27 @@ impl RequestState {
                 "shares" => s.shares = text(v).and_then(|t| communities(&t)).unwrap_or_default(),
                 "accepted_in" => s.accepted_in = text(v).and_then(|t| t.parse().ok()),
                 key => {
-                    if let Some(o) = key.strip_prefix(DECLINED).and_then(OfferId::parse) {
+                    if let Some(o) = key.strip_prefix(DECLINED).and_then(OfferId::parse_stored) {
                         s.declined.insert(o);
-                    } else if let Some(o) = key.strip_prefix(MATCH_CANCEL).and_then(OfferId::parse)
+                    } else if let Some(o) = key
+                        .strip_prefix(MATCH_CANCEL)
+                        .and_then(OfferId::parse_stored)
                     {
                         s.match_cancelled.insert(o, text(v).unwrap_or_default());
-                    } else if let Some(o) = key.strip_prefix(CONFIRMED).and_then(OfferId::parse) {
+                    } else if let Some(o) =
+                        key.strip_prefix(CONFIRMED).and_then(OfferId::parse_stored)
+                    {
                         if let Some(t) = ms(v) {
                             s.requester_confirmed.insert(o, t);
                         }
-                    } else if let Some(o) = key.strip_prefix(INVALIDATED).and_then(OfferId::parse) {
+                    } else if let Some(o) = key
+                        .strip_prefix(INVALIDATED)
+                        .and_then(OfferId::parse_stored)
+                    {
                         s.invalidated.insert(o, text(v).unwrap_or_default());
-                    } else if let Some(o) = key.strip_prefix(NOTE).and_then(OfferId::parse) {
+                    } else if let Some(o) = key.strip_prefix(NOTE).and_then(OfferId::parse_stored) {
                         s.requester_notes.insert(o, text(v).unwrap_or_default());
-                    } else if let Some(o) = key.strip_prefix(OFFER).and_then(OfferId::parse)
+                    } else if let Some(o) = key.strip_prefix(OFFER).and_then(OfferId::parse_stored)
                         && let ExId::Id(counter, actor, _) = item.id()
                     {
                         let offer = read_offer(doc, o, Some((counter, actor)), &item.id(), heads)?;

@@ -85,6 +85,7 @@ impl Db {
         }
         conn.execute_batch(
             "PRAGMA synchronous=NORMAL; PRAGMA temp_store=2; PRAGMA foreign_keys=ON;
+             PRAGMA mmap_size=268435456;
              PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=8388608;",
         )?;
         conn.set_prepared_statement_cache_capacity(64);

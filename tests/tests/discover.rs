@@ -156,6 +156,47 @@ fn the_feed_ranks_requests_across_communities() -> Result<()> {
 }
 
 #[test]
+fn feed_scores_use_the_requesters_trust_and_the_communitys_activity() -> Result<()> {
+    let (mut dave, mut bob) = (Device::new()?, Device::new()?);
+    let oak = community_of(&mut dave, &mut [&mut bob], "Oak")?;
+    // Two requests in the last 30 days, one completed: activity 0.5.
+    let done = dave
+        .k
+        .community(oak)?
+        .post_request(&draft("Move boxes", Category::Moving, Urgency::Low), at(10))?;
+    sync(&mut dave, &mut bob, oak, at(11))?;
+    let offer = bob.k.community(oak)?.offer_help(done, "Sure", at(12))?;
+    sync(&mut bob, &mut dave, oak, at(13))?;
+    dave.k.community(oak)?.accept_offer(done, offer, at(14))?;
+    sync(&mut dave, &mut bob, oak, at(15))?;
+    bob.k.community(oak)?.confirm_match(done, None, at(40))?;
+    sync(&mut bob, &mut dave, oak, at(41))?;
+    dave.k.community(oak)?.confirm_match(done, None, at(42))?;
+    let open = dave.k.community(oak)?.post_request(
+        &draft("Soup please", Category::Food, Urgency::Critical),
+        at(43),
+    )?;
+    sync(&mut dave, &mut bob, oak, at(44))?;
+    let now = at(50);
+    let trust = f64::from(bob.k.community(oak)?.trust(&dave.k.member_id(), now)?.score);
+    assert!(trust > 0.0, "Dave's trust counts: {trust}");
+    let feed = bob.k.feed(now, 0, 10)?;
+    let score_of = |id| {
+        feed.iter()
+            .find(|f| f.id == id)
+            .map(|f| f.score)
+            .ok_or(Error::InvalidArgument("not in the feed".into()))
+    };
+    // Bob has no skills: trust, activity and urgency only.
+    let expected = 0.25 * trust / 100.0 + 0.20 * 0.5 + 0.15 * 1.0;
+    assert!((score_of(open)? - expected).abs() < 1e-9);
+    // The completion: trust and activity only.
+    let expected = 0.25 * trust / 100.0 + 0.20 * 0.5;
+    assert!((score_of(done)? - expected).abs() < 1e-9);
+    Ok(())
+}
+
+#[test]
 fn a_well_suited_member_hears_of_a_new_request() -> Result<()> {
     let (mut alice, mut bob, mut carol) = (Device::new()?, Device::new()?, Device::new()?);
     let id = community_of(&mut alice, &mut [&mut bob, &mut carol], "Elm")?;

@@ -77,8 +77,14 @@ pub fn first_profile(
 /// profile, and ten norms; returns the founder's device.
 pub fn large_community(members: usize) -> (TempDir, Karmyq, CommunityId) {
     let (dir, mut founder) = device();
+    let id = add_large_community(&mut founder, "Bench", members);
+    (dir, founder, id)
+}
+
+/// [`large_community`] founded on an existing device.
+pub fn add_large_community(founder: &mut Karmyq, name: &str, members: usize) -> CommunityId {
     let id = founder
-        .create_community("Bench", "A large community", Visibility::Public, at(0))
+        .create_community(name, "A large community", Visibility::Public, at(0))
         .expect("create community");
     let community = founder.community(id).expect("community");
     let limit = Settings {
@@ -129,7 +135,7 @@ pub fn large_community(members: usize) -> (TempDir, Karmyq, CommunityId) {
             .expect("add norm");
     }
     assert_eq!(community.members().expect("members").len(), members + 1);
-    (dir, founder, id)
+    id
 }
 
 /// The founder's norm, with one of two descriptions, so each write changes it.

@@ -167,7 +167,7 @@ impl Karmyq {
             .accepted
             .iter()
             .filter_map(|item| match item {
-                Item::Change { doc, .. } => match DocId::parse(doc) {
+                Item::Change { doc, .. } => match DocId::parse_stored(doc) {
                     Some(DocId::Request(id)) => Some(id),
                     _ => None,
                 },

@@ -14,7 +14,9 @@ use crate::request::{Category, RequestId, RequestStatus, Urgency};
 use crate::time::Timestamp;
 
 /// How many of a community's newest open requests the feed considers.
-const FEED_CANDIDATES: u32 = 500;
+const FEED_CANDIDATES: u32 = 200;
+/// How many of a community's newest completions of the week the feed considers.
+const FEED_COMPLETIONS: u32 = 50;
 
 impl Community {
     /// Helpers to suggest for an open request (DOMAIN.md's score, best ten,
@@ -125,89 +127,107 @@ impl Community {
     }
 
     /// This community's candidates for a member's feed: its newest open
-    /// requests and the matches completed in the last week.
+    /// requests and the matches completed in the last week. Their
+    /// `requester_trust` is left at 0: the ranking asks for it
+    /// ([`crate::rank_feed_with`]) only for items that can reach the page.
     pub(crate) fn feed_items(&self, now: Timestamp) -> Result<Vec<FeedItem>> {
         let week_ago = now
             .as_millis()
             .saturating_sub(matching::RECENT_COMPLETION_MS);
-        let mut stmt = self.db.conn().prepare_cached(
+        let activity = self.activity(now)?;
+        let mut items = Vec::new();
+        // The newest open, unexpired requests.
+        let mut open = self.db.conn().prepare_cached(
+            "SELECT request_id, category, urgency, state, created_at, expires_at, NULL, NULL
+             FROM requests INDEXED BY requests_recent
+             WHERE state = 'open' AND expires_at > ?1 AND hidden IS NULL
+             ORDER BY created_at DESC LIMIT ?2",
+        )?;
+        let rows = open.query_map(params![now.as_millis(), FEED_CANDIDATES], feed_row)?;
+        for row in rows {
+            items.push(self.feed_item(row?, activity)?);
+        }
+        // The newest matches completed in the last week.
+        let mut done = self.db.conn().prepare_cached(
             "SELECT r.request_id, r.category, r.urgency, r.state, r.created_at, r.expires_at,
                     m.completed_at, m.responder
-             FROM requests r LEFT JOIN matches m ON m.request_id = r.request_id
-             WHERE r.hidden IS NULL AND (
-                (r.state = 'open' AND r.expires_at > ?1 AND r.request_id IN (
-                    SELECT request_id FROM requests WHERE state = 'open'
-                    ORDER BY created_at DESC LIMIT ?3))
-                OR (r.state = 'completed' AND m.completed_at > ?2 AND m.invalidated = 0))",
+             FROM matches m INDEXED BY matches_completed
+             JOIN requests r ON r.request_id = m.request_id
+             WHERE m.completed_at > ?1 AND m.invalidated = 0
+               AND r.state = 'completed' AND r.hidden IS NULL
+             ORDER BY m.completed_at DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![now.as_millis(), week_ago, FEED_CANDIDATES], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, Option<i64>>(6)?,
-                r.get::<_, Option<Vec<u8>>>(7)?,
-            ))
-        })?;
-        let activity = matching::community_activity(&self.recent_requests(now)?, now);
-        let mut trust: HashMap<MemberId, u8> = HashMap::new();
-        let mut items = Vec::new();
+        let rows = done.query_map(params![week_ago, FEED_COMPLETIONS], feed_row)?;
         for row in rows {
-            let (id, category, urgency, state, created, expires, completed, helper) = row?;
-            let corrupt = || crate::error::Error::Corrupt("request row".into());
-            let id = RequestId::parse(&id).ok_or_else(corrupt)?;
-            let requester_trust = match trust.get(&id.requester) {
-                Some(t) => *t,
-                None => {
-                    let t = self.trust(&id.requester, now).map_or(0, |t| t.score);
-                    trust.insert(id.requester, t);
-                    t
-                }
-            };
-            items.push(FeedItem {
-                id,
-                community: self.id,
-                category: Category::parse(&category).ok_or_else(corrupt)?,
-                tags: Vec::new(),
-                urgency: Urgency::from_index(urgency).ok_or_else(corrupt)?,
-                status: RequestStatus::parse(&state).ok_or_else(corrupt)?,
-                created_at: Timestamp::from_millis(created),
-                expires_at: Timestamp::from_millis(expires),
-                completed_at: completed.map(Timestamp::from_millis),
-                helper: helper.map(|h| member_from_blob(&h)).transpose()?,
-                requester_trust,
-                community_activity: activity,
-            });
+            items.push(self.feed_item(row?, activity)?);
         }
         Ok(items)
     }
 
-    /// Requests created in the activity window, with their status at `now`.
-    fn recent_requests(&self, now: Timestamp) -> Result<Vec<(Timestamp, RequestStatus)>> {
-        let since = now.as_millis().saturating_sub(matching::ACTIVITY_WINDOW_MS);
-        let mut stmt = self.db.conn().prepare_cached(
-            "SELECT created_at, state, expires_at FROM requests WHERE created_at > ?1",
-        )?;
-        let rows = stmt.query_map([since], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (created, state, expires) = row?;
-            let mut status = RequestStatus::parse(&state)
-                .ok_or_else(|| crate::error::Error::Corrupt("request state".into()))?;
-            if status == RequestStatus::Open && now.as_millis() >= expires {
-                status = RequestStatus::Expired;
-            }
-            out.push((Timestamp::from_millis(created), status));
-        }
-        Ok(out)
+    fn feed_item(&self, row: FeedRow, activity: f64) -> Result<FeedItem> {
+        let (id, category, urgency, state, created, expires, completed, helper) = row;
+        let corrupt = || crate::error::Error::Corrupt("request row".into());
+        Ok(FeedItem {
+            id: RequestId::parse_stored(&id).ok_or_else(corrupt)?,
+            community: self.id,
+            category: Category::parse(&category).ok_or_else(corrupt)?,
+            tags: Vec::new(),
+            urgency: Urgency::from_index(urgency).ok_or_else(corrupt)?,
+            status: RequestStatus::parse(&state).ok_or_else(corrupt)?,
+            created_at: Timestamp::from_millis(created),
+            expires_at: Timestamp::from_millis(expires),
+            completed_at: completed.map(Timestamp::from_millis),
+            helper: helper.map(|h| member_from_blob(&h)).transpose()?,
+            // Asked for by the ranking, only where it can matter.
+            requester_trust: 0,
+            community_activity: activity,
+        })
     }
+
+    /// This community's activity at `now` ([`matching::community_activity`]),
+    /// counted in the projection.
+    fn activity(&self, now: Timestamp) -> Result<f64> {
+        let since = now.as_millis().saturating_sub(matching::ACTIVITY_WINDOW_MS);
+        let (recent, completed): (i64, i64) = self
+            .db
+            .conn()
+            .prepare_cached(
+                "SELECT count(*), count(*) FILTER (WHERE state = 'completed')
+                 FROM requests INDEXED BY requests_recent
+                 WHERE state IN ('open', 'matched', 'completed', 'cancelled')
+                   AND created_at > ?1 AND created_at <= ?2",
+            )?
+            .query_row(params![since, now.as_millis()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok(matching::completion_share(
+            usize::try_from(completed).unwrap_or(0),
+            usize::try_from(recent).unwrap_or(0),
+        ))
+    }
+}
+
+/// A feed candidate as its query returns it.
+type FeedRow = (
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<Vec<u8>>,
+);
+
+fn feed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
 }

@@ -205,8 +205,8 @@ impl Community {
             Ok(())
         })?;
         for (request, _) in &due {
-            let request =
-                RequestId::parse(request).ok_or_else(|| Error::Corrupt("request id".into()))?;
+            let request = RequestId::parse_stored(request)
+                .ok_or_else(|| Error::Corrupt("request id".into()))?;
             self.outbox.push(Event::MatchReminder {
                 community: self.id,
                 request,

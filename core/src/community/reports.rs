@@ -72,7 +72,8 @@ impl Community {
         let actor = actor_of(&me);
         let mut out = Vec::new();
         for id in ids {
-            let id = ReportId::parse(&id).ok_or_else(|| Error::Corrupt("report id".into()))?;
+            let id =
+                ReportId::parse_stored(&id).ok_or_else(|| Error::Corrupt("report id".into()))?;
             let loaded = load_doc(&self.db, &mut self.docs, &DocId::Report(id), &actor)?;
             if let Some(state) = ReportState::read(&loaded.doc, id, None)? {
                 out.push(state);

@@ -623,7 +623,7 @@ impl Community {
                 status = RequestStatus::Expired;
             }
             out.push(RequestSummary {
-                id: RequestId::parse(&id).ok_or_else(corrupt)?,
+                id: RequestId::parse_stored(&id).ok_or_else(corrupt)?,
                 title,
                 category: Category::parse(&category).ok_or_else(corrupt)?,
                 urgency: Urgency::from_index(urgency).ok_or_else(corrupt)?,

@@ -237,8 +237,9 @@ CREATE TABLE reminders (
 }
 
 /// Version 4: how many communities a match's pool is split across (a
-/// cross-posted request), and covering indexes that read a member's
-/// completed matches (karma, trust, badges) without touching the table.
+/// cross-posted request), covering indexes that read a member's completed
+/// matches (karma, trust, badges) without touching the table, and the
+/// feed's indexes (recent completions, recent requests by state).
 macro_rules! match_shares {
     () => {
         "ALTER TABLE matches ADD COLUMN shares INTEGER NOT NULL DEFAULT 1;
@@ -247,7 +248,10 @@ DROP INDEX matches_responder;
 CREATE INDEX matches_requester ON matches (requester, completed_at, offer_id, responder,
     accepted_at, invalidated, shares);
 CREATE INDEX matches_responder ON matches (responder, completed_at, offer_id, requester,
-    accepted_at, invalidated, shares);"
+    accepted_at, invalidated, shares);
+CREATE INDEX matches_completed ON matches (completed_at);
+CREATE INDEX requests_recent ON requests (state, created_at, expires_at, hidden, category,
+    urgency, request_id);"
     };
 }
 
