@@ -21,11 +21,15 @@
 //! real WebSocket, with reconnection.
 
 mod device;
+#[cfg(feature = "net")]
+mod engine;
 mod frame;
 mod limit;
 mod server;
 
 pub use device::{DeviceAction, DeviceSession, SyncStatus};
+#[cfg(feature = "net")]
+pub use engine::{EngineOptions, SyncEngine};
 pub use frame::{Ack, DecodeError, ErrorCode, Frame, PROTOCOL_VERSION, login_message};
 pub use limit::TokenBucket;
 pub use server::{ServerAction, ServerLimits, ServerSession};
