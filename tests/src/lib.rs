@@ -471,6 +471,16 @@ pub mod net {
             })
         }
 
+        /// A device over a client opened elsewhere (a restored identity).
+        pub fn from_client(k: Karmyq, dir: TempDir) -> Self {
+            Node {
+                k: Arc::new(Mutex::new(k)),
+                statuses: Arc::default(),
+                engine: None,
+                _dir: dir,
+            }
+        }
+
         /// Runs `f` on the client.
         pub fn with<T>(
             &self,
