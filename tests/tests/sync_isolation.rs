@@ -1,0 +1,259 @@
+//! Communities are isolated on the server: a non-member, a member of
+//! another community and a removed member receive nothing and store
+//! nothing, and a forged change sent by a hand-written client is refused,
+//! counted in `/metrics`, not stored and not relayed.
+
+use std::time::{Duration, Instant};
+
+use automerge::ROOT;
+use automerge::transaction::Transactable;
+use automerge::{ObjType, ReadDoc};
+use karmyq_core::sync::{ErrorCode, Frame, SyncStatus};
+use karmyq_core::{
+    Bundle, CommunityId, DocId, Heads, Karmyq, Keypair, OpHash, Profile, SignedChange, Timestamp,
+    Visibility,
+};
+use karmyq_tests::net::{Node, TestResult, TestServer, wait_until};
+use karmyq_tests::{bundle_of, doc_from, forge};
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+fn profile(name: &str) -> Profile {
+    Profile {
+        name: name.into(),
+        ..Profile::default()
+    }
+}
+
+fn keys_of(node: &Node) -> TestResult<Keypair> {
+    Ok(Keypair::import_secret(
+        &node.with(|k| Ok(k.export_secret()))?,
+    )?)
+}
+
+fn everything(k: &mut Karmyq, id: CommunityId) -> karmyq_core::Result<Bundle> {
+    k.community(id)?.changes_since(&Heads::empty())
+}
+
+/// Alice founds a public community online; each of `others` joins it
+/// (log by hand, then the server).
+fn community_with(
+    server: &TestServer,
+    alice: &mut Node,
+    others: &mut [&mut Node],
+) -> TestResult<CommunityId> {
+    let id = alice.with(|k| k.create_community("Elm Street", "", Visibility::Public, now()))?;
+    alice.go_online(server, id)?;
+    for node in others.iter_mut() {
+        let log = alice.with(|k| everything(k, id))?;
+        node.with(|k| {
+            k.receive(&log, now())?;
+            k.community(id)?.join(now())
+        })?;
+        node.go_online(server, id)?;
+    }
+    let want = others.len() + 1;
+    wait_until("everyone joined on alice's device", || {
+        alice.with(|k| Ok(k.community(id)?.members()?.len() == want))
+    })?;
+    Ok(id)
+}
+
+/// A profile change by `keys` in their own entry, citing `auth_heads`.
+fn forged_profile(
+    base: &Bundle,
+    keys: &Keypair,
+    auth_heads: Vec<OpHash>,
+    name: &str,
+) -> TestResult<SignedChange> {
+    let mut doc = doc_from(base, &DocId::Profiles)?;
+    let me = keys.member_id().to_string();
+    Ok(forge(
+        base.community,
+        &DocId::Profiles,
+        &mut doc,
+        auth_heads,
+        keys,
+        |tx| {
+            let entry = match tx.get(ROOT, me.as_str())? {
+                Some((_, entry)) => entry,
+                None => tx.put_object(ROOT, me.as_str(), ObjType::Map)?,
+            };
+            tx.put(&entry, "name", name)
+        },
+    )?)
+}
+
+fn server_holds(server: &TestServer, id: CommunityId, change: &SignedChange) -> TestResult<bool> {
+    let path = server
+        .dir
+        .path()
+        .join("communities")
+        .join(format!("{id}.sqlite3"));
+    let conn = rusqlite::Connection::open(path)?;
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM changes WHERE hash = ?1",
+        [change.envelope.change_hash.as_slice()],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+fn names(node: &Node, id: CommunityId) -> TestResult<Vec<String>> {
+    node.with(|k| {
+        Ok(k.community(id)?
+            .members()?
+            .into_iter()
+            .filter_map(|m| m.profile.map(|p| p.name))
+            .collect())
+    })
+}
+
+#[test]
+fn non_members_and_other_communities_get_nothing_and_cannot_write() -> TestResult {
+    let server = TestServer::start()?;
+    let (mut alice, mut bob, mut mallory) = (Node::new()?, Node::new()?, Node::new()?);
+    let id = community_with(&server, &mut alice, &mut [&mut bob])?;
+    // Mallory is a member of her own community on the same server.
+    let oak = mallory.with(|k| k.create_community("Oak Lane", "", Visibility::Public, now()))?;
+    mallory.go_online(&server, oak)?;
+    wait_until("mallory's community on the server", || {
+        Ok(mallory.status() == Some(SyncStatus::UpToDate))
+    })?;
+
+    // Subscribing to Elm Street and to a community that does not exist
+    // get the very same answer.
+    let mallory_keys = keys_of(&mallory)?;
+    let mut raw = server.raw()?;
+    raw.login(&mallory_keys)?;
+    let elm = raw.subscribe(id, Heads::empty())?;
+    let nowhere = raw.subscribe(CommunityId::from_bytes([7; 32]), Heads::empty())?;
+    let strip = |frames: &[Frame]| -> Vec<Frame> {
+        frames
+            .iter()
+            .map(|f| match f {
+                Frame::Error { code, message, .. } => Frame::Error {
+                    code: *code,
+                    community: None,
+                    message: message.clone(),
+                },
+                other => other.clone(),
+            })
+            .collect()
+    };
+    assert_eq!(strip(&elm), strip(&nowhere));
+    assert!(matches!(
+        elm.as_slice(),
+        [Frame::Error {
+            code: ErrorCode::NotMember,
+            ..
+        }]
+    ));
+
+    // A forged profile change from Mallory's hand-written client.
+    let base = alice.with(|k| everything(k, id))?;
+    let heads = alice.heads(id)?.auth;
+    let forged = forged_profile(&base, &mallory_keys, heads, "Mallory")?;
+    let rejected_before =
+        server.metric("karmyq_changes_rejected_total{reason=\"not_a_member\"}")?;
+    raw.send(&Frame::Bundle {
+        bytes: bundle_of(id, vec![forged.clone()]).encode(),
+    })?;
+    assert_eq!(raw.next_error()?, ErrorCode::NotMember);
+    assert!(!server_holds(&server, id, &forged)?);
+    assert_eq!(
+        server.metric("karmyq_changes_rejected_total{reason=\"not_a_member\"}")?,
+        rejected_before + 1
+    );
+    // Her engine on Elm Street is refused too, and gets nothing.
+    let mut mallory_elm = Node::new()?;
+    mallory_elm.go_online(&server, id)?;
+    wait_until("mallory's second device refused", || {
+        Ok(mallory_elm.saw(&SyncStatus::Rejected {
+            reason: "not_member".into(),
+        }))
+    })?;
+    assert!(mallory_elm.with(|k| Ok(k.community(id).is_err()))?);
+
+    // Nothing reached Bob: a later change of Alice's arrives, the forged
+    // one never did (the server relays in the order it stores).
+    alice.with(|k| k.community(id)?.set_profile(&profile("Alice"), now()))?;
+    alice.nudge();
+    wait_until("alice's profile at bob's", || {
+        Ok(names(&bob, id)?.contains(&"Alice".to_owned()))
+    })?;
+    assert!(!names(&bob, id)?.contains(&"Mallory".to_owned()));
+    // And Mallory's own community never showed up on Alice's or Bob's devices.
+    assert!(alice.with(|k| Ok(k.community(oak).is_err()))?);
+    assert!(bob.with(|k| Ok(k.community(oak).is_err()))?);
+    Ok(())
+}
+
+#[test]
+fn a_removed_member_is_cut_off_at_once_and_cannot_forge_with_stale_heads() -> TestResult {
+    let server = TestServer::start()?;
+    let (mut alice, mut bob, mut carol) = (Node::new()?, Node::new()?, Node::new()?);
+    let id = community_with(&server, &mut alice, &mut [&mut bob, &mut carol])?;
+    wait_until("bob up to date", || {
+        Ok(bob.status() == Some(SyncStatus::UpToDate))
+    })?;
+    bob.with(|k| k.community(id)?.set_profile(&profile("Bob"), now()))?;
+    bob.nudge();
+    wait_until("bob's profile at carol's", || {
+        Ok(names(&carol, id)?.contains(&"Bob".to_owned()))
+    })?;
+    // What Bob holds before his removal: the heads he will cite.
+    let stale = bob.heads(id)?.auth;
+    let base = bob.with(|k| everything(k, id))?;
+    let bob_keys = keys_of(&bob)?;
+
+    let bob_id = bob_keys.member_id();
+    let removed_at = Instant::now();
+    alice.with(|k| k.community(id)?.remove(bob_id, "spam", now()))?;
+    alice.nudge();
+    wait_until("bob's subscription closed", || {
+        Ok(bob.saw(&SyncStatus::Rejected {
+            reason: "not_member".into(),
+        }))
+    })?;
+    let cut_off = removed_at.elapsed();
+    assert!(cut_off < Duration::from_secs(5), "{cut_off:?}");
+    println!("removed member cut off after {cut_off:?}");
+
+    // Bob, with a hand-written client, forges a change citing the heads
+    // from before his removal (a replica that only judges the cited state
+    // could take it): the server refuses it at ingest.
+    let forged = forged_profile(&base, &bob_keys, stale, "Bob is back")?;
+    let before = server.metric("karmyq_changes_rejected_total{reason=\"author_removed\"}")?;
+    let mut raw = server.raw()?;
+    raw.login(&bob_keys)?;
+    assert!(matches!(
+        raw.subscribe(id, Heads::empty())?.as_slice(),
+        [Frame::Error {
+            code: ErrorCode::NotMember,
+            ..
+        }]
+    ));
+    raw.send(&Frame::Bundle {
+        bytes: bundle_of(id, vec![forged.clone()]).encode(),
+    })?;
+    assert_eq!(raw.next_error()?, ErrorCode::NotMember);
+    assert!(!server_holds(&server, id, &forged)?);
+    assert_eq!(
+        server.metric("karmyq_changes_rejected_total{reason=\"author_removed\"}")?,
+        before + 1
+    );
+
+    // Carol never sees it: Alice's later change reaches her, Bob's forged
+    // one does not.
+    alice.with(|k| k.community(id)?.set_profile(&profile("Alice"), now()))?;
+    alice.nudge();
+    wait_until("alice's profile at carol's", || {
+        Ok(names(&carol, id)?.contains(&"Alice".to_owned()))
+    })?;
+    assert!(!names(&carol, id)?.contains(&"Bob is back".to_owned()));
+    assert_eq!(carol.with(|k| Ok(k.community(id)?.members()?.len()))?, 2);
+    Ok(())
+}
