@@ -331,8 +331,20 @@ mod tests {
         let mut d = DeviceSession::new(keys, CommunityId::from_bytes([5; 32]), Heads::empty());
         d.start();
         let a = d.receive(&[0xde, 0xad, 0xbe, 0xef]);
-        assert!(a.contains(&DeviceAction::Close { retry: false }));
+        assert!(a.contains(&DeviceAction::Close { retry: true }));
         assert!(d.receive(&[1]).is_empty());
+        // Another version: say so, and do not hammer the server.
+        let mut d = DeviceSession::new(
+            Arc::new(Keypair::generate()?),
+            CommunityId::from_bytes([5; 32]),
+            Heads::empty(),
+        );
+        d.start();
+        let a = d.receive(&[b'K', b'Q', 0, 2, 0]);
+        assert!(a.contains(&DeviceAction::Status(SyncStatus::Rejected {
+            reason: "version_mismatch".into()
+        })));
+        assert!(a.contains(&DeviceAction::Close { retry: false }));
         Ok(())
     }
 }

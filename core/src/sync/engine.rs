@@ -133,8 +133,14 @@ enum Ended {
     /// Asked to stop.
     Stopped,
     /// Lost or refused; `reached` says whether it got to live sync (the
-    /// backoff starts over), `quiet` that a status was already reported.
-    Lost { reached: bool, quiet: bool },
+    /// backoff starts over), `quiet` that a status was already reported,
+    /// `soon` that retrying soon may help (not after a version mismatch
+    /// or a refused login: then the engine waits the longest pause).
+    Lost {
+        reached: bool,
+        quiet: bool,
+        soon: bool,
+    },
 }
 
 struct Worker {
@@ -192,17 +198,25 @@ impl Worker {
                     Ended::Lost {
                         reached: false,
                         quiet: false,
+                        soon: true,
                     }
                 }
             };
             match ended {
                 Ended::Stopped => return,
-                Ended::Lost { reached, quiet } => {
+                Ended::Lost {
+                    reached,
+                    quiet,
+                    soon,
+                } => {
                     if !quiet {
                         self.status(SyncStatus::Offline);
                     }
                     if reached {
                         backoff = self.options.min_backoff;
+                    }
+                    if !soon {
+                        backoff = self.options.max_backoff;
                     }
                 }
             }
@@ -228,6 +242,7 @@ impl Worker {
             return Ok(Ended::Lost {
                 reached: false,
                 quiet: false,
+                soon: true,
             });
         };
         let mut reached = false;
@@ -245,6 +260,7 @@ impl Worker {
                             return Ok(Ended::Lost {
                                 reached,
                                 quiet: false,
+                                soon: true,
                             });
                         }
                     }
@@ -262,11 +278,12 @@ impl Worker {
                         let bundle = self.outgoing(server.as_ref())?;
                         queue.extend(session.upload(&bundle));
                     }
-                    DeviceAction::Close { .. } => {
+                    DeviceAction::Close { retry } => {
                         let _ = ws.close(None).await;
                         return Ok(Ended::Lost {
                             reached,
                             quiet: true,
+                            soon: retry,
                         });
                     }
                 }
@@ -275,7 +292,7 @@ impl Worker {
                 msg = ws.next() => match msg {
                     Some(Ok(Message::Binary(bytes))) => queue.extend(session.receive(&bytes)),
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        return Ok(Ended::Lost { reached, quiet: false });
+                        return Ok(Ended::Lost { reached, quiet: false, soon: true });
                     }
                     Some(Ok(_)) => {}
                 },

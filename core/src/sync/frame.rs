@@ -1,10 +1,11 @@
 //! The frames of the sync protocol and their wire form.
 //!
-//! A frame on the wire is the protocol version as two big-endian bytes,
-//! then the frame in the canonical codec (postcard). The version comes
-//! first and outside the codec so that a peer speaking another version is
-//! told so plainly ([`ErrorCode::VersionMismatch`]) rather than seeing
-//! garbage ([`ErrorCode::BadFrame`]).
+//! A frame on the wire is the magic `KQ`, the protocol version as two
+//! big-endian bytes, then the frame in the canonical codec (postcard). The
+//! version comes first and outside the codec so that a peer speaking
+//! another version is told so plainly ([`ErrorCode::VersionMismatch`]),
+//! while bytes that are not Karmyq frames at all are
+//! [`ErrorCode::BadFrame`].
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,9 @@ use crate::identity::{MemberId, Signature};
 
 /// The protocol version this library speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The first two bytes of every frame.
+pub const MAGIC: [u8; 2] = *b"KQ";
 
 /// One message of the sync protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,7 +184,8 @@ impl Frame {
     /// The wire form: version, then the canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
         let body = codec::encode(self);
-        let mut out = Vec::with_capacity(2 + body.len());
+        let mut out = Vec::with_capacity(4 + body.len());
+        out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
         out.extend_from_slice(&body);
         out
@@ -190,7 +195,9 @@ impl Frame {
     /// bytes (including a non-canonical encoding).
     pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
         let (version, body) = match bytes {
-            [a, b, body @ ..] => (u16::from_be_bytes([*a, *b]), body),
+            [m0, m1, a, b, body @ ..] if [*m0, *m1] == MAGIC => {
+                (u16::from_be_bytes([*a, *b]), body)
+            }
             _ => {
                 return Err(DecodeError {
                     code: ErrorCode::BadFrame,
@@ -265,14 +272,21 @@ mod tests {
     #[test]
     fn another_version_is_named_as_such() {
         let mut bytes = Frame::LoginOk.encode();
-        bytes[1] = bytes[1].wrapping_add(1);
+        bytes[3] = bytes[3].wrapping_add(1);
         let err = Frame::decode(&bytes).err();
         assert_eq!(err.map(|e| e.code), Some(ErrorCode::VersionMismatch));
     }
 
     #[test]
     fn garbage_is_a_bad_frame() {
-        for bytes in [&[][..], &[0][..], &[0, 1, 0xff, 0xff][..], &[0, 1][..]] {
+        for bytes in [
+            &[][..],
+            &[0][..],
+            &[0, 1, 0xff, 0xff][..],
+            &b"KQ"[..],
+            &[b'K', b'Q', 0, 1, 0xff, 0xff][..],
+            &b"GET / HTTP/1.1"[..],
+        ] {
             assert_eq!(
                 Frame::decode(bytes).err().map(|e| e.code),
                 Some(ErrorCode::BadFrame),

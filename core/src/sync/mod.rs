@@ -30,6 +30,6 @@ mod server;
 pub use device::{DeviceAction, DeviceSession, SyncStatus};
 #[cfg(feature = "net")]
 pub use engine::{EngineOptions, SyncEngine};
-pub use frame::{Ack, DecodeError, ErrorCode, Frame, PROTOCOL_VERSION, login_message};
+pub use frame::{Ack, DecodeError, ErrorCode, Frame, MAGIC, PROTOCOL_VERSION, login_message};
 pub use limit::TokenBucket;
 pub use server::{ServerAction, ServerLimits, ServerSession};

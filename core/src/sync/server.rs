@@ -321,13 +321,14 @@ mod tests {
         .encode();
         assert_eq!(code(&s.receive(&sub)), Some(ErrorCode::NotAuthenticated));
         assert_eq!(
-            code(&s.receive(&[1, 2, 3])),
+            code(&s.receive(&[b'K', b'Q', 0, 9, 0])),
             Some(ErrorCode::VersionMismatch)
         );
         assert!(s.is_closed());
 
         let mut s = ServerSession::new([3; 32], "test", limits);
         assert_eq!(code(&s.receive(&[0, 1, 0xff])), Some(ErrorCode::BadFrame));
+        assert_eq!(code(&s.receive(b"KQ\0\x01\xff")), Some(ErrorCode::BadFrame));
         assert_eq!(code(&s.receive(&[0; 65])), Some(ErrorCode::FrameTooLarge));
         assert_eq!(
             code(&s.receive(&Frame::LoginOk.encode())),
