@@ -306,6 +306,26 @@ pub mod net {
             Ok(())
         }
 
+        /// Stops the server and starts a new one on the same data
+        /// directory (default limits, a new port).
+        pub fn restart(&mut self) -> TestResult {
+            self.stop()?;
+            let listener = self
+                .rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+            self.addr = listener.local_addr()?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let config = Config::new(self.dir.path());
+            self.task = Some(
+                self.rt
+                    .spawn(karmyq_sync_server::run(listener, config, async {
+                        let _ = rx.await;
+                    })),
+            );
+            self.stop = Some(tx);
+            Ok(())
+        }
+
         /// A raw client, connected.
         pub fn raw(&self) -> TestResult<Raw<'_>> {
             let url = self.url();
