@@ -397,14 +397,14 @@ pub mod net {
         }
 
         /// The next frame; an error if none comes.
-        pub fn next(&mut self) -> TestResult<Frame> {
+        pub fn frame(&mut self) -> TestResult<Frame> {
             self.next_within(PATIENCE)?
                 .ok_or_else(|| "no frame from the server".into())
         }
 
         /// The code of the next frame, which must be an error.
         pub fn next_error(&mut self) -> TestResult<ErrorCode> {
-            match self.next()? {
+            match self.frame()? {
                 Frame::Error { code, .. } => Ok(code),
                 other => Err(format!("expected an error, got {other:?}").into()),
             }
@@ -420,14 +420,14 @@ pub mod net {
             self.send(&Frame::Hello {
                 version: PROTOCOL_VERSION,
             })?;
-            let Frame::Challenge { nonce, context } = self.next()? else {
+            let Frame::Challenge { nonce, context } = self.frame()? else {
                 return Err("no challenge".into());
             };
             self.send(&Frame::Login {
                 member: keys.member_id(),
                 signature: keys.sign(SigningTag::SyncLogin, &login_message(&nonce, &context)),
             })?;
-            match self.next()? {
+            match self.frame()? {
                 Frame::LoginOk => Ok(()),
                 other => Err(format!("login refused: {other:?}").into()),
             }
@@ -442,7 +442,7 @@ pub mod net {
             self.send(&Frame::Subscribe { community, heads })?;
             let mut out = Vec::new();
             loop {
-                let f = self.next()?;
+                let f = self.frame()?;
                 let done = matches!(f, Frame::Subscribed { .. } | Frame::Error { .. });
                 out.push(f);
                 if done {
