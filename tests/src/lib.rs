@@ -515,6 +515,24 @@ pub mod net {
             self.go_online_with(server, id, quick())
         }
 
+        /// Starts syncing with a server given by its sync URL.
+        pub fn go_online_url(&mut self, url: &str, id: CommunityId) -> TestResult {
+            let statuses = self.statuses.clone();
+            self.engine = Some(SyncEngine::start(
+                self.k.clone(),
+                url,
+                id,
+                quick(),
+                move |s| {
+                    statuses
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(s)
+                },
+            )?);
+            Ok(())
+        }
+
         /// [`Node::go_online`] with engine options.
         pub fn go_online_with(
             &mut self,
