@@ -255,5 +255,72 @@ fn a_removed_member_is_cut_off_at_once_and_cannot_forge_with_stale_heads() -> Te
     })?;
     assert!(!names(&carol, id)?.contains(&"Bob is back".to_owned()));
     assert_eq!(carol.with(|k| Ok(k.community(id)?.members()?.len()))?, 2);
+    // For the record: a replica judging only the cited state (core's
+    // validator, as of this writing) would take this change; the server's
+    // check of current membership at ingest is what keeps it out.
+    let verdict = carol.with(|k| k.receive(&bundle_of(id, vec![forged.clone()]), now()))?;
+    println!(
+        "core alone on the stale-heads forgery: accepted {}, rejected {:?}",
+        verdict.accepted.len(),
+        verdict.reasons()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_members_forged_change_is_acknowledged_as_refused_and_not_relayed() -> TestResult {
+    let server = TestServer::start()?;
+    let (mut alice, mut bob, mut carol) = (Node::new()?, Node::new()?, Node::new()?);
+    let id = community_with(&server, &mut alice, &mut [&mut bob, &mut carol])?;
+    alice.with(|k| k.community(id)?.set_profile(&profile("Alice"), now()))?;
+    alice.nudge();
+    wait_until("alice's profile at bob's", || {
+        Ok(names(&bob, id)?.contains(&"Alice".to_owned()))
+    })?;
+    // Bob, a member, writes into Alice's profile entry with a hand-written
+    // client.
+    let base = bob.with(|k| everything(k, id))?;
+    let bob_keys = keys_of(&bob)?;
+    let alice_id = alice.with(|k| Ok(k.member_id()))?.to_string();
+    let mut doc = doc_from(&base, &DocId::Profiles)?;
+    let forged = forge(
+        id,
+        &DocId::Profiles,
+        &mut doc,
+        bob.heads(id)?.auth,
+        &bob_keys,
+        |tx| {
+            let (_, entry) = tx
+                .get(ROOT, alice_id.as_str())?
+                .ok_or(automerge::AutomergeError::InvalidObjId("alice".into()))?;
+            tx.put(&entry, "name", "Alice the Fool")
+        },
+    )?;
+    let before = server.metric("karmyq_changes_rejected_total{reason=\"foreign_entry\"}")?;
+    let mut raw = server.raw()?;
+    raw.login(&bob_keys)?;
+    raw.send(&Frame::Bundle {
+        bytes: bundle_of(id, vec![forged.clone()]).encode(),
+    })?;
+    match raw.frame()? {
+        Frame::Ack(ack) => {
+            assert_eq!(ack.accepted, 0);
+            assert_eq!(ack.rejected, vec!["foreign_entry".to_owned()]);
+        }
+        other => return Err(format!("expected an ack, got {other:?}").into()),
+    }
+    assert!(!server_holds(&server, id, &forged)?);
+    assert_eq!(
+        server.metric("karmyq_changes_rejected_total{reason=\"foreign_entry\"}")?,
+        before + 1
+    );
+    // A later genuine change reaches Carol; the forged one never did.
+    bob.with(|k| k.community(id)?.set_profile(&profile("Bob"), now()))?;
+    bob.nudge();
+    wait_until("bob's profile at carol's", || {
+        Ok(names(&carol, id)?.contains(&"Bob".to_owned()))
+    })?;
+    assert!(!names(&carol, id)?.contains(&"Alice the Fool".to_owned()));
+    assert!(names(&carol, id)?.contains(&"Alice".to_owned()));
     Ok(())
 }
