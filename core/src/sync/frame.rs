@@ -269,6 +269,21 @@ mod tests {
         Ok(())
     }
 
+    proptest::proptest! {
+        /// Whatever the bytes, decoding answers (never panics), and what
+        /// it accepts re-encodes to the very same bytes.
+        #[test]
+        fn decoding_any_bytes_is_total(tail in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            for prefix in [&b""[..], &b"KQ\0\x01"[..]] {
+                let mut bytes = prefix.to_vec();
+                bytes.extend_from_slice(&tail);
+                if let Ok(frame) = Frame::decode(&bytes) {
+                    proptest::prop_assert_eq!(frame.encode(), bytes);
+                }
+            }
+        }
+    }
+
     #[test]
     fn another_version_is_named_as_such() {
         let mut bytes = Frame::LoginOk.encode();
