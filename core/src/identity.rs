@@ -25,6 +25,8 @@ pub enum SigningTag {
     InviteProof,
     /// A device's answer to a sync server's login challenge.
     SyncLogin,
+    /// A request to join a private community, left with a sync server.
+    JoinRequest,
 }
 
 impl SigningTag {
@@ -34,6 +36,7 @@ impl SigningTag {
             SigningTag::ChangeEnvelope => b"karmyq/v1/change-envelope\0",
             SigningTag::InviteProof => b"karmyq/v1/invite-proof\0",
             SigningTag::SyncLogin => b"karmyq/v1/sync-login\0",
+            SigningTag::JoinRequest => b"karmyq/v1/join-request\0",
         }
     }
 }

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use karmyq_core::sync::{ErrorCode, Frame, ServerAction, ServerSession, TokenBucket};
-use karmyq_core::{CommunityId, MemberId, Timestamp};
+use karmyq_core::sync::{ErrorCode, Frame, ServerAction, ServerSession};
+use karmyq_core::{CommunityId, MemberId};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 
 use crate::AppState;
@@ -166,17 +166,7 @@ impl Conn {
 
     /// Whether the member may send one more frame now.
     fn allowed(&self, member: &MemberId) -> bool {
-        let cfg = &self.state.config;
-        let now = Timestamp::now().as_millis();
-        let mut buckets = self
-            .state
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        buckets
-            .entry(*member)
-            .or_insert_with(|| TokenBucket::new(cfg.rate_burst, cfg.rate_per_second, now))
-            .take(now)
+        self.state.allowed(member)
     }
 
     async fn on_frame(&mut self, bytes: &[u8]) -> ControlFlow<()> {
@@ -233,7 +223,7 @@ impl Conn {
             .subscribe(community, heads, self.id, sub)
             .await
         {
-            Ok((catch_up, ours)) => {
+            Ok((catch_up, ours, requests)) => {
                 self.session.subscribed(community);
                 tracing::info!(
                     community = %community.fmt_short(),
@@ -252,7 +242,17 @@ impl Conn {
                     community,
                     heads: ours,
                 })
-                .await
+                .await?;
+                match requests {
+                    Some(requests) if !requests.is_empty() => {
+                        self.send(&Frame::JoinRequests {
+                            community,
+                            requests,
+                        })
+                        .await
+                    }
+                    _ => ControlFlow::Continue(()),
+                }
             }
             Err(e) => self.store_error(e, community).await,
         }
@@ -291,7 +291,7 @@ impl Conn {
                     .await?;
                 ControlFlow::Break(())
             }
-            StoreError::Core(error) => {
+            error @ (StoreError::Core(_) | StoreError::Sqlite(_)) => {
                 tracing::error!(%error, community = %community.fmt_short(), member = %self.member_short(), "store failed");
                 self.refuse(ErrorCode::Internal, Some(community), "the server failed")
                     .await

@@ -27,13 +27,14 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use karmyq_core::MemberId;
-use karmyq_core::sync::ServerLimits;
-use serde::Serialize;
+use axum::routing::{get, post};
+use karmyq_core::sync::{JoinRequest, ServerLimits, TokenBucket};
+use karmyq_core::{CommunityId, MemberId, Signature, Timestamp};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
@@ -41,7 +42,7 @@ pub use metrics::Metrics;
 pub use store::DirectoryEntry;
 
 use hub::Hub;
-use store::{Store, StoreError};
+use store::{JoinOutcome, Store, StoreError};
 
 /// What a server needs to run.
 #[derive(Debug, Clone)]
@@ -185,11 +186,114 @@ async fn not_found() -> AppError {
     }
 }
 
+impl AppState {
+    /// Whether the member may make one more request now (token bucket).
+    pub(crate) fn allowed(&self, member: &MemberId) -> bool {
+        let now = Timestamp::now().as_millis();
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        buckets
+            .entry(*member)
+            .or_insert_with(|| {
+                TokenBucket::new(self.config.rate_burst, self.config.rate_per_second, now)
+            })
+            .take(now)
+    }
+}
+
+/// How far a join request's time may be from the server's clock.
+const JOIN_REQUEST_SKEW_MS: i64 = 10 * 60 * 1000;
+
+/// The body of `POST /v1/communities/{id}/join-requests`: a
+/// [`JoinRequest`] with hex keys and signature.
+#[derive(Debug, Deserialize)]
+pub struct JoinRequestBody {
+    /// The asker's member id (64 hex characters).
+    pub member: String,
+    /// A few words for the admins.
+    pub message: String,
+    /// Milliseconds since the Unix epoch, within ten minutes of the server.
+    pub created_at: i64,
+    /// The signature (128 hex characters) under `SigningTag::JoinRequest`.
+    pub signature: String,
+}
+
+fn bad_request(code: &'static str, message: &str) -> AppError {
+    AppError {
+        status: StatusCode::BAD_REQUEST,
+        code,
+        message: message.to_owned(),
+    }
+}
+
+fn parse_join_request(id: &str, body: &[u8]) -> Result<JoinRequest, AppError> {
+    let community = CommunityId::from_hex(id)
+        .map_err(|_| bad_request("bad_request", "the community id is not 64 hex characters"))?;
+    let body: JoinRequestBody = serde_json::from_slice(body)
+        .map_err(|_| bad_request("bad_request", "the body is not a join request"))?;
+    let member = MemberId::from_hex(&body.member)
+        .map_err(|_| bad_request("bad_request", "member is not a valid key"))?;
+    let mut signature = [0u8; 64];
+    hex::decode_to_slice(&body.signature, &mut signature)
+        .map_err(|_| bad_request("bad_request", "signature is not 128 hex characters"))?;
+    Ok(JoinRequest {
+        community,
+        member,
+        message: body.message,
+        created_at: Timestamp::from_millis(body.created_at),
+        signature: Signature::from_bytes(signature),
+    })
+}
+
+async fn join_request(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Envelope<&'static str>>), AppError> {
+    let request = parse_join_request(&id, &body)?;
+    if request.verify().is_err() {
+        state.metrics.refused("bad_signature");
+        return Err(AppError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "bad_signature",
+            message: "the signature does not verify, or the message is too long".into(),
+        });
+    }
+    let skew = Timestamp::now()
+        .as_millis()
+        .saturating_sub(request.created_at.as_millis());
+    if skew.saturating_abs() > JOIN_REQUEST_SKEW_MS {
+        return Err(bad_request(
+            "stale",
+            "created_at is too far from the server's clock",
+        ));
+    }
+    if !state.allowed(&request.member) {
+        state.metrics.refused("rate_limited");
+        return Err(AppError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limited",
+            message: "slow down".into(),
+        });
+    }
+    match state.store.join(request).await? {
+        JoinOutcome::Received => Ok((StatusCode::ACCEPTED, ok("received"))),
+        JoinOutcome::Public => Err(AppError {
+            status: StatusCode::CONFLICT,
+            code: "public_community",
+            message: "a public community is joined directly".into(),
+        }),
+    }
+}
+
 fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/v1/communities", get(directory))
+        .route("/v1/communities/{id}/join-requests", post(join_request))
         .route("/v1/sync", get(conn::upgrade))
         .fallback(not_found)
         .with_state(state)

@@ -14,10 +14,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use karmyq_core::sync::{Ack, Frame};
+use karmyq_core::sync::{Ack, Frame, JoinRequest};
 use karmyq_core::{
     Bundle, CommunityId, DocId, Heads, Item, Karmyq, MemberId, OpBody, Rejection, Report, Resolved,
-    Role, SignedChange, SignedOp, Timestamp, Visibility,
+    Role, Signature, SignedChange, SignedOp, Timestamp, Visibility,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -50,7 +50,24 @@ pub(crate) enum StoreError {
     /// The store thread is gone (shutting down).
     #[error("store stopped")]
     Stopped,
+    /// The server's own file failed.
+    #[error("server file: {0}")]
+    Sqlite(#[from] rusqlite::Error),
 }
+
+/// What became of a request to join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JoinOutcome {
+    /// Taken (or, for a community the server does not hold or a member
+    /// already in, silently dropped: the same answer, so nothing leaks).
+    Received,
+    /// A public community: join it directly.
+    Public,
+}
+
+/// What a subscription gets: the catch-up, the server's heads, and for an
+/// admin or moderator the pending requests to join.
+pub(crate) type Subscription = (Bundle, Heads, Option<Vec<JoinRequest>>);
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -60,7 +77,11 @@ enum Cmd {
         heads: Heads,
         conn: u64,
         sub: Subscriber,
-        reply: Reply<(Bundle, Heads)>,
+        reply: Reply<Subscription>,
+    },
+    Join {
+        request: JoinRequest,
+        reply: Reply<JoinOutcome>,
     },
     Ingest {
         uploader: MemberId,
@@ -85,6 +106,7 @@ impl std::fmt::Debug for Cmd {
             Cmd::Subscribe { .. } => "Subscribe",
             Cmd::Ingest { .. } => "Ingest",
             Cmd::Directory { .. } => "Directory",
+            Cmd::Join { .. } => "Join",
         })
     }
 }
@@ -99,9 +121,12 @@ impl Store {
     ) -> Result<(Store, MemberId, std::thread::JoinHandle<()>), karmyq_core::Error> {
         let karmyq = Karmyq::open(dir)?;
         let me = karmyq.member_id();
+        let db = open_server_db(&dir.join("server.sqlite3"))
+            .map_err(|e| karmyq_core::Error::Corrupt(format!("server.sqlite3: {e}")))?;
         let (tx, rx) = mpsc::channel(256);
         let worker = Worker {
             karmyq,
+            db,
             hub,
             metrics,
         };
@@ -128,7 +153,7 @@ impl Store {
         heads: Heads,
         conn: u64,
         sub: Subscriber,
-    ) -> Result<(Bundle, Heads), StoreError> {
+    ) -> Result<Subscription, StoreError> {
         self.ask(|reply| Cmd::Subscribe {
             community,
             heads,
@@ -155,14 +180,45 @@ impl Store {
         .await
     }
 
+    /// Leaves a verified request to join.
+    pub async fn join(&self, request: JoinRequest) -> Result<JoinOutcome, StoreError> {
+        self.ask(|reply| Cmd::Join { request, reply }).await
+    }
+
     /// The public communities.
     pub async fn directory(&self) -> Result<Vec<DirectoryEntry>, StoreError> {
         self.ask(|reply| Cmd::Directory { reply }).await
     }
 }
 
+/// The server's own file: requests to join. Schema version 1.
+fn open_server_db(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "temp_store", 2)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == 0 {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE join_requests (
+                 community_id BLOB NOT NULL,
+                 member_id BLOB NOT NULL,
+                 message TEXT NOT NULL,
+                 created_at INTEGER NOT NULL,
+                 signature BLOB NOT NULL,
+                 PRIMARY KEY (community_id, member_id)
+             );
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    Ok(conn)
+}
+
 struct Worker {
     karmyq: Karmyq,
+    db: rusqlite::Connection,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
 }
@@ -219,6 +275,9 @@ impl Worker {
                 Cmd::Directory { reply } => {
                     let _ = reply.send(self.directory());
                 }
+                Cmd::Join { request, reply } => {
+                    let _ = reply.send(self.join(request));
+                }
             }
         }
         tracing::info!("store stopped");
@@ -237,18 +296,116 @@ impl Worker {
         heads: &Heads,
         conn: u64,
         sub: Subscriber,
-    ) -> Result<(Bundle, Heads), StoreError> {
+    ) -> Result<Subscription, StoreError> {
         let member = sub.member;
         let Ok(community) = self.karmyq.community(id) else {
             return Err(StoreError::NotMember);
         };
-        if community.authority().role(&member).is_none() {
+        let Some(role) = community.authority().role(&member) else {
             return Err(StoreError::NotMember);
-        }
+        };
         let catch_up = community.changes_since_for(heads, &member)?;
         let ours = community.heads()?;
         self.hub.subscribe(id, conn, sub);
-        Ok((catch_up, ours))
+        let requests = if role >= Role::Moderator {
+            Some(self.join_requests(id)?)
+        } else {
+            None
+        };
+        Ok((catch_up, ours, requests))
+    }
+
+    /// The pending requests to join a community, oldest first, from people
+    /// who are not members.
+    fn join_requests(&mut self, id: CommunityId) -> Result<Vec<JoinRequest>, StoreError> {
+        let members = self.karmyq.community(id)?.authority().members.clone();
+        let mut stmt = self.db.prepare_cached(
+            "SELECT member_id, message, created_at, signature FROM join_requests
+             WHERE community_id = ?1 ORDER BY created_at, member_id",
+        )?;
+        let rows = stmt.query_map([id.as_bytes().as_slice()], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (member, message, created_at, signature) = row?;
+            let (Ok(member), Ok(signature)) = (
+                <[u8; 32]>::try_from(member),
+                <[u8; 64]>::try_from(signature),
+            ) else {
+                continue;
+            };
+            let Ok(member) = MemberId::from_bytes(member) else {
+                continue;
+            };
+            if members.contains_key(&member) {
+                continue;
+            }
+            out.push(JoinRequest {
+                community: id,
+                member,
+                message,
+                created_at: Timestamp::from_millis(created_at),
+                signature: Signature::from_bytes(signature),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Pushes the pending requests to every admin and moderator subscribed.
+    fn push_join_requests(&mut self, id: CommunityId) -> Result<(), StoreError> {
+        let requests = self.join_requests(id)?;
+        let auth = self.karmyq.community(id)?.authority().clone();
+        let frame = Frame::JoinRequests {
+            community: id,
+            requests,
+        }
+        .encode();
+        for (conn, sub) in self.hub.subscribers(&id, 0) {
+            if auth.role(&sub.member) >= Some(Role::Moderator) {
+                self.hub
+                    .deliver(&id, conn, &sub, Outbound::Frame(frame.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a verified request to join a private community the server
+    /// holds, from someone not yet a member, and tells its moderators.
+    fn join(&mut self, request: JoinRequest) -> Result<JoinOutcome, StoreError> {
+        let id = request.community;
+        let Ok(community) = self.karmyq.community(id) else {
+            return Ok(JoinOutcome::Received);
+        };
+        let auth = community.authority();
+        if auth.visibility == Visibility::Public {
+            return Ok(JoinOutcome::Public);
+        }
+        if auth.members.contains_key(&request.member) {
+            return Ok(JoinOutcome::Received);
+        }
+        self.db.execute(
+            "INSERT INTO join_requests (community_id, member_id, message, created_at, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (community_id, member_id) DO UPDATE SET
+                 message = excluded.message, created_at = excluded.created_at,
+                 signature = excluded.signature",
+            rusqlite::params![
+                id.as_bytes().as_slice(),
+                request.member.as_bytes().as_slice(),
+                request.message,
+                request.created_at.as_millis(),
+                request.signature.to_bytes().as_slice(),
+            ],
+        )?;
+        tracing::info!(community = %id.fmt_short(), member = %request.member.fmt_short(), "request to join kept");
+        self.push_join_requests(id)?;
+        Ok(JoinOutcome::Received)
     }
 
     fn ingest(
@@ -402,6 +559,22 @@ impl Worker {
             .iter()
             .map(|(m, info)| (*m, info.role))
             .collect();
+        let joined: Vec<MemberId> = roles
+            .keys()
+            .filter(|m| before.is_none_or(|b| !b.members.contains_key(m)))
+            .copied()
+            .collect();
+        let mut answered = 0;
+        for member in &joined {
+            answered += self.db.execute(
+                "DELETE FROM join_requests WHERE community_id = ?1 AND member_id = ?2",
+                [id.as_bytes().as_slice(), member.as_bytes().as_slice()],
+            )?;
+        }
+        if answered > 0 {
+            self.push_join_requests(id)?;
+        }
+        let community = self.karmyq.community(id)?;
         if let Some(before) = before {
             for gone in before.members.keys().filter(|m| !roles.contains_key(m)) {
                 let n = self.hub.evict(&id, gone);

@@ -275,6 +275,23 @@ pub mod net {
             })
         }
 
+        /// A plain HTTP POST of a JSON body: status line, headers and body.
+        pub fn post(&self, path: &str, body: &str) -> TestResult<String> {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let addr = self.addr;
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            self.rt.block_on(async move {
+                let mut s = TcpStream::connect(addr).await?;
+                s.write_all(request.as_bytes()).await?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).await?;
+                Ok(out)
+            })
+        }
+
         /// One value of `/metrics` (a full series name, labels included).
         pub fn metric(&self, series: &str) -> TestResult<u64> {
             let text = self.get("/metrics")?;
@@ -568,6 +585,14 @@ pub mod net {
             if let Some(e) = &self.engine {
                 e.nudge();
             }
+        }
+
+        /// The requests to join the server last pushed to this device.
+        pub fn join_requests(&self) -> Vec<karmyq_core::sync::JoinRequest> {
+            self.engine
+                .as_ref()
+                .map(SyncEngine::join_requests)
+                .unwrap_or_default()
         }
 
         /// The last status reported.

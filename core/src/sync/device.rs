@@ -8,6 +8,7 @@ use crate::authority::CommunityId;
 use crate::bundle::{Bundle, Heads};
 use crate::identity::{Keypair, SigningTag};
 use crate::sync::frame::{ErrorCode, Frame, PROTOCOL_VERSION, login_message};
+use crate::sync::join::JoinRequest;
 
 /// Where a device's sync of a community stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,9 @@ pub enum DeviceAction {
     Upload(Option<Heads>),
     /// Report this status.
     Status(SyncStatus),
+    /// The requests to join now pending (shown to admins and moderators):
+    /// the whole list, replacing any earlier one.
+    JoinRequests(Vec<JoinRequest>),
     /// Close the connection; `retry` says whether reconnecting may help.
     Close {
         /// Whether to reconnect later.
@@ -169,6 +173,15 @@ impl DeviceSession {
             {
                 self.state = State::Live;
                 vec![DeviceAction::Upload(Some(heads))]
+            }
+            (
+                State::Subscribing { .. } | State::Live,
+                Frame::JoinRequests {
+                    community,
+                    requests,
+                },
+            ) if community == self.community => {
+                vec![DeviceAction::JoinRequests(requests)]
             }
             (_, Frame::Ack(ack)) => {
                 self.in_flight = self.in_flight.saturating_sub(1);

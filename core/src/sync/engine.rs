@@ -23,6 +23,7 @@ use crate::client::Karmyq;
 use crate::error::{Error, Result};
 use crate::identity::Keypair;
 use crate::sync::device::{DeviceAction, DeviceSession, SyncStatus};
+use crate::sync::join::JoinRequest;
 use crate::time::Timestamp;
 
 /// How the engine paces itself.
@@ -52,6 +53,7 @@ type StatusFn = Arc<dyn Fn(SyncStatus) + Send + Sync>;
 /// [`SyncEngine::stop`] is called or when dropped.
 pub struct SyncEngine {
     stop: watch::Sender<bool>,
+    join_requests: Arc<Mutex<Vec<JoinRequest>>>,
     nudge: mpsc::Sender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -79,6 +81,7 @@ impl SyncEngine {
         };
         let (stop, stop_rx) = watch::channel(false);
         let (nudge, nudge_rx) = mpsc::channel(1);
+        let join_requests = Arc::new(Mutex::new(Vec::new()));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -92,12 +95,14 @@ impl SyncEngine {
             stop: stop_rx,
             nudge: nudge_rx,
             last_seen: Heads::empty(),
+            join_requests: join_requests.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("karmyq-sync".into())
             .spawn(move || runtime.block_on(worker.run()))?;
         Ok(SyncEngine {
             stop,
+            join_requests,
             nudge,
             thread: Some(thread),
         })
@@ -106,6 +111,15 @@ impl SyncEngine {
     /// Looks for local writes to upload now rather than at the next poll.
     pub fn nudge(&self) {
         let _ = self.nudge.try_send(());
+    }
+
+    /// The requests to join this community that the server holds, as
+    /// last sent (only to admins and moderators; empty otherwise).
+    pub fn join_requests(&self) -> Vec<JoinRequest> {
+        self.join_requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Stops syncing: closes the connection and waits for the engine's
@@ -154,6 +168,7 @@ struct Worker {
     nudge: mpsc::Receiver<()>,
     /// The local heads up to which everything was sent or received.
     last_seen: Heads,
+    join_requests: Arc<Mutex<Vec<JoinRequest>>>,
 }
 
 fn jitter(max: Duration) -> Duration {
@@ -267,6 +282,12 @@ impl Worker {
                     DeviceAction::Status(s) => {
                         reached |= s == SyncStatus::UpToDate;
                         self.status(s);
+                    }
+                    DeviceAction::JoinRequests(requests) => {
+                        *self
+                            .join_requests
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) = requests;
                     }
                     DeviceAction::Apply(bundle) => {
                         let local = self.apply(&bundle)?;

@@ -13,6 +13,7 @@ use crate::authority::CommunityId;
 use crate::bundle::{Heads, Report};
 use crate::codec;
 use crate::identity::{MemberId, Signature};
+use crate::sync::join::JoinRequest;
 
 /// The protocol version this library speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -69,6 +70,14 @@ pub enum Frame {
     },
     /// Server -> device: what applying an uploaded bundle did.
     Ack(Ack),
+    /// Server -> an admin's or moderator's device, on subscribing and
+    /// whenever one arrives: requests to join left with the server.
+    JoinRequests {
+        /// The community.
+        community: CommunityId,
+        /// The pending requests (from people not yet members).
+        requests: Vec<JoinRequest>,
+    },
     /// A refusal, with a stable code.
     Error {
         /// What went wrong.

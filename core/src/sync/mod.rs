@@ -24,6 +24,7 @@ mod device;
 #[cfg(feature = "net")]
 mod engine;
 mod frame;
+mod join;
 mod limit;
 mod server;
 
@@ -31,5 +32,6 @@ pub use device::{DeviceAction, DeviceSession, SyncStatus};
 #[cfg(feature = "net")]
 pub use engine::{EngineOptions, SyncEngine};
 pub use frame::{Ack, DecodeError, ErrorCode, Frame, MAGIC, PROTOCOL_VERSION, login_message};
+pub use join::JoinRequest;
 pub use limit::TokenBucket;
 pub use server::{ServerAction, ServerLimits, ServerSession};
