@@ -64,6 +64,18 @@ fn offline_conflicting_edits_converge_and_a_late_joiner_catches_up() -> TestResu
         Ok(members(&alice, id)? == 3 && members(&bob, id)? == 3 && members(&carol, id)? == 3)
     })?;
 
+    // Founding and joining offline took one connection each: the log is
+    // offered, then the subscription granted, with no refusal on the way.
+    for node in [&alice, &bob, &carol] {
+        let statuses = node.statuses.lock().map_err(|_| "poisoned")?.clone();
+        assert!(
+            !statuses
+                .iter()
+                .any(|s| matches!(s, SyncStatus::Rejected { .. } | SyncStatus::Offline)),
+            "{statuses:?}"
+        );
+    }
+
     // Alice makes both moderators: they may edit the description.
     let (bob_id, carol_id) = (
         bob.with(|k| Ok(k.member_id()))?,

@@ -67,7 +67,7 @@ impl std::fmt::Debug for SyncEngine {
 impl SyncEngine {
     /// Starts syncing `community` (which the client may not hold yet) with
     /// the server at `url` (`ws://host:port/v1/sync`), reporting every
-    /// status change to `on_status`.
+    /// change of status to `on_status` (never the same one twice in a row).
     pub fn start(
         client: Arc<Mutex<Karmyq>>,
         url: &str,
@@ -96,6 +96,7 @@ impl SyncEngine {
             nudge: nudge_rx,
             last_seen: Heads::empty(),
             join_requests: join_requests.clone(),
+            last_status: None,
         };
         let thread = std::thread::Builder::new()
             .name("karmyq-sync".into())
@@ -169,6 +170,7 @@ struct Worker {
     /// The local heads up to which everything was sent or received.
     last_seen: Heads,
     join_requests: Arc<Mutex<Vec<JoinRequest>>>,
+    last_status: Option<SyncStatus>,
 }
 
 fn jitter(max: Duration) -> Duration {
@@ -181,8 +183,12 @@ fn jitter(max: Duration) -> Duration {
 }
 
 impl Worker {
-    fn status(&self, s: SyncStatus) {
-        (self.on_status)(s);
+    /// Reports a status if it differs from the last one reported.
+    fn status(&mut self, s: SyncStatus) {
+        if self.last_status.as_ref() != Some(&s) {
+            self.last_status = Some(s.clone());
+            (self.on_status)(s);
+        }
     }
 
     /// Runs a closure on the client: a short, synchronous section.
@@ -292,12 +298,20 @@ impl Worker {
                     DeviceAction::Apply(bundle) => {
                         let local = self.apply(&bundle)?;
                         if session.is_live() {
-                            queue.extend(session.upload(&local));
+                            // Before the actions queued after this one (a Subscribe
+                            // must follow the upload it waits for).
+                            for a in session.upload(&local).into_iter().rev() {
+                                queue.push_front(a);
+                            }
                         }
                     }
                     DeviceAction::Upload(server) => {
                         let bundle = self.outgoing(server.as_ref())?;
-                        queue.extend(session.upload(&bundle));
+                        // Before the actions queued after this one (a Subscribe
+                        // must follow the upload it waits for).
+                        for a in session.upload(&bundle).into_iter().rev() {
+                            queue.push_front(a);
+                        }
                     }
                     DeviceAction::Close { retry } => {
                         let _ = ws.close(None).await;
