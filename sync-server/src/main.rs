@@ -99,3 +99,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     run(listener, config, signal()).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent_and_default_as_documented() -> Result<(), clap::Error> {
+        Args::command().debug_assert();
+        let args = Args::try_parse_from(["karmyq-sync-server"])?;
+        assert_eq!(args.bind.to_string(), "127.0.0.1:8787");
+        assert_eq!(args.data_dir, PathBuf::from("./karmyq-data"));
+        assert!(matches!(args.log_format, LogFormat::Text));
+        let args = Args::try_parse_from([
+            "karmyq-sync-server",
+            "--bind",
+            "0.0.0.0:9000",
+            "--log-format",
+            "json",
+            "--max-frame",
+            "1024",
+        ])?;
+        assert_eq!(args.bind.port(), 9000);
+        assert!(matches!(args.log_format, LogFormat::Json));
+        assert_eq!(args.max_frame, 1024);
+        assert!(Args::try_parse_from(["karmyq-sync-server", "--log-format", "xml"]).is_err());
+        Ok(())
+    }
+}
