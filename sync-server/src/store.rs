@@ -477,6 +477,22 @@ impl Worker {
                 refused = bundle.changes.len() + remaining.len(),
                 "upload by a non-member refused"
             );
+            // Ops by members it relayed were stored all the same (each
+            // validly signed by its author): evict and relay as for any.
+            if !report.accepted.is_empty() {
+                self.metrics.accepted.fetch_add(
+                    u64::try_from(report.accepted.len()).unwrap_or(u64::MAX),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                self.after_accept(
+                    id,
+                    conn,
+                    bundle,
+                    &report,
+                    before_state.as_ref(),
+                    before_heads,
+                )?;
+            }
             return Err(StoreError::NotMember);
         }
         for (_, op) in remaining {

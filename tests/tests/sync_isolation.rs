@@ -324,3 +324,40 @@ fn a_members_forged_change_is_acknowledged_as_refused_and_not_relayed() -> TestR
     assert!(names(&carol, id)?.contains(&"Alice".to_owned()));
     Ok(())
 }
+
+#[test]
+fn a_removal_relayed_by_a_non_member_still_cuts_the_member_off() -> TestResult {
+    let server = TestServer::start()?;
+    let (mut alice, mut bob, mut carol) = (Node::new()?, Node::new()?, Node::new()?);
+    let id = community_with(&server, &mut alice, &mut [&mut bob, &mut carol])?;
+    wait_until("bob and carol up to date", || {
+        Ok(bob.status() == Some(SyncStatus::UpToDate)
+            && carol.status() == Some(SyncStatus::UpToDate))
+    })?;
+    // Alice removes Bob offline; the op reaches the server through Eve,
+    // who is no member at all (she got it from Alice's phone, say).
+    alice.go_offline();
+    let server_heads = carol.heads(id)?;
+    let bob_id = bob.with(|k| Ok(k.member_id()))?;
+    alice.with(|k| k.community(id)?.remove(bob_id, "spam", now()))?;
+    let removal = alice.with(|k| k.community(id)?.changes_since(&server_heads))?;
+    assert_eq!(removal.ops.len(), 1);
+    let eve = Keypair::generate()?;
+    let mut raw = server.raw()?;
+    raw.login(&eve)?;
+    raw.send(&Frame::Bundle {
+        bytes: removal.encode(),
+    })?;
+    // Eve learns nothing...
+    assert_eq!(raw.next_error()?, ErrorCode::NotMember);
+    // ...but the removal took effect: Bob is cut off, Carol is told.
+    wait_until("bob cut off", || {
+        Ok(bob.saw(&SyncStatus::Rejected {
+            reason: "not_member".into(),
+        }))
+    })?;
+    wait_until("carol sees two members", || {
+        carol.with(|k| Ok(k.community(id)?.members()?.len() == 2))
+    })?;
+    Ok(())
+}
