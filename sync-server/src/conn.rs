@@ -20,6 +20,9 @@ use crate::store::StoreError;
 /// Room for live pushes waiting to be written to one connection.
 const INBOX: usize = 1024;
 
+/// Refused frames tolerated from a connection that has not logged in.
+const MAX_REFUSALS_BEFORE_LOGIN: u32 = 16;
+
 /// Extra bytes the WebSocket layer lets through beyond the frame limit, so
 /// a frame a little too large gets a typed `frame_too_large` answer;
 /// anything larger still closes the connection.
@@ -40,6 +43,8 @@ struct Conn {
     session: ServerSession,
     tx: mpsc::Sender<Outbound>,
     kick: Arc<Notify>,
+    /// Frames refused before login.
+    refusals: u32,
 }
 
 async fn serve(state: Arc<AppState>, mut socket: WebSocket, permit: Option<OwnedSemaphorePermit>) {
@@ -73,7 +78,10 @@ async fn serve(state: Arc<AppState>, mut socket: WebSocket, permit: Option<Owned
         session,
         tx,
         kick: Arc::new(Notify::new()),
+        refusals: 0,
     };
+    let login_deadline = tokio::time::sleep(state.config.login_timeout);
+    tokio::pin!(login_deadline);
     let kick = conn.kick.clone();
     loop {
         let flow = tokio::select! {
@@ -106,6 +114,10 @@ async fn serve(state: Arc<AppState>, mut socket: WebSocket, permit: Option<Owned
             },
             () = kick.notified() => {
                 let _ = conn.refuse(ErrorCode::Internal, None, "too slow to keep up; reconnect").await;
+                ControlFlow::Break(())
+            }
+            () = &mut login_deadline, if conn.session.member().is_none() => {
+                let _ = conn.refuse(ErrorCode::NotAuthenticated, None, "log in sooner").await;
                 ControlFlow::Break(())
             }
             _ = shutdown.changed() => {
@@ -161,7 +173,20 @@ impl Conn {
             member = %self.member_short(),
             "refused"
         );
-        self.send(&Frame::error(code, community, message)).await
+        self.send(&Frame::error(code, community, message)).await?;
+        self.too_many_refusals()
+    }
+
+    /// Closes a connection that keeps sending refused frames before login.
+    fn too_many_refusals(&mut self) -> ControlFlow<()> {
+        if self.session.member().is_none() {
+            self.refusals += 1;
+            if self.refusals > MAX_REFUSALS_BEFORE_LOGIN {
+                tracing::info!("too many refused frames before login: closing");
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
     }
 
     /// Whether the member may send one more frame now.
@@ -177,7 +202,7 @@ impl Conn {
                 ServerAction::Refused(code) => {
                     self.state.metrics.refused(code.code());
                     tracing::info!(code = code.code(), member = %self.member_short(), "frame refused");
-                    ControlFlow::Continue(())
+                    self.too_many_refusals()
                 }
                 ServerAction::LoggedIn(member) => {
                     tracing::info!(member = %member.fmt_short(), conn = self.id, "logged in");

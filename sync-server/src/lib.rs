@@ -59,6 +59,8 @@ pub struct Config {
     pub rate_per_second: u32,
     /// How long shutdown waits for connections to close.
     pub drain_timeout: Duration,
+    /// How long a connection may stay without logging in.
+    pub login_timeout: Duration,
 }
 
 impl Config {
@@ -71,6 +73,7 @@ impl Config {
             rate_burst: 200,
             rate_per_second: 50,
             drain_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(10),
         }
     }
 }

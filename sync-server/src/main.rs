@@ -49,6 +49,9 @@ struct Args {
     /// Seconds shutdown waits for connections to close.
     #[arg(long, env = "KARMYQ_DRAIN_SECONDS", default_value_t = 10)]
     drain_seconds: u64,
+    /// Seconds a connection may stay without logging in.
+    #[arg(long, env = "KARMYQ_LOGIN_SECONDS", default_value_t = 10)]
+    login_seconds: u64,
 }
 
 async fn signal() {
@@ -94,6 +97,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         rate_burst: args.rate_burst,
         rate_per_second: args.rate_per_second,
         drain_timeout: Duration::from_secs(args.drain_seconds),
+        login_timeout: Duration::from_secs(args.login_seconds),
     };
     let listener = tokio::net::TcpListener::bind(args.bind).await?;
     run(listener, config, signal()).await?;

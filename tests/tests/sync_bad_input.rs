@@ -139,6 +139,38 @@ fn bad_input_gets_typed_errors_and_the_server_keeps_serving() -> TestResult {
 }
 
 #[test]
+fn silent_or_noisy_connections_that_never_log_in_are_closed() -> TestResult {
+    let server =
+        TestServer::start_with(|c| c.login_timeout = std::time::Duration::from_millis(300))?;
+    // Says nothing.
+    let mut silent = server.raw()?;
+    assert_eq!(silent.next_error()?, ErrorCode::NotAuthenticated);
+    assert!(silent.closed()?);
+    // Says only garbage.
+    let mut noisy = server.raw()?;
+    let mut closed = false;
+    for _ in 0..40 {
+        if noisy.send_bytes(vec![0xff; 8]).is_err() {
+            closed = true;
+            break;
+        }
+        match noisy.next_within(std::time::Duration::from_secs(2))? {
+            Some(Frame::Error { code, .. }) => assert_eq!(code, ErrorCode::BadFrame),
+            Some(other) => return Err(format!("unexpected {other:?}").into()),
+            None => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "a connection sending only garbage stays open");
+    wait_until("both connections gone", || {
+        Ok(server.metric("karmyq_connections")? == 0)
+    })?;
+    Ok(())
+}
+
+#[test]
 fn rate_and_connection_limits_answer_with_their_codes() -> TestResult {
     let server = TestServer::start_with(|c| {
         c.rate_burst = 10;
