@@ -361,3 +361,64 @@ fn a_removal_relayed_by_a_non_member_still_cuts_the_member_off() -> TestResult {
     })?;
     Ok(())
 }
+
+#[test]
+fn reports_reach_moderators_and_their_reporter_only() -> TestResult {
+    let server = TestServer::start()?;
+    let (mut alice, mut bob, mut carol) = (Node::new()?, Node::new()?, Node::new()?);
+    let id = community_with(&server, &mut alice, &mut [&mut bob, &mut carol])?;
+    wait_until("bob and carol up to date", || {
+        Ok(bob.status() == Some(SyncStatus::UpToDate)
+            && carol.status() == Some(SyncStatus::UpToDate))
+    })?;
+    let carol_id = carol.with(|k| Ok(k.member_id()))?;
+    let report = bob.with(|k| {
+        k.community(id)?.file_report(
+            karmyq_core::ReportTarget::Member(carol_id),
+            karmyq_core::ReportCategory::Spam,
+            "sells things",
+            now(),
+        )
+    })?;
+    bob.nudge();
+    // Alice, the admin, gets it live.
+    wait_until("the report at alice's", || {
+        alice.with(|k| {
+            Ok(k.community(id)?
+                .reports(false)?
+                .iter()
+                .any(|r| r.id == report))
+        })
+    })?;
+    // Carol gets the profile Bob writes next, but never the report.
+    bob.with(|k| k.community(id)?.set_profile(&profile("Bob"), now()))?;
+    bob.nudge();
+    wait_until("bob's profile at carol's", || {
+        Ok(names(&carol, id)?.contains(&"Bob".to_owned()))
+    })?;
+    let docs = carol.heads(id)?.docs;
+    assert!(
+        !docs.keys().any(|d| d.starts_with("report/")),
+        "{:?}",
+        docs.keys()
+    );
+    // A phone of Alice's restored from nothing catches the report up;
+    // one of Carol's does not.
+    for (node, sees) in [(&alice, true), (&carol, false)] {
+        let secret = node.with(|k| Ok(k.export_secret()))?;
+        let dir = tempfile::tempdir()?;
+        let mut phone = Node::from_client(Karmyq::restore(dir.path(), &secret)?, dir);
+        phone.go_online(&server, id)?;
+        wait_until("the phone up to date", || {
+            Ok(phone.status() == Some(SyncStatus::UpToDate))
+        })?;
+        let has = phone
+            .heads(id)?
+            .docs
+            .keys()
+            .any(|d| d.starts_with("report/"));
+        assert_eq!(has, sees);
+        phone.go_offline();
+    }
+    Ok(())
+}
