@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use karmyq_core::sync::{ErrorCode, Frame, ServerAction, ServerSession};
+use karmyq_core::sync::{ErrorCode, Frame, ServerAction, ServerSession, split};
 use karmyq_core::{CommunityId, MemberId};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 
@@ -257,11 +257,13 @@ impl Conn {
                     changes = catch_up.changes.len(),
                     "subscribed"
                 );
-                if !catch_up.is_empty() {
-                    let frame = Frame::Bundle {
-                        bytes: catch_up.encode(),
-                    };
-                    self.send(&frame).await?;
+                // In pieces that fit in a frame, in order.
+                let max = self.state.config.limits.max_frame;
+                for piece in split(&catch_up, max, usize::MAX) {
+                    self.send(&Frame::Bundle {
+                        bytes: piece.encode(),
+                    })
+                    .await?;
                 }
                 self.send(&Frame::Subscribed {
                     community,

@@ -312,7 +312,12 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let hub = Arc::new(Hub::default());
     let metrics = Arc::new(Metrics::default());
-    let (store, me, store_thread) = Store::start(&config.data_dir, hub.clone(), metrics.clone())?;
+    let (store, me, store_thread) = Store::start(
+        &config.data_dir,
+        config.limits.max_frame,
+        hub.clone(),
+        metrics.clone(),
+    )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let max = config.max_connections.max(1);
     let connections = Arc::new(Semaphore::new(max));

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use karmyq_core::sync::{Ack, Frame, JoinRequest};
+use karmyq_core::sync::{Ack, Frame, JoinRequest, split};
 use karmyq_core::{
     Bundle, CommunityId, DocId, Heads, Item, Karmyq, MemberId, OpBody, Rejection, Report, Resolved,
     Role, Signature, SignedChange, SignedOp, Timestamp, Visibility,
@@ -116,6 +116,7 @@ impl Store {
     /// ends when every handle is dropped.
     pub fn start(
         dir: &Path,
+        max_frame: usize,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<(Store, MemberId, std::thread::JoinHandle<()>), karmyq_core::Error> {
@@ -126,6 +127,7 @@ impl Store {
         let (tx, rx) = mpsc::channel(256);
         let worker = Worker {
             karmyq,
+            max_frame,
             db,
             hub,
             metrics,
@@ -218,6 +220,8 @@ fn open_server_db(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
 
 struct Worker {
     karmyq: Karmyq,
+    /// Relayed bundles are split to fit in frames of this size.
+    max_frame: usize,
     db: rusqlite::Connection,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
@@ -628,14 +632,21 @@ impl Worker {
                     .map(|d| (d, c))
             })
             .collect();
-        let public = (!delta.is_empty()).then(|| {
-            Frame::Bundle {
-                bytes: delta.encode(),
-            }
-            .encode()
-        });
+        let max_frame = self.max_frame;
+        let frames = |b: &Bundle| -> Vec<Vec<u8>> {
+            split(b, max_frame, usize::MAX)
+                .into_iter()
+                .map(|piece| {
+                    Frame::Bundle {
+                        bytes: piece.encode(),
+                    }
+                    .encode()
+                })
+                .collect()
+        };
+        let public = frames(&delta);
         for (conn_id, sub) in subscribers {
-            let frame = if reports.is_empty() {
+            let mine = if reports.is_empty() {
                 public.clone()
             } else {
                 let mut mine = delta.clone();
@@ -647,14 +658,9 @@ impl Worker {
                         })
                         .map(|(_, c)| (*c).clone()),
                 );
-                (!mine.is_empty()).then(|| {
-                    Frame::Bundle {
-                        bytes: mine.encode(),
-                    }
-                    .encode()
-                })
+                frames(&mine)
             };
-            if let Some(frame) = frame {
+            for frame in mine {
                 self.hub.deliver(&id, conn_id, &sub, Outbound::Frame(frame));
             }
         }

@@ -445,7 +445,7 @@ pub mod net {
                 signature: keys.sign(SigningTag::SyncLogin, &login_message(&nonce, &context)),
             })?;
             match self.frame()? {
-                Frame::LoginOk => Ok(()),
+                Frame::LoginOk { .. } => Ok(()),
                 other => Err(format!("login refused: {other:?}").into()),
             }
         }

@@ -168,3 +168,62 @@ fn offline_conflicting_edits_converge_and_a_late_joiner_catches_up() -> TestResu
     assert_eq!(description(&phone, id)?, agreed);
     Ok(())
 }
+
+#[test]
+fn a_long_offline_backlog_goes_up_and_down_in_pieces_that_fit() -> TestResult {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_frame = 16 * 1024;
+        c.limits.max_changes = 50;
+    })?;
+    let (mut alice, mut bob) = (Node::new()?, Node::new()?);
+    let id = alice.with(|k| k.create_community("Elm Street", "", Visibility::Public, now()))?;
+    // Bob is online from the start and receives the backlog live.
+    alice.go_online(&server, id)?;
+    wait_until("alice up to date", || {
+        Ok(alice.status() == Some(SyncStatus::UpToDate))
+    })?;
+    let log = alice.with(|k| log_only(k, id))?;
+    bob.with(|k| {
+        k.receive(&log, now())?;
+        k.community(id)?.join(now())
+    })?;
+    bob.go_online(&server, id)?;
+    wait_until("bob in", || Ok(members(&alice, id)? == 2))?;
+    alice.go_offline();
+    for i in 0..300 {
+        alice.with(|k| {
+            let p = Profile {
+                name: format!("Alice {i:03}"),
+                bio: "x".repeat(400),
+                ..Profile::default()
+            };
+            k.community(id)?.set_profile(&p, now())
+        })?;
+    }
+    let backlog = alice.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
+    assert!(
+        backlog.encode().len() > 4 * 16 * 1024,
+        "{}",
+        backlog.encode().len()
+    );
+    alice.go_online(&server, id)?;
+    let want = alice.heads(id)?;
+    wait_until("bob holds the whole backlog", || Ok(bob.heads(id)? == want))?;
+    assert!(!alice.saw(&SyncStatus::Rejected {
+        reason: "frame_too_large".into()
+    }));
+    // A phone restored from nothing catches it all up, in pieces too.
+    let secret = alice.with(|k| Ok(k.export_secret()))?;
+    let dir = tempfile::tempdir()?;
+    let mut phone = Node::from_client(Karmyq::restore(dir.path(), &secret)?, dir);
+    phone.go_online(&server, id)?;
+    wait_until(
+        "the phone holds everything",
+        || Ok(phone.heads(id)? == want),
+    )?;
+    for code in ["frame_too_large", "too_many_changes"] {
+        let series = format!("karmyq_frames_refused_total{{code=\"{code}\"}}");
+        assert_eq!(server.metric(&series)?, 0, "{code}");
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::authority::CommunityId;
 use crate::bundle::{Bundle, Heads};
 use crate::identity::{Keypair, SigningTag};
+use crate::sync::chunk::{UPLOAD_CHUNK_BYTES, UPLOAD_CHUNK_ITEMS, split};
 use crate::sync::frame::{ErrorCode, Frame, PROTOCOL_VERSION, login_message};
 use crate::sync::join::JoinRequest;
 
@@ -74,6 +75,10 @@ pub struct DeviceSession {
     heads: Heads,
     state: State,
     in_flight: usize,
+    /// Largest upload frame, in bytes (the server's limit or ours).
+    chunk_bytes: usize,
+    /// Most items in one upload frame.
+    chunk_items: usize,
 }
 
 impl DeviceSession {
@@ -85,6 +90,8 @@ impl DeviceSession {
             heads,
             state: State::Start,
             in_flight: 0,
+            chunk_bytes: UPLOAD_CHUNK_BYTES,
+            chunk_items: UPLOAD_CHUNK_ITEMS,
         }
     }
 
@@ -105,22 +112,25 @@ impl DeviceSession {
     }
 
     /// Sends what the caller computed for [`DeviceAction::Upload`] (or a
-    /// local write while live). An empty bundle sends nothing.
+    /// local write while live), split into frames the server accepts. An
+    /// empty bundle sends nothing.
     pub fn upload(&mut self, bundle: &Bundle) -> Vec<DeviceAction> {
-        if bundle.is_empty() {
+        let pieces = split(bundle, self.chunk_bytes, self.chunk_items);
+        if pieces.is_empty() {
             return if self.in_flight == 0 && self.state == State::Live {
                 vec![DeviceAction::Status(SyncStatus::UpToDate)]
             } else {
                 Vec::new()
             };
         }
-        self.in_flight += 1;
-        vec![
-            DeviceAction::Status(SyncStatus::Syncing),
+        self.in_flight += pieces.len();
+        let mut out = vec![DeviceAction::Status(SyncStatus::Syncing)];
+        out.extend(pieces.into_iter().map(|piece| {
             DeviceAction::Send(Frame::Bundle {
-                bytes: bundle.encode(),
-            }),
-        ]
+                bytes: piece.encode(),
+            })
+        }));
+        out
     }
 
     fn fail(&mut self, reason: &str, retry: bool) -> Vec<DeviceAction> {
@@ -153,7 +163,18 @@ impl DeviceSession {
                     signature,
                 })]
             }
-            (State::AwaitLoginOk, Frame::LoginOk) => {
+            (
+                State::AwaitLoginOk,
+                Frame::LoginOk {
+                    max_frame,
+                    max_changes,
+                },
+            ) => {
+                let fit = |limit: u64, ours: usize| {
+                    usize::try_from(limit).unwrap_or(usize::MAX).min(ours)
+                };
+                self.chunk_bytes = fit(max_frame, UPLOAD_CHUNK_BYTES);
+                self.chunk_items = fit(max_changes, UPLOAD_CHUNK_ITEMS);
                 self.state = State::Subscribing { retried: false };
                 vec![
                     DeviceAction::Status(SyncStatus::Syncing),
@@ -326,7 +347,13 @@ mod tests {
             }
             .encode(),
         );
-        d.receive(&Frame::LoginOk.encode());
+        d.receive(
+            &Frame::LoginOk {
+                max_frame: 1 << 20,
+                max_changes: 100,
+            }
+            .encode(),
+        );
         let no = Frame::error(ErrorCode::NotMember, Some(community), "no").encode();
         let a = d.receive(&no);
         assert_eq!(a.first(), Some(&DeviceAction::Upload(None)));

@@ -45,8 +45,14 @@ pub enum Frame {
         /// Signature over the nonce and context.
         signature: Signature,
     },
-    /// Server -> device: logged in.
-    LoginOk,
+    /// Server -> device: logged in; the server's limits, so the device
+    /// splits what it uploads to fit.
+    LoginOk {
+        /// Largest frame the server accepts, in bytes.
+        max_frame: u64,
+        /// Most ops plus changes in one bundle.
+        max_changes: u64,
+    },
     /// Device -> server: follow a community, holding these heads.
     Subscribe {
         /// The community.
@@ -261,7 +267,10 @@ mod tests {
                 member: keys.member_id(),
                 signature: keys.sign(SigningTag::SyncLogin, b"x"),
             },
-            Frame::LoginOk,
+            Frame::LoginOk {
+                max_frame: 1 << 20,
+                max_changes: 1000,
+            },
             Frame::Subscribe {
                 community: CommunityId::from_bytes([1; 32]),
                 heads: Heads::empty(),
@@ -295,7 +304,7 @@ mod tests {
 
     #[test]
     fn another_version_is_named_as_such() {
-        let mut bytes = Frame::LoginOk.encode();
+        let mut bytes = Frame::Hello { version: 1 }.encode();
         bytes[3] = bytes[3].wrapping_add(1);
         let err = Frame::decode(&bytes).err();
         assert_eq!(err.map(|e| e.code), Some(ErrorCode::VersionMismatch));
@@ -317,7 +326,7 @@ mod tests {
                 "{bytes:?}"
             );
         }
-        let mut trailing = Frame::LoginOk.encode();
+        let mut trailing = Frame::Hello { version: 1 }.encode();
         trailing.push(0);
         assert_eq!(
             Frame::decode(&trailing).err().map(|e| e.code),

@@ -106,6 +106,7 @@
 //! # }
 //! ```
 
+mod chunk;
 mod device;
 #[cfg(feature = "net")]
 mod engine;
@@ -114,6 +115,7 @@ mod join;
 mod limit;
 mod server;
 
+pub use chunk::{UPLOAD_CHUNK_BYTES, UPLOAD_CHUNK_ITEMS, split};
 pub use device::{DeviceAction, DeviceSession, SyncStatus};
 #[cfg(feature = "net")]
 pub use engine::{EngineOptions, SyncEngine};

@@ -176,7 +176,10 @@ impl ServerSession {
                 self.state = State::Ready(member);
                 vec![
                     ServerAction::LoggedIn(member),
-                    ServerAction::Send(Frame::LoginOk),
+                    ServerAction::Send(Frame::LoginOk {
+                        max_frame: u64::try_from(self.limits.max_frame).unwrap_or(u64::MAX),
+                        max_changes: u64::try_from(self.limits.max_changes).unwrap_or(u64::MAX),
+                    }),
                 ]
             }
             (State::Ready(_), Frame::Subscribe { community, heads }) => {
@@ -331,7 +334,15 @@ mod tests {
         assert_eq!(code(&s.receive(b"KQ\0\x01\xff")), Some(ErrorCode::BadFrame));
         assert_eq!(code(&s.receive(&[0; 65])), Some(ErrorCode::FrameTooLarge));
         assert_eq!(
-            code(&s.receive(&Frame::LoginOk.encode())),
+            code(
+                &s.receive(
+                    &Frame::LoginOk {
+                        max_frame: 1,
+                        max_changes: 1
+                    }
+                    .encode()
+                )
+            ),
             Some(ErrorCode::Unexpected)
         );
         let old = Frame::Hello { version: 0 }.encode();
