@@ -23,6 +23,10 @@ pub enum SigningTag {
     ChangeEnvelope,
     /// An invite key vouching for the member who joins with it.
     InviteProof,
+    /// A device's answer to a sync server's login challenge.
+    SyncLogin,
+    /// A request to join a private community, left with a sync server.
+    JoinRequest,
 }
 
 impl SigningTag {
@@ -31,6 +35,8 @@ impl SigningTag {
             SigningTag::AuthorityOp => b"karmyq/v1/authority-op\0",
             SigningTag::ChangeEnvelope => b"karmyq/v1/change-envelope\0",
             SigningTag::InviteProof => b"karmyq/v1/invite-proof\0",
+            SigningTag::SyncLogin => b"karmyq/v1/sync-login\0",
+            SigningTag::JoinRequest => b"karmyq/v1/join-request\0",
         }
     }
 }

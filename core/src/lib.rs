@@ -48,6 +48,7 @@ mod profile;
 mod report;
 mod request;
 mod store;
+pub mod sync;
 mod time;
 mod trust;
 

@@ -183,3 +183,455 @@ pub fn bundle_of(community: CommunityId, changes: Vec<SignedChange>) -> Bundle {
     b.changes = changes;
     b
 }
+
+/// Support for the sync tests: a real server on `127.0.0.1:0`, devices
+/// running the sync engine, and a hand-written WebSocket client.
+pub mod net {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::time::{Duration, Instant};
+
+    use futures_util::{SinkExt, StreamExt};
+    use karmyq_core::sync::{
+        EngineOptions, ErrorCode, Frame, PROTOCOL_VERSION, SyncEngine, SyncStatus, login_message,
+    };
+    use karmyq_core::{CommunityId, Heads, Karmyq, Keypair, SigningTag};
+    use karmyq_sync_server::Config;
+    use tempfile::TempDir;
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+    /// Any error, for tests.
+    pub type TestResult<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+    /// How long a test waits for something that should happen at once.
+    pub const PATIENCE: Duration = Duration::from_secs(15);
+
+    /// A sync server on its own runtime, over a temp data directory.
+    pub struct TestServer {
+        /// The runtime the server (and raw clients) run on.
+        pub rt: tokio::runtime::Runtime,
+        /// Where it listens.
+        pub addr: SocketAddr,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: Option<tokio::task::JoinHandle<Result<(), karmyq_sync_server::ServerError>>>,
+        /// The data directory.
+        pub dir: TempDir,
+    }
+
+    impl std::fmt::Debug for TestServer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "TestServer({})", self.addr)
+        }
+    }
+
+    impl TestServer {
+        /// Starts a server with default limits.
+        pub fn start() -> TestResult<Self> {
+            Self::start_with(|_| {})
+        }
+
+        /// Starts a server, letting `tune` change its configuration.
+        pub fn start_with(tune: impl FnOnce(&mut Config)) -> TestResult<Self> {
+            let dir = tempfile::tempdir()?;
+            let mut config = Config::new(dir.path());
+            tune(&mut config);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+            let addr = listener.local_addr()?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = rt.spawn(karmyq_sync_server::run(listener, config, async {
+                let _ = rx.await;
+            }));
+            Ok(TestServer {
+                rt,
+                addr,
+                stop: Some(tx),
+                task: Some(task),
+                dir,
+            })
+        }
+
+        /// The WebSocket URL of the sync endpoint.
+        pub fn url(&self) -> String {
+            format!("ws://{}/v1/sync", self.addr)
+        }
+
+        /// A plain HTTP GET: status line, headers and body.
+        pub fn get(&self, path: &str) -> TestResult<String> {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let addr = self.addr;
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            self.rt.block_on(async move {
+                let mut s = TcpStream::connect(addr).await?;
+                s.write_all(request.as_bytes()).await?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).await?;
+                Ok(out)
+            })
+        }
+
+        /// A plain HTTP POST of a JSON body: status line, headers and body.
+        pub fn post(&self, path: &str, body: &str) -> TestResult<String> {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let addr = self.addr;
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            self.rt.block_on(async move {
+                let mut s = TcpStream::connect(addr).await?;
+                s.write_all(request.as_bytes()).await?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).await?;
+                Ok(out)
+            })
+        }
+
+        /// One value of `/metrics` (a full series name, labels included).
+        pub fn metric(&self, series: &str) -> TestResult<u64> {
+            let text = self.get("/metrics")?;
+            Ok(text
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or(0))
+        }
+
+        /// Rows in a table of the server's file for a community.
+        pub fn rows(&self, id: CommunityId, table: &str) -> TestResult<i64> {
+            let path = self
+                .dir
+                .path()
+                .join("communities")
+                .join(format!("{id}.sqlite3"));
+            let conn = rusqlite::Connection::open(path)?;
+            Ok(conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?)
+        }
+
+        /// Asks the server to stop and waits for it to drain.
+        pub fn stop(&mut self) -> TestResult {
+            if let Some(tx) = self.stop.take() {
+                let _ = tx.send(());
+            }
+            if let Some(task) = self.task.take() {
+                self.rt.block_on(task)??;
+            }
+            Ok(())
+        }
+
+        /// Stops the server and starts a new one on the same data
+        /// directory (default limits, a new port).
+        pub fn restart(&mut self) -> TestResult {
+            self.stop()?;
+            let listener = self
+                .rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+            self.addr = listener.local_addr()?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let config = Config::new(self.dir.path());
+            self.task = Some(
+                self.rt
+                    .spawn(karmyq_sync_server::run(listener, config, async {
+                        let _ = rx.await;
+                    })),
+            );
+            self.stop = Some(tx);
+            Ok(())
+        }
+
+        /// A raw client, connected.
+        pub fn raw(&self) -> TestResult<Raw<'_>> {
+            let url = self.url();
+            let (ws, _) = self.rt.block_on(tokio_tungstenite::connect_async(url))?;
+            Ok(Raw { server: self, ws })
+        }
+    }
+
+    impl Drop for TestServer {
+        fn drop(&mut self) {
+            let _ = self.stop();
+        }
+    }
+
+    /// A hand-written WebSocket client: sends whatever bytes a test likes.
+    pub struct Raw<'a> {
+        server: &'a TestServer,
+        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    }
+
+    impl std::fmt::Debug for Raw<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Raw")
+        }
+    }
+
+    impl Raw<'_> {
+        /// Sends raw bytes as one binary message.
+        pub fn send_bytes(&mut self, bytes: Vec<u8>) -> TestResult {
+            self.server
+                .rt
+                .block_on(self.ws.send(Message::Binary(bytes.into())))?;
+            Ok(())
+        }
+
+        /// Sends a text message.
+        pub fn send_text(&mut self, text: &str) -> TestResult {
+            self.server
+                .rt
+                .block_on(self.ws.send(Message::Text(text.to_owned().into())))?;
+            Ok(())
+        }
+
+        /// Sends a frame.
+        pub fn send(&mut self, frame: &Frame) -> TestResult {
+            self.send_bytes(frame.encode())
+        }
+
+        /// The next frame, or `None` if the connection closed or nothing
+        /// came within `wait`.
+        pub fn next_within(&mut self, wait: Duration) -> TestResult<Option<Frame>> {
+            let ws = &mut self.ws;
+            let got = self.server.rt.block_on(async {
+                loop {
+                    match tokio::time::timeout(wait, ws.next()).await {
+                        Err(_) => return None,
+                        Ok(Some(Ok(Message::Binary(b)))) => return Some(b),
+                        Ok(Some(Ok(Message::Close(_))) | None | Some(Err(_))) => return None,
+                        Ok(Some(Ok(_))) => {}
+                    }
+                }
+            });
+            match got {
+                None => Ok(None),
+                Some(bytes) => Ok(Some(
+                    Frame::decode(&bytes).map_err(|e| format!("bad frame from server: {e:?}"))?,
+                )),
+            }
+        }
+
+        /// The next frame; an error if none comes.
+        pub fn frame(&mut self) -> TestResult<Frame> {
+            self.next_within(PATIENCE)?
+                .ok_or_else(|| "no frame from the server".into())
+        }
+
+        /// The code of the next frame, which must be an error.
+        pub fn next_error(&mut self) -> TestResult<ErrorCode> {
+            match self.frame()? {
+                Frame::Error { code, .. } => Ok(code),
+                other => Err(format!("expected an error, got {other:?}").into()),
+            }
+        }
+
+        /// Whether the server closed the connection (nothing more comes).
+        pub fn closed(&mut self) -> TestResult<bool> {
+            Ok(self.next_within(Duration::from_secs(2))?.is_none())
+        }
+
+        /// Hello, challenge, login.
+        pub fn login(&mut self, keys: &Keypair) -> TestResult {
+            self.send(&Frame::Hello {
+                version: PROTOCOL_VERSION,
+            })?;
+            let Frame::Challenge { nonce, context } = self.frame()? else {
+                return Err("no challenge".into());
+            };
+            self.send(&Frame::Login {
+                member: keys.member_id(),
+                signature: keys.sign(SigningTag::SyncLogin, &login_message(&nonce, &context)),
+            })?;
+            match self.frame()? {
+                Frame::LoginOk { .. } => Ok(()),
+                other => Err(format!("login refused: {other:?}").into()),
+            }
+        }
+
+        /// Subscribes; returns the frames up to `Subscribed` or the error.
+        pub fn subscribe(
+            &mut self,
+            community: CommunityId,
+            heads: Heads,
+        ) -> TestResult<Vec<Frame>> {
+            self.send(&Frame::Subscribe { community, heads })?;
+            let mut out = Vec::new();
+            loop {
+                let f = self.frame()?;
+                let done = matches!(f, Frame::Subscribed { .. } | Frame::Error { .. });
+                out.push(f);
+                if done {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+
+    /// A device running the sync engine: the client behind a mutex shared
+    /// with the engine, and every status it reported.
+    pub struct Node {
+        /// The client.
+        pub k: Arc<Mutex<Karmyq>>,
+        /// Statuses reported, in order.
+        pub statuses: Arc<Mutex<Vec<SyncStatus>>>,
+        engine: Option<SyncEngine>,
+        _dir: TempDir,
+    }
+
+    impl std::fmt::Debug for Node {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Node")
+        }
+    }
+
+    /// Fast reconnection, a short poll for local writes.
+    pub fn quick() -> EngineOptions {
+        EngineOptions {
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            poll: Duration::from_millis(50),
+        }
+    }
+
+    impl Node {
+        /// A new device with a new identity.
+        pub fn new() -> TestResult<Self> {
+            let dir = tempfile::tempdir()?;
+            let k = Karmyq::open(dir.path())?;
+            Ok(Node {
+                k: Arc::new(Mutex::new(k)),
+                statuses: Arc::default(),
+                engine: None,
+                _dir: dir,
+            })
+        }
+
+        /// A device over a client opened elsewhere (a restored identity).
+        pub fn from_client(k: Karmyq, dir: TempDir) -> Self {
+            Node {
+                k: Arc::new(Mutex::new(k)),
+                statuses: Arc::default(),
+                engine: None,
+                _dir: dir,
+            }
+        }
+
+        /// Runs `f` on the client.
+        pub fn with<T>(
+            &self,
+            f: impl FnOnce(&mut Karmyq) -> karmyq_core::Result<T>,
+        ) -> TestResult<T> {
+            let mut k = self.k.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(f(&mut k)?)
+        }
+
+        /// Starts syncing a community with a server.
+        pub fn go_online(&mut self, server: &TestServer, id: CommunityId) -> TestResult {
+            self.go_online_with(server, id, quick())
+        }
+
+        /// Starts syncing with a server given by its sync URL.
+        pub fn go_online_url(&mut self, url: &str, id: CommunityId) -> TestResult {
+            let statuses = self.statuses.clone();
+            self.engine = Some(SyncEngine::start(
+                self.k.clone(),
+                url,
+                id,
+                quick(),
+                move |s| {
+                    statuses
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(s)
+                },
+            )?);
+            Ok(())
+        }
+
+        /// [`Node::go_online`] with engine options.
+        pub fn go_online_with(
+            &mut self,
+            server: &TestServer,
+            id: CommunityId,
+            options: EngineOptions,
+        ) -> TestResult {
+            let statuses = self.statuses.clone();
+            self.engine = Some(SyncEngine::start(
+                self.k.clone(),
+                &server.url(),
+                id,
+                options,
+                move |s| {
+                    statuses
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(s)
+                },
+            )?);
+            Ok(())
+        }
+
+        /// Stops syncing.
+        pub fn go_offline(&mut self) {
+            if let Some(e) = self.engine.take() {
+                e.stop();
+            }
+        }
+
+        /// Uploads local writes now.
+        pub fn nudge(&self) {
+            if let Some(e) = &self.engine {
+                e.nudge();
+            }
+        }
+
+        /// The requests to join the server last pushed to this device.
+        pub fn join_requests(&self) -> Vec<karmyq_core::sync::JoinRequest> {
+            self.engine
+                .as_ref()
+                .map(SyncEngine::join_requests)
+                .unwrap_or_default()
+        }
+
+        /// The last status reported.
+        pub fn status(&self) -> Option<SyncStatus> {
+            self.statuses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .last()
+                .cloned()
+        }
+
+        /// Whether some status so far was this one.
+        pub fn saw(&self, status: &SyncStatus) -> bool {
+            self.statuses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(status)
+        }
+
+        /// The community's heads on this device (empty if not held).
+        pub fn heads(&self, id: CommunityId) -> TestResult<Heads> {
+            self.with(|k| match k.community(id) {
+                Ok(c) => c.heads(),
+                Err(_) => Ok(Heads::empty()),
+            })
+        }
+    }
+
+    /// Waits until `cond` holds, or fails after [`PATIENCE`] naming `what`.
+    pub fn wait_until(what: &str, mut cond: impl FnMut() -> TestResult<bool>) -> TestResult {
+        let start = Instant::now();
+        loop {
+            if cond()? {
+                return Ok(());
+            }
+            if start.elapsed() > PATIENCE {
+                return Err(format!("timed out waiting for: {what}").into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The device sync engine: a [`DeviceSession`] over a real WebSocket, for
+//! one community, with reconnection.
+//!
+//! Design: the engine runs on a thread of its own with a single-threaded
+//! tokio runtime, and shares the app's client as `Arc<Mutex<Karmyq>>`.
+//! It takes the lock only for short, synchronous store calls (heads, a
+//! bundle, a receive) and never across an `.await`, so the app keeps using
+//! the client between them. Local writes are noticed by a short poll of
+//! the community's heads (or at once with [`SyncEngine::nudge`]); what the
+//! server pushes arrives without polling.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::authority::CommunityId;
+use crate::bundle::{Bundle, Heads};
+use crate::client::Karmyq;
+use crate::error::{Error, Result};
+use crate::identity::Keypair;
+use crate::sync::device::{DeviceAction, DeviceSession, SyncStatus};
+use crate::sync::join::JoinRequest;
+use crate::time::Timestamp;
+
+/// How the engine paces itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// First pause before reconnecting.
+    pub min_backoff: Duration,
+    /// Longest pause before reconnecting.
+    pub max_backoff: Duration,
+    /// How often local writes are looked for while connected.
+    pub poll: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            poll: Duration::from_millis(250),
+        }
+    }
+}
+
+type StatusFn = Arc<dyn Fn(SyncStatus) + Send + Sync>;
+
+/// A running sync of one community with one server. Stops when
+/// [`SyncEngine::stop`] is called or when dropped.
+pub struct SyncEngine {
+    stop: watch::Sender<bool>,
+    join_requests: Arc<Mutex<Vec<JoinRequest>>>,
+    nudge: mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SyncEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncEngine").finish_non_exhaustive()
+    }
+}
+
+impl SyncEngine {
+    /// Starts syncing `community` (which the client may not hold yet) with
+    /// the server at `url` (`ws://host:port/v1/sync`), reporting every
+    /// change of status to `on_status` (never the same one twice in a row).
+    pub fn start(
+        client: Arc<Mutex<Karmyq>>,
+        url: &str,
+        community: CommunityId,
+        options: EngineOptions,
+        on_status: impl Fn(SyncStatus) + Send + Sync + 'static,
+    ) -> Result<Self> {
+        let keys = {
+            let k = client.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::new(Keypair::import_secret(&k.export_secret())?)
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let (nudge, nudge_rx) = mpsc::channel(1);
+        let join_requests = Arc::new(Mutex::new(Vec::new()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let worker = Worker {
+            client,
+            keys,
+            url: url.to_owned(),
+            community,
+            options,
+            on_status: Arc::new(on_status),
+            stop: stop_rx,
+            nudge: nudge_rx,
+            last_seen: Heads::empty(),
+            join_requests: join_requests.clone(),
+            last_status: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("karmyq-sync".into())
+            .spawn(move || runtime.block_on(worker.run()))?;
+        Ok(SyncEngine {
+            stop,
+            join_requests,
+            nudge,
+            thread: Some(thread),
+        })
+    }
+
+    /// Looks for local writes to upload now rather than at the next poll.
+    pub fn nudge(&self) {
+        let _ = self.nudge.try_send(());
+    }
+
+    /// The requests to join this community that the server holds, as
+    /// last sent (only to admins and moderators; empty otherwise).
+    pub fn join_requests(&self) -> Vec<JoinRequest> {
+        self.join_requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops syncing: closes the connection and waits for the engine's
+    /// thread to end.
+    pub fn stop(mut self) {
+        self.shut();
+    }
+
+    fn shut(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SyncEngine {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+/// How a connection ended.
+enum Ended {
+    /// Asked to stop.
+    Stopped,
+    /// Lost or refused; `reached` says whether it got to live sync (the
+    /// backoff starts over), `quiet` that a status was already reported,
+    /// `soon` that retrying soon may help (not after a version mismatch
+    /// or a refused login: then the engine waits the longest pause).
+    Lost {
+        reached: bool,
+        quiet: bool,
+        soon: bool,
+    },
+}
+
+struct Worker {
+    client: Arc<Mutex<Karmyq>>,
+    keys: Arc<Keypair>,
+    url: String,
+    community: CommunityId,
+    options: EngineOptions,
+    on_status: StatusFn,
+    stop: watch::Receiver<bool>,
+    nudge: mpsc::Receiver<()>,
+    /// The local heads up to which everything was sent or received.
+    last_seen: Heads,
+    join_requests: Arc<Mutex<Vec<JoinRequest>>>,
+    last_status: Option<SyncStatus>,
+}
+
+fn jitter(max: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    if getrandom::getrandom(&mut b).is_err() {
+        return Duration::ZERO;
+    }
+    let fraction = f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX);
+    max.mul_f64(fraction)
+}
+
+impl Worker {
+    /// Reports a status if it differs from the last one reported.
+    fn status(&mut self, s: SyncStatus) {
+        if self.last_status.as_ref() != Some(&s) {
+            self.last_status = Some(s.clone());
+            (self.on_status)(s);
+        }
+    }
+
+    /// Runs a closure on the client: a short, synchronous section.
+    fn with_client<T>(&self, f: impl FnOnce(&mut Karmyq) -> Result<T>) -> Result<T> {
+        let mut k = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut k)
+    }
+
+    fn local_heads(&self) -> Result<Heads> {
+        let id = self.community;
+        self.with_client(|k| match k.community(id) {
+            Ok(c) => c.heads(),
+            Err(Error::UnknownCommunity) => Ok(Heads::empty()),
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn run(mut self) {
+        let mut backoff = self.options.min_backoff;
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            let ended = match self.connect().await {
+                Ok(ended) => ended,
+                Err(error) => {
+                    tracing::warn!(%error, "sync failed");
+                    Ended::Lost {
+                        reached: false,
+                        quiet: false,
+                        soon: true,
+                    }
+                }
+            };
+            match ended {
+                Ended::Stopped => return,
+                Ended::Lost {
+                    reached,
+                    quiet,
+                    soon,
+                } => {
+                    if !quiet {
+                        self.status(SyncStatus::Offline);
+                    }
+                    if reached {
+                        backoff = self.options.min_backoff;
+                    }
+                    if !soon {
+                        backoff = self.options.max_backoff;
+                    }
+                }
+            }
+            let pause = backoff + jitter(backoff / 2);
+            backoff = (backoff * 2).min(self.options.max_backoff);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = self.stop.changed() => return,
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<Ended> {
+        self.status(SyncStatus::Connecting);
+        let heads = self.local_heads()?;
+        self.last_seen = heads.clone();
+        let mut session = DeviceSession::new(self.keys.clone(), self.community, heads);
+        let connected = tokio::select! {
+            c = tokio_tungstenite::connect_async(self.url.as_str()) => c,
+            _ = self.stop.changed() => return Ok(Ended::Stopped),
+        };
+        let Ok((mut ws, _)) = connected else {
+            return Ok(Ended::Lost {
+                reached: false,
+                quiet: false,
+                soon: true,
+            });
+        };
+        let mut reached = false;
+        let mut queue: VecDeque<DeviceAction> = session.start().into();
+        let mut tick = tokio::time::interval(self.options.poll);
+        loop {
+            while let Some(action) = queue.pop_front() {
+                match action {
+                    DeviceAction::Send(frame) => {
+                        if ws
+                            .send(Message::Binary(frame.encode().into()))
+                            .await
+                            .is_err()
+                        {
+                            return Ok(Ended::Lost {
+                                reached,
+                                quiet: false,
+                                soon: true,
+                            });
+                        }
+                    }
+                    DeviceAction::Status(s) => {
+                        reached |= s == SyncStatus::UpToDate;
+                        self.status(s);
+                    }
+                    DeviceAction::JoinRequests(requests) => {
+                        *self
+                            .join_requests
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) = requests;
+                    }
+                    DeviceAction::Apply(bundle) => {
+                        let local = self.apply(&bundle)?;
+                        if session.is_live() {
+                            // Before the actions queued after this one (a Subscribe
+                            // must follow the upload it waits for).
+                            for a in session.upload(&local).into_iter().rev() {
+                                queue.push_front(a);
+                            }
+                        }
+                    }
+                    DeviceAction::Upload(server) => {
+                        let bundle = self.outgoing(server.as_ref())?;
+                        // Before the actions queued after this one (a Subscribe
+                        // must follow the upload it waits for).
+                        for a in session.upload(&bundle).into_iter().rev() {
+                            queue.push_front(a);
+                        }
+                    }
+                    DeviceAction::Close { retry } => {
+                        let _ = ws.close(None).await;
+                        return Ok(Ended::Lost {
+                            reached,
+                            quiet: true,
+                            soon: retry,
+                        });
+                    }
+                }
+            }
+            tokio::select! {
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Binary(bytes))) => queue.extend(session.receive(&bytes)),
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                        return Ok(Ended::Lost { reached, quiet: false, soon: true });
+                    }
+                    Some(Ok(_)) => {}
+                },
+                _ = tick.tick() => {
+                    if session.is_live() {
+                        let local = self.local_writes()?;
+                        if !local.is_empty() {
+                            queue.extend(session.upload(&local));
+                        }
+                    }
+                }
+                Some(()) = self.nudge.recv() => {
+                    if session.is_live() {
+                        let local = self.local_writes()?;
+                        queue.extend(session.upload(&local));
+                    }
+                }
+                _ = self.stop.changed() => {
+                    let _ = ws.close(None).await;
+                    return Ok(Ended::Stopped);
+                }
+            }
+        }
+    }
+
+    /// Applies a bundle from the server; returns what was written locally
+    /// since the last look (to upload), computed in the same section so
+    /// nothing written meanwhile is missed.
+    fn apply(&mut self, bundle: &Bundle) -> Result<Bundle> {
+        let (id, since) = (self.community, self.last_seen.clone());
+        let (local, heads) = self.with_client(|k| {
+            let me = k.member_id();
+            let local = match k.community(id) {
+                Ok(c) => c.changes_since_for(&since, &me)?,
+                Err(_) => Bundle::new(id),
+            };
+            let report = k.receive(bundle, Timestamp::now())?;
+            if !report.rejected.is_empty() {
+                tracing::debug!(
+                    rejected = report.rejected.len(),
+                    "server sent refused items"
+                );
+            }
+            Ok((local, k.community(id)?.heads()?))
+        })?;
+        self.last_seen = heads;
+        Ok(local)
+    }
+
+    /// Local writes since the last look.
+    fn local_writes(&mut self) -> Result<Bundle> {
+        let (id, since) = (self.community, self.last_seen.clone());
+        let (local, heads) = self.with_client(|k| {
+            let me = k.member_id();
+            match k.community(id) {
+                Ok(c) => Ok((c.changes_since_for(&since, &me)?, c.heads()?)),
+                Err(Error::UnknownCommunity) => Ok((Bundle::new(id), Heads::empty())),
+                Err(e) => Err(e),
+            }
+        })?;
+        self.last_seen = heads;
+        Ok(local)
+    }
+
+    /// What the server lacks (`Some(its heads)`), or only the authority
+    /// log (`None`: the server does not let this member in yet).
+    fn outgoing(&mut self, server: Option<&Heads>) -> Result<Bundle> {
+        let id = self.community;
+        let (bundle, heads) = self.with_client(|k| {
+            let me = k.member_id();
+            let c = match k.community(id) {
+                Ok(c) => c,
+                Err(Error::UnknownCommunity) => return Ok((Bundle::new(id), Heads::empty())),
+                Err(e) => return Err(e),
+            };
+            let bundle = match server {
+                Some(h) => c.changes_since_for(h, &me)?,
+                None => {
+                    let mut b = c.changes_since(&Heads::empty())?;
+                    b.changes.clear();
+                    b
+                }
+            };
+            Ok((bundle, c.heads()?))
+        })?;
+        if server.is_some() {
+            self.last_seen = heads;
+        }
+        Ok(bundle)
+    }
+}

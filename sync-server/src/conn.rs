@@ -1,0 +1,328 @@
+//! One sync connection: a WebSocket carrying binary frames, driven by
+//! `karmyq_core::sync::ServerSession`. This module only moves bytes and
+//! carries out the session's actions.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use karmyq_core::sync::{ErrorCode, Frame, ServerAction, ServerSession, split};
+use karmyq_core::{CommunityId, MemberId};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+
+use crate::AppState;
+use crate::hub::{Outbound, Subscriber};
+use crate::store::StoreError;
+
+/// Room for live pushes waiting to be written to one connection.
+const INBOX: usize = 1024;
+
+/// Refused frames tolerated from a connection that has not logged in.
+const MAX_REFUSALS_BEFORE_LOGIN: u32 = 16;
+
+/// Extra bytes the WebSocket layer lets through beyond the frame limit, so
+/// a frame a little too large gets a typed `frame_too_large` answer;
+/// anything larger still closes the connection.
+const SLACK: usize = 64 * 1024;
+
+pub(crate) async fn upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+    let permit = state.connections.clone().try_acquire_owned().ok();
+    let max = state.config.limits.max_frame.saturating_add(SLACK);
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| serve(state, socket, permit))
+}
+
+struct Conn {
+    state: Arc<AppState>,
+    socket: WebSocket,
+    id: u64,
+    session: ServerSession,
+    tx: mpsc::Sender<Outbound>,
+    kick: Arc<Notify>,
+    /// Frames refused before login.
+    refusals: u32,
+}
+
+async fn serve(state: Arc<AppState>, mut socket: WebSocket, permit: Option<OwnedSemaphorePermit>) {
+    let Some(_permit) = permit else {
+        state.metrics.refused(ErrorCode::Busy.code());
+        tracing::warn!("connection refused: at the connection limit");
+        let frame = Frame::error(ErrorCode::Busy, None, "too many connections; retry later");
+        let _ = socket.send(Message::Binary(frame.encode().into())).await;
+        let _ = socket.send(Message::Close(None)).await;
+        return;
+    };
+    state.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    state
+        .metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let mut nonce = [0u8; 32];
+    if getrandom::getrandom(&mut nonce).is_err() {
+        tracing::error!("no randomness: refusing the connection");
+        state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let (tx, mut rx) = mpsc::channel(INBOX);
+    let session = ServerSession::new(nonce, &state.context, state.config.limits);
+    let mut shutdown = state.shutdown.clone();
+    let mut conn = Conn {
+        state: state.clone(),
+        socket,
+        id,
+        session,
+        tx,
+        kick: Arc::new(Notify::new()),
+        refusals: 0,
+    };
+    let login_deadline = tokio::time::sleep(state.config.login_timeout);
+    tokio::pin!(login_deadline);
+    let kick = conn.kick.clone();
+    loop {
+        let flow = tokio::select! {
+            msg = conn.socket.recv() => match msg {
+                Some(Ok(Message::Binary(bytes))) => {
+                    state.metrics.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    conn.on_frame(&bytes).await
+                }
+                Some(Ok(Message::Text(_))) => {
+                    conn.refuse(ErrorCode::BadFrame, None, "binary frames only").await
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => ControlFlow::Continue(()),
+                Some(Ok(Message::Close(_))) | None => ControlFlow::Break(()),
+                Some(Err(error)) => {
+                    tracing::info!(%error, "connection failed");
+                    ControlFlow::Break(())
+                }
+            },
+            Some(out) = rx.recv() => match out {
+                Outbound::Frame(bytes) => conn.send_raw(bytes).await,
+                Outbound::Evicted(community) => {
+                    conn.session.unsubscribed(&community);
+                    conn.send(&Frame::error(
+                        ErrorCode::NotMember,
+                        Some(community),
+                        "no longer a member of this community",
+                    ))
+                    .await
+                }
+            },
+            () = kick.notified() => {
+                let _ = conn.refuse(ErrorCode::Internal, None, "too slow to keep up; reconnect").await;
+                ControlFlow::Break(())
+            }
+            () = &mut login_deadline, if conn.session.member().is_none() => {
+                let _ = conn.refuse(ErrorCode::NotAuthenticated, None, "log in sooner").await;
+                ControlFlow::Break(())
+            }
+            _ = shutdown.changed() => {
+                let _ = conn.refuse(ErrorCode::ShuttingDown, None, "the server is shutting down").await;
+                ControlFlow::Break(())
+            }
+        };
+        if flow.is_break() {
+            break;
+        }
+    }
+    state.hub.drop_connection(id);
+    let _ = conn.socket.send(Message::Close(None)).await;
+    state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+impl Conn {
+    fn member_short(&self) -> String {
+        self.session
+            .member()
+            .map_or_else(|| "-".into(), |m| m.fmt_short())
+    }
+
+    async fn send_raw(&mut self, bytes: Vec<u8>) -> ControlFlow<()> {
+        let len = bytes.len() as u64;
+        match self.socket.send(Message::Binary(bytes.into())).await {
+            Ok(()) => {
+                self.state
+                    .metrics
+                    .bytes_out
+                    .fetch_add(len, Ordering::Relaxed);
+                ControlFlow::Continue(())
+            }
+            Err(_) => ControlFlow::Break(()),
+        }
+    }
+
+    async fn send(&mut self, frame: &Frame) -> ControlFlow<()> {
+        self.send_raw(frame.encode()).await
+    }
+
+    /// Sends an error frame, counts and logs it; the connection stays.
+    async fn refuse(
+        &mut self,
+        code: ErrorCode,
+        community: Option<CommunityId>,
+        message: &str,
+    ) -> ControlFlow<()> {
+        self.state.metrics.refused(code.code());
+        tracing::info!(
+            code = code.code(),
+            community = community.map(|c| c.fmt_short()),
+            member = %self.member_short(),
+            "refused"
+        );
+        self.send(&Frame::error(code, community, message)).await?;
+        self.too_many_refusals()
+    }
+
+    /// Closes a connection that keeps sending refused frames before login.
+    fn too_many_refusals(&mut self) -> ControlFlow<()> {
+        if self.session.member().is_none() {
+            self.refusals += 1;
+            if self.refusals > MAX_REFUSALS_BEFORE_LOGIN {
+                tracing::info!("too many refused frames before login: closing");
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Whether the member may send one more frame now.
+    fn allowed(&self, member: &MemberId) -> bool {
+        self.state.allowed(member)
+    }
+
+    async fn on_frame(&mut self, bytes: &[u8]) -> ControlFlow<()> {
+        let actions = self.session.receive(bytes);
+        for action in actions {
+            let flow = match action {
+                ServerAction::Send(frame) => self.send(&frame).await,
+                ServerAction::Refused(code) => {
+                    self.state.metrics.refused(code.code());
+                    tracing::info!(code = code.code(), member = %self.member_short(), "frame refused");
+                    self.too_many_refusals()
+                }
+                ServerAction::LoggedIn(member) => {
+                    tracing::info!(member = %member.fmt_short(), conn = self.id, "logged in");
+                    ControlFlow::Continue(())
+                }
+                ServerAction::Subscribe { community, heads } => {
+                    self.subscribe(community, heads).await
+                }
+                ServerAction::Ingest(bundle) => self.ingest(bundle).await,
+                ServerAction::Close => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            };
+            if flow.is_break() {
+                return flow;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    async fn subscribe(
+        &mut self,
+        community: CommunityId,
+        heads: karmyq_core::Heads,
+    ) -> ControlFlow<()> {
+        let Some(member) = self.session.member() else {
+            return self
+                .refuse(ErrorCode::NotAuthenticated, Some(community), "log in first")
+                .await;
+        };
+        if !self.allowed(&member) {
+            return self
+                .refuse(ErrorCode::RateLimited, Some(community), "slow down")
+                .await;
+        }
+        let sub = Subscriber {
+            member,
+            tx: self.tx.clone(),
+            kick: self.kick.clone(),
+        };
+        match self
+            .state
+            .store
+            .subscribe(community, heads, self.id, sub)
+            .await
+        {
+            Ok((catch_up, ours, requests)) => {
+                self.session.subscribed(community);
+                tracing::info!(
+                    community = %community.fmt_short(),
+                    member = %member.fmt_short(),
+                    ops = catch_up.ops.len(),
+                    changes = catch_up.changes.len(),
+                    "subscribed"
+                );
+                // In pieces that fit in a frame, in order.
+                let max = self.state.config.limits.max_frame;
+                for piece in split(&catch_up, max, usize::MAX) {
+                    self.send(&Frame::Bundle {
+                        bytes: piece.encode(),
+                    })
+                    .await?;
+                }
+                self.send(&Frame::Subscribed {
+                    community,
+                    heads: ours,
+                })
+                .await?;
+                match requests {
+                    Some(requests) if !requests.is_empty() => {
+                        self.send(&Frame::JoinRequests {
+                            community,
+                            requests,
+                        })
+                        .await
+                    }
+                    _ => ControlFlow::Continue(()),
+                }
+            }
+            Err(e) => self.store_error(e, community).await,
+        }
+    }
+
+    async fn ingest(&mut self, bundle: karmyq_core::Bundle) -> ControlFlow<()> {
+        let community = bundle.community;
+        let Some(member) = self.session.member() else {
+            return self
+                .refuse(ErrorCode::NotAuthenticated, Some(community), "log in first")
+                .await;
+        };
+        if !self.allowed(&member) {
+            return self
+                .refuse(ErrorCode::RateLimited, Some(community), "slow down")
+                .await;
+        }
+        match self.state.store.ingest(member, self.id, bundle).await {
+            Ok(ack) => self.send(&Frame::Ack(ack)).await,
+            Err(e) => self.store_error(e, community).await,
+        }
+    }
+
+    async fn store_error(&mut self, e: StoreError, community: CommunityId) -> ControlFlow<()> {
+        match e {
+            StoreError::NotMember => {
+                self.refuse(
+                    ErrorCode::NotMember,
+                    Some(community),
+                    "not a member of this community, or no such community",
+                )
+                .await
+            }
+            StoreError::Stopped => {
+                self.refuse(ErrorCode::ShuttingDown, None, "the server is shutting down")
+                    .await?;
+                ControlFlow::Break(())
+            }
+            error @ (StoreError::Core(_) | StoreError::Sqlite(_)) => {
+                tracing::error!(%error, community = %community.fmt_short(), member = %self.member_short(), "store failed");
+                self.refuse(ErrorCode::Internal, Some(community), "the server failed")
+                    .await
+            }
+        }
+    }
+}

@@ -1,0 +1,685 @@
+//! The server's replica of every community: a `Karmyq` client of its own
+//! (own key pair, one SQLite file per community in the data directory),
+//! owned by one dedicated thread. rusqlite is synchronous and `Karmyq` is
+//! one writer, so async tasks send it commands over a bounded channel and
+//! await the answer; nothing holds a lock across an `.await`.
+//!
+//! Registering a subscriber, computing its catch-up, and relaying what an
+//! upload added all happen on this thread, in store order: a subscriber
+//! misses nothing between its catch-up and the live push, and receives
+//! changes in the order they were stored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use karmyq_core::sync::{Ack, Frame, JoinRequest, split};
+use karmyq_core::{
+    Bundle, CommunityId, DocId, Heads, Item, Karmyq, MemberId, OpBody, Rejection, Report, Resolved,
+    Role, Signature, SignedChange, SignedOp, Timestamp, Visibility,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::hub::{Hub, Outbound, Subscriber};
+use crate::metrics::Metrics;
+
+/// A public community, as the directory lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirectoryEntry {
+    /// The community id (hex).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// How many members.
+    pub member_count: usize,
+}
+
+/// Why the store refused a request as a whole.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// Not a current member, or no such community (one answer for both).
+    #[error("not a member")]
+    NotMember,
+    /// The store failed.
+    #[error("store: {0}")]
+    Core(#[from] karmyq_core::Error),
+    /// The store thread is gone (shutting down).
+    #[error("store stopped")]
+    Stopped,
+    /// The server's own file failed.
+    #[error("server file: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// What became of a request to join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JoinOutcome {
+    /// Taken (or, for a community the server does not hold or a member
+    /// already in, silently dropped: the same answer, so nothing leaks).
+    Received,
+    /// A public community: join it directly.
+    Public,
+}
+
+/// What a subscription gets: the catch-up, the server's heads, and for an
+/// admin or moderator the pending requests to join.
+pub(crate) type Subscription = (Bundle, Heads, Option<Vec<JoinRequest>>);
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Cmd {
+    Subscribe {
+        community: CommunityId,
+        heads: Heads,
+        conn: u64,
+        sub: Subscriber,
+        reply: Reply<Subscription>,
+    },
+    Join {
+        request: JoinRequest,
+        reply: Reply<JoinOutcome>,
+    },
+    Ingest {
+        uploader: MemberId,
+        conn: u64,
+        bundle: Bundle,
+        reply: Reply<Ack>,
+    },
+    Directory {
+        reply: Reply<Vec<DirectoryEntry>>,
+    },
+}
+
+/// A handle to the store thread.
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cmd::Subscribe { .. } => "Subscribe",
+            Cmd::Ingest { .. } => "Ingest",
+            Cmd::Directory { .. } => "Directory",
+            Cmd::Join { .. } => "Join",
+        })
+    }
+}
+
+impl Store {
+    /// Opens the data directory and starts the store thread. The thread
+    /// ends when every handle is dropped.
+    pub fn start(
+        dir: &Path,
+        max_frame: usize,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Store, MemberId, std::thread::JoinHandle<()>), karmyq_core::Error> {
+        let karmyq = Karmyq::open(dir)?;
+        let me = karmyq.member_id();
+        let db = open_server_db(&dir.join("server.sqlite3"))
+            .map_err(|e| karmyq_core::Error::Corrupt(format!("server.sqlite3: {e}")))?;
+        let (tx, rx) = mpsc::channel(256);
+        let worker = Worker {
+            karmyq,
+            max_frame,
+            db,
+            hub,
+            metrics,
+        };
+        let handle = std::thread::Builder::new()
+            .name("karmyq-store".into())
+            .spawn(move || worker.run(rx))?;
+        Ok((Store { tx }, me, handle))
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Subscribes a connection if its member is a current member: returns
+    /// the catch-up for `heads` and the server's heads.
+    pub async fn subscribe(
+        &self,
+        community: CommunityId,
+        heads: Heads,
+        conn: u64,
+        sub: Subscriber,
+    ) -> Result<Subscription, StoreError> {
+        self.ask(|reply| Cmd::Subscribe {
+            community,
+            heads,
+            conn,
+            sub,
+            reply,
+        })
+        .await
+    }
+
+    /// Validates and stores an uploaded bundle, relays what it added.
+    pub async fn ingest(
+        &self,
+        uploader: MemberId,
+        conn: u64,
+        bundle: Bundle,
+    ) -> Result<Ack, StoreError> {
+        self.ask(|reply| Cmd::Ingest {
+            uploader,
+            conn,
+            bundle,
+            reply,
+        })
+        .await
+    }
+
+    /// Leaves a verified request to join.
+    pub async fn join(&self, request: JoinRequest) -> Result<JoinOutcome, StoreError> {
+        self.ask(|reply| Cmd::Join { request, reply }).await
+    }
+
+    /// The public communities.
+    pub async fn directory(&self) -> Result<Vec<DirectoryEntry>, StoreError> {
+        self.ask(|reply| Cmd::Directory { reply }).await
+    }
+}
+
+/// The server's own file: requests to join. Schema version 1.
+fn open_server_db(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "temp_store", 2)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == 0 {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE join_requests (
+                 community_id BLOB NOT NULL,
+                 member_id BLOB NOT NULL,
+                 message TEXT NOT NULL,
+                 created_at INTEGER NOT NULL,
+                 signature BLOB NOT NULL,
+                 PRIMARY KEY (community_id, member_id)
+             );
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    Ok(conn)
+}
+
+struct Worker {
+    karmyq: Karmyq,
+    /// Relayed bundles are split to fit in frames of this size.
+    max_frame: usize,
+    db: rusqlite::Connection,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+/// Whether the server lets this op in, given who is a member now: ops by
+/// current members, and the ops that make a member (a join, a genesis).
+fn admissible(op: &SignedOp, state: Option<&Resolved>, uploader: &MemberId) -> bool {
+    let member = state.is_some_and(|s| s.members.contains_key(&op.op.author));
+    let founding = matches!(op.op.body, OpBody::Genesis { .. } | OpBody::Join { .. });
+    member
+        || (founding && op.op.author == *uploader)
+        || (founding && state.is_some_and(|s| s.members.contains_key(uploader)))
+}
+
+fn refusal(state: Option<&Resolved>, author: MemberId) -> Rejection {
+    if state.is_some_and(|s| s.was_removed(&author)) {
+        Rejection::AuthorRemoved(author)
+    } else {
+        Rejection::NotAMember(author)
+    }
+}
+
+fn merge(into: &mut Report, from: Report) {
+    into.accepted.extend(from.accepted);
+    into.rejected.extend(from.rejected);
+    into.pending.extend(from.pending);
+    into.duplicates += from.duplicates;
+}
+
+impl Worker {
+    fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        while let Some(cmd) = rx.blocking_recv() {
+            match cmd {
+                Cmd::Subscribe {
+                    community,
+                    heads,
+                    conn,
+                    sub,
+                    reply,
+                } => {
+                    let _ = reply.send(self.subscribe(community, &heads, conn, sub));
+                }
+                Cmd::Ingest {
+                    uploader,
+                    conn,
+                    bundle,
+                    reply,
+                } => {
+                    let started = Instant::now();
+                    let result = self.ingest(uploader, conn, &bundle);
+                    self.metrics.observe_ingest(started.elapsed());
+                    let _ = reply.send(result);
+                }
+                Cmd::Directory { reply } => {
+                    let _ = reply.send(self.directory());
+                }
+                Cmd::Join { request, reply } => {
+                    let _ = reply.send(self.join(request));
+                }
+            }
+        }
+        tracing::info!("store stopped");
+    }
+
+    fn state(&mut self, id: CommunityId) -> Option<Resolved> {
+        self.karmyq
+            .community(id)
+            .ok()
+            .map(|c| c.authority().clone())
+    }
+
+    fn subscribe(
+        &mut self,
+        id: CommunityId,
+        heads: &Heads,
+        conn: u64,
+        sub: Subscriber,
+    ) -> Result<Subscription, StoreError> {
+        let member = sub.member;
+        let Ok(community) = self.karmyq.community(id) else {
+            return Err(StoreError::NotMember);
+        };
+        let Some(role) = community.authority().role(&member) else {
+            return Err(StoreError::NotMember);
+        };
+        let catch_up = community.changes_since_for(heads, &member)?;
+        let ours = community.heads()?;
+        self.hub.subscribe(id, conn, sub);
+        let requests = if role >= Role::Moderator {
+            Some(self.join_requests(id)?)
+        } else {
+            None
+        };
+        Ok((catch_up, ours, requests))
+    }
+
+    /// The pending requests to join a community, oldest first, from people
+    /// who are not members.
+    fn join_requests(&mut self, id: CommunityId) -> Result<Vec<JoinRequest>, StoreError> {
+        let members = self.karmyq.community(id)?.authority().members.clone();
+        let mut stmt = self.db.prepare_cached(
+            "SELECT member_id, message, created_at, signature FROM join_requests
+             WHERE community_id = ?1 ORDER BY created_at, member_id",
+        )?;
+        let rows = stmt.query_map([id.as_bytes().as_slice()], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (member, message, created_at, signature) = row?;
+            let (Ok(member), Ok(signature)) = (
+                <[u8; 32]>::try_from(member),
+                <[u8; 64]>::try_from(signature),
+            ) else {
+                continue;
+            };
+            let Ok(member) = MemberId::from_bytes(member) else {
+                continue;
+            };
+            if members.contains_key(&member) {
+                continue;
+            }
+            out.push(JoinRequest {
+                community: id,
+                member,
+                message,
+                created_at: Timestamp::from_millis(created_at),
+                signature: Signature::from_bytes(signature),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Pushes the pending requests to every admin and moderator subscribed.
+    fn push_join_requests(&mut self, id: CommunityId) -> Result<(), StoreError> {
+        let requests = self.join_requests(id)?;
+        let auth = self.karmyq.community(id)?.authority().clone();
+        let frame = Frame::JoinRequests {
+            community: id,
+            requests,
+        }
+        .encode();
+        for (conn, sub) in self.hub.subscribers(&id, 0) {
+            if auth.role(&sub.member) >= Some(Role::Moderator) {
+                self.hub
+                    .deliver(&id, conn, &sub, Outbound::Frame(frame.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a verified request to join a private community the server
+    /// holds, from someone not yet a member, and tells its moderators.
+    fn join(&mut self, request: JoinRequest) -> Result<JoinOutcome, StoreError> {
+        let id = request.community;
+        let Ok(community) = self.karmyq.community(id) else {
+            return Ok(JoinOutcome::Received);
+        };
+        let auth = community.authority();
+        if auth.visibility == Visibility::Public {
+            return Ok(JoinOutcome::Public);
+        }
+        if auth.members.contains_key(&request.member) {
+            return Ok(JoinOutcome::Received);
+        }
+        self.db.execute(
+            "INSERT INTO join_requests (community_id, member_id, message, created_at, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (community_id, member_id) DO UPDATE SET
+                 message = excluded.message, created_at = excluded.created_at,
+                 signature = excluded.signature",
+            rusqlite::params![
+                id.as_bytes().as_slice(),
+                request.member.as_bytes().as_slice(),
+                request.message,
+                request.created_at.as_millis(),
+                request.signature.to_bytes().as_slice(),
+            ],
+        )?;
+        tracing::info!(community = %id.fmt_short(), member = %request.member.fmt_short(), "request to join kept");
+        self.push_join_requests(id)?;
+        Ok(JoinOutcome::Received)
+    }
+
+    fn ingest(
+        &mut self,
+        uploader: MemberId,
+        conn: u64,
+        bundle: &Bundle,
+    ) -> Result<Ack, StoreError> {
+        let id = bundle.community;
+        let now = Timestamp::now();
+        let before_state = self.state(id);
+        let was_member = before_state
+            .as_ref()
+            .is_some_and(|s| s.members.contains_key(&uploader));
+        let before_heads = match self.karmyq.community(id) {
+            Ok(c) => Some(c.heads()?),
+            Err(_) => None,
+        };
+        let mut report = Report::default();
+
+        // Authority ops, in passes: each pass lets in the ops whose author
+        // is a current member (or that make one), so that a founder's or a
+        // new member's later ops follow their genesis or join.
+        let mut remaining: Vec<(&Vec<u8>, Option<SignedOp>)> = bundle
+            .ops
+            .iter()
+            .map(|b| (b, SignedOp::decode(b).ok()))
+            .collect();
+        let mut state = before_state.clone();
+        loop {
+            let (take, keep): (Vec<_>, Vec<_>) =
+                remaining.into_iter().partition(|(_, op)| match op {
+                    // Undecodable: the validator refuses it as malformed.
+                    None => was_member,
+                    Some(op) => admissible(op, state.as_ref(), &uploader),
+                });
+            remaining = keep;
+            if take.is_empty() {
+                break;
+            }
+            let mut pass = Bundle::new(id);
+            pass.ops = take.into_iter().map(|(b, _)| b.clone()).collect();
+            match self.karmyq.receive(&pass, now) {
+                Ok(r) => merge(&mut report, r),
+                Err(karmyq_core::Error::UnknownCommunity) => return Err(StoreError::NotMember),
+                Err(e) => return Err(e.into()),
+            }
+            state = self.state(id);
+        }
+        let is_member = state
+            .as_ref()
+            .is_some_and(|s| s.members.contains_key(&uploader));
+        if !is_member {
+            // A non-member learns nothing, not even whether the community
+            // exists: the same answer as for an unknown one.
+            for (_, op) in &remaining {
+                self.metrics.rejected(match op {
+                    Some(op) => refusal(state.as_ref(), op.op.author).code(),
+                    None => Rejection::Malformed.code(),
+                });
+            }
+            for change in &bundle.changes {
+                self.metrics
+                    .rejected(refusal(state.as_ref(), change.envelope.author).code());
+            }
+            tracing::info!(
+                community = %id.fmt_short(),
+                member = %uploader.fmt_short(),
+                refused = bundle.changes.len() + remaining.len(),
+                "upload by a non-member refused"
+            );
+            // Ops by members it relayed were stored all the same (each
+            // validly signed by its author): evict and relay as for any.
+            if !report.accepted.is_empty() {
+                self.metrics.accepted.fetch_add(
+                    u64::try_from(report.accepted.len()).unwrap_or(u64::MAX),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                self.after_accept(
+                    id,
+                    conn,
+                    bundle,
+                    &report,
+                    before_state.as_ref(),
+                    before_heads,
+                )?;
+            }
+            return Err(StoreError::NotMember);
+        }
+        for (_, op) in remaining {
+            let (item, reason) = match op {
+                Some(op) => (
+                    Item::Op(Some(op.hash())),
+                    refusal(state.as_ref(), op.op.author),
+                ),
+                None => (Item::Op(None), Rejection::Malformed),
+            };
+            report.rejected.push((item, reason));
+        }
+
+        // Changes: only by current members (this closes the gap of a
+        // removed member citing authority heads from before their removal).
+        let mut kept = Bundle::new(id);
+        for change in &bundle.changes {
+            let author = change.envelope.author;
+            if state
+                .as_ref()
+                .is_some_and(|s| s.members.contains_key(&author))
+            {
+                kept.changes.push(change.clone());
+            } else {
+                report.rejected.push((
+                    Item::Change {
+                        doc: change.envelope.doc.clone(),
+                        hash: change.envelope.change_hash,
+                    },
+                    refusal(state.as_ref(), author),
+                ));
+            }
+        }
+        if !kept.changes.is_empty() {
+            merge(&mut report, self.karmyq.receive(&kept, now)?);
+        }
+
+        self.metrics.accepted.fetch_add(
+            u64::try_from(report.accepted.len()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        for (item, reason) in &report.rejected {
+            self.metrics.rejected(reason.code());
+            tracing::info!(
+                community = %id.fmt_short(),
+                member = %uploader.fmt_short(),
+                ?item,
+                reason = reason.code(),
+                "refused"
+            );
+        }
+        if !report.accepted.is_empty() {
+            self.after_accept(
+                id,
+                conn,
+                bundle,
+                &report,
+                before_state.as_ref(),
+                before_heads,
+            )?;
+        }
+        Ok(Ack::of(id, &report))
+    }
+
+    /// Evicts removed members, then pushes what the upload added to every
+    /// other subscriber allowed to read it.
+    fn after_accept(
+        &mut self,
+        id: CommunityId,
+        conn: u64,
+        uploaded: &Bundle,
+        report: &Report,
+        before: Option<&Resolved>,
+        before_heads: Option<Heads>,
+    ) -> Result<(), StoreError> {
+        let community = self.karmyq.community(id)?;
+        let roles: BTreeMap<MemberId, Role> = community
+            .authority()
+            .members
+            .iter()
+            .map(|(m, info)| (*m, info.role))
+            .collect();
+        let joined: Vec<MemberId> = roles
+            .keys()
+            .filter(|m| before.is_none_or(|b| !b.members.contains_key(m)))
+            .copied()
+            .collect();
+        let mut answered = 0;
+        for member in &joined {
+            answered += self.db.execute(
+                "DELETE FROM join_requests WHERE community_id = ?1 AND member_id = ?2",
+                [id.as_bytes().as_slice(), member.as_bytes().as_slice()],
+            )?;
+        }
+        if answered > 0 {
+            self.push_join_requests(id)?;
+        }
+        let community = self.karmyq.community(id)?;
+        if let Some(before) = before {
+            for gone in before.members.keys().filter(|m| !roles.contains_key(m)) {
+                let n = self.hub.evict(&id, gone);
+                tracing::info!(
+                    community = %id.fmt_short(),
+                    member = %gone.fmt_short(),
+                    subscriptions = n,
+                    "member removed: subscriptions closed"
+                );
+            }
+        }
+        let subscribers = self.hub.subscribers(&id, conn);
+        if subscribers.is_empty() {
+            return Ok(());
+        }
+        // Everything stored since the heads before this upload (including
+        // pending changes it released), but reports, which go only to
+        // their readers.
+        let delta = community.changes_since(&before_heads.unwrap_or_default())?;
+        let accepted: BTreeSet<[u8; 32]> = report
+            .accepted
+            .iter()
+            .filter_map(|i| match i {
+                Item::Change { hash, .. } => Some(*hash),
+                Item::Op(_) => None,
+            })
+            .collect();
+        let reports: Vec<(DocId, &SignedChange)> = uploaded
+            .changes
+            .iter()
+            .filter(|c| accepted.contains(&c.envelope.change_hash))
+            .filter_map(|c| {
+                DocId::parse(&c.envelope.doc)
+                    .filter(|d| matches!(d, DocId::Report(_)))
+                    .map(|d| (d, c))
+            })
+            .collect();
+        let max_frame = self.max_frame;
+        let frames = |b: &Bundle| -> Vec<Vec<u8>> {
+            split(b, max_frame, usize::MAX)
+                .into_iter()
+                .map(|piece| {
+                    Frame::Bundle {
+                        bytes: piece.encode(),
+                    }
+                    .encode()
+                })
+                .collect()
+        };
+        let public = frames(&delta);
+        for (conn_id, sub) in subscribers {
+            let mine = if reports.is_empty() {
+                public.clone()
+            } else {
+                let mut mine = delta.clone();
+                mine.changes.extend(
+                    reports
+                        .iter()
+                        .filter(|(d, _)| {
+                            d.readable_by(&sub.member, roles.get(&sub.member).copied())
+                        })
+                        .map(|(_, c)| (*c).clone()),
+                );
+                frames(&mine)
+            };
+            for frame in mine {
+                self.hub.deliver(&id, conn_id, &sub, Outbound::Frame(frame));
+            }
+        }
+        Ok(())
+    }
+
+    fn directory(&mut self) -> Result<Vec<DirectoryEntry>, StoreError> {
+        let mut out = Vec::new();
+        for summary in self.karmyq.communities()? {
+            let info = self.karmyq.community(summary.id)?.info()?;
+            if info.visibility == Visibility::Public {
+                out.push(DirectoryEntry {
+                    id: info.id.to_string(),
+                    name: info.name,
+                    description: info.description,
+                    member_count: info.member_count,
+                });
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,229 @@
+//! Devices syncing through a real server: offline edits that conflict
+//! converge once everyone reconnects, and a late joiner catches up from
+//! nothing but the community's genesis.
+
+use karmyq_core::sync::SyncStatus;
+use karmyq_core::{Bundle, CommunityId, Heads, Karmyq, Profile, Role, Timestamp, Visibility};
+use karmyq_tests::net::{Node, TestResult, TestServer, wait_until};
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+fn profile(name: &str) -> Profile {
+    Profile {
+        name: name.into(),
+        ..Profile::default()
+    }
+}
+
+/// The authority ops only: what an invite link or a directory entry
+/// would hand a newcomer.
+fn log_only(k: &mut Karmyq, id: CommunityId) -> karmyq_core::Result<Bundle> {
+    let mut b = k.community(id)?.changes_since(&Heads::empty())?;
+    b.changes.clear();
+    Ok(b)
+}
+
+fn description(node: &Node, id: CommunityId) -> TestResult<String> {
+    node.with(|k| Ok(k.community(id)?.info()?.description))
+}
+
+fn members(node: &Node, id: CommunityId) -> TestResult<usize> {
+    node.with(|k| match k.community(id) {
+        Ok(c) => Ok(c.members()?.len()),
+        Err(_) => Ok(0),
+    })
+}
+
+#[test]
+fn offline_conflicting_edits_converge_and_a_late_joiner_catches_up() -> TestResult {
+    let server = TestServer::start()?;
+    let (mut alice, mut bob, mut carol) = (Node::new()?, Node::new()?, Node::new()?);
+
+    // Alice founds a community offline, then goes online: the server
+    // learns it from her.
+    let id = alice
+        .with(|k| k.create_community("Elm Street", "Neighbours", Visibility::Public, now()))?;
+    alice.go_online(&server, id)?;
+    wait_until("alice up to date", || {
+        Ok(alice.status() == Some(SyncStatus::UpToDate))
+    })?;
+
+    // Bob and Carol get the log from Alice by hand (an invite), join
+    // offline, and sync through the server.
+    for node in [&mut bob, &mut carol] {
+        let log = alice.with(|k| log_only(k, id))?;
+        node.with(|k| {
+            k.receive(&log, now())?;
+            k.community(id)?.join(now())
+        })?;
+        node.go_online(&server, id)?;
+    }
+    wait_until("three members everywhere", || {
+        Ok(members(&alice, id)? == 3 && members(&bob, id)? == 3 && members(&carol, id)? == 3)
+    })?;
+
+    // Founding and joining offline took one connection each: the log is
+    // offered, then the subscription granted, with no refusal on the way.
+    for node in [&alice, &bob, &carol] {
+        let statuses = node.statuses.lock().map_err(|_| "poisoned")?.clone();
+        assert!(
+            !statuses
+                .iter()
+                .any(|s| matches!(s, SyncStatus::Rejected { .. } | SyncStatus::Offline)),
+            "{statuses:?}"
+        );
+    }
+
+    // Alice makes both moderators: they may edit the description.
+    let (bob_id, carol_id) = (
+        bob.with(|k| Ok(k.member_id()))?,
+        carol.with(|k| Ok(k.member_id()))?,
+    );
+    alice.with(|k| {
+        let c = k.community(id)?;
+        c.set_role(bob_id, Role::Moderator, now())?;
+        c.set_role(carol_id, Role::Moderator, now())?;
+        Ok(())
+    })?;
+    wait_until("both moderators everywhere", || {
+        let role = |n: &Node, m| n.with(|k| Ok(k.community(id)?.authority().role(&m)));
+        Ok(role(&bob, carol_id)? == Some(Role::Moderator)
+            && role(&carol, bob_id)? == Some(Role::Moderator))
+    })?;
+
+    // Bob and Carol go offline and both rewrite the description, and
+    // their profiles, while Alice writes hers online.
+    bob.go_offline();
+    carol.go_offline();
+    bob.with(|k| {
+        let c = k.community(id)?;
+        c.set_description("Bob's street", now())?;
+        c.set_profile(&profile("Bob"), now())
+    })?;
+    carol.with(|k| {
+        let c = k.community(id)?;
+        c.set_description("Carol's street", now())?;
+        c.set_profile(&profile("Carol"), now())
+    })?;
+    alice.with(|k| k.community(id)?.set_profile(&profile("Alice"), now()))?;
+    assert_ne!(description(&bob, id)?, description(&carol, id)?);
+
+    // Back online: everyone converges on one description and the same heads.
+    bob.go_online(&server, id)?;
+    carol.go_online(&server, id)?;
+    wait_until("the same heads on three devices", || {
+        let a = alice.heads(id)?;
+        Ok(a == bob.heads(id)? && a == carol.heads(id)?)
+    })?;
+    let agreed = description(&alice, id)?;
+    assert!(["Bob's street", "Carol's street"].contains(&agreed.as_str()));
+    assert_eq!(description(&bob, id)?, agreed);
+    assert_eq!(description(&carol, id)?, agreed);
+    let names = |n: &Node| -> TestResult<Vec<String>> {
+        n.with(|k| {
+            let mut names: Vec<String> = k
+                .community(id)?
+                .members()?
+                .into_iter()
+                .filter_map(|m| m.profile.map(|p| p.name))
+                .collect();
+            names.sort();
+            Ok(names)
+        })
+    };
+    assert_eq!(names(&alice)?, vec!["Alice", "Bob", "Carol"]);
+    assert_eq!(names(&bob)?, names(&carol)?);
+
+    // Dave joins late, from the log alone: the server sends him every
+    // document.
+    let mut dave = Node::new()?;
+    let log = alice.with(|k| log_only(k, id))?;
+    dave.with(|k| {
+        k.receive(&log, now())?;
+        k.community(id)?.join(now())
+    })?;
+    dave.go_online(&server, id)?;
+    wait_until("dave catches up", || {
+        Ok(description(&dave, id)? == agreed && names(&dave)? == names(&alice)?)
+    })?;
+    wait_until(
+        "dave's join reaches alice",
+        || Ok(members(&alice, id)? == 4),
+    )?;
+    wait_until("dave up to date", || Ok(dave.saw(&SyncStatus::UpToDate)))
+        .map_err(|e| format!("{e}: {:?}", dave.statuses))?;
+
+    // A second phone of Alice's, restored from her secret and holding
+    // nothing, catches up from scratch.
+    let secret = alice.with(|k| Ok(k.export_secret()))?;
+    let phone_dir = tempfile::tempdir()?;
+    let phone = Karmyq::restore(phone_dir.path(), &secret)?;
+    let mut phone = Node::from_client(phone, phone_dir);
+    phone.go_online(&server, id)?;
+    wait_until("the restored phone holds everything", || {
+        Ok(phone.heads(id)? == alice.heads(id)?)
+    })?;
+    assert_eq!(description(&phone, id)?, agreed);
+    Ok(())
+}
+
+#[test]
+fn a_long_offline_backlog_goes_up_and_down_in_pieces_that_fit() -> TestResult {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_frame = 16 * 1024;
+        c.limits.max_changes = 50;
+    })?;
+    let (mut alice, mut bob) = (Node::new()?, Node::new()?);
+    let id = alice.with(|k| k.create_community("Elm Street", "", Visibility::Public, now()))?;
+    // Bob is online from the start and receives the backlog live.
+    alice.go_online(&server, id)?;
+    wait_until("alice up to date", || {
+        Ok(alice.status() == Some(SyncStatus::UpToDate))
+    })?;
+    let log = alice.with(|k| log_only(k, id))?;
+    bob.with(|k| {
+        k.receive(&log, now())?;
+        k.community(id)?.join(now())
+    })?;
+    bob.go_online(&server, id)?;
+    wait_until("bob in", || Ok(members(&alice, id)? == 2))?;
+    alice.go_offline();
+    for i in 0..300 {
+        alice.with(|k| {
+            let p = Profile {
+                name: format!("Alice {i:03}"),
+                bio: "x".repeat(400),
+                ..Profile::default()
+            };
+            k.community(id)?.set_profile(&p, now())
+        })?;
+    }
+    let backlog = alice.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
+    assert!(
+        backlog.encode().len() > 4 * 16 * 1024,
+        "{}",
+        backlog.encode().len()
+    );
+    alice.go_online(&server, id)?;
+    let want = alice.heads(id)?;
+    wait_until("bob holds the whole backlog", || Ok(bob.heads(id)? == want))?;
+    assert!(!alice.saw(&SyncStatus::Rejected {
+        reason: "frame_too_large".into()
+    }));
+    // A phone restored from nothing catches it all up, in pieces too.
+    let secret = alice.with(|k| Ok(k.export_secret()))?;
+    let dir = tempfile::tempdir()?;
+    let mut phone = Node::from_client(Karmyq::restore(dir.path(), &secret)?, dir);
+    phone.go_online(&server, id)?;
+    wait_until(
+        "the phone holds everything",
+        || Ok(phone.heads(id)? == want),
+    )?;
+    for code in ["frame_too_large", "too_many_changes"] {
+        let series = format!("karmyq_frames_refused_total{{code=\"{code}\"}}");
+        assert_eq!(server.metric(&series)?, 0, "{code}");
+    }
+    Ok(())
+}
