@@ -41,7 +41,9 @@ mod projection;
 mod reports;
 mod requests;
 
-pub use requests::{RequestQuery, RequestSort, RequestSummary, RequestView};
+pub use requests::{
+    MatchSummary, OfferSummary, RequestQuery, RequestSort, RequestSummary, RequestView,
+};
 
 use batch::{Batch, Judge, item_of, stored};
 use persist::{

@@ -59,8 +59,8 @@ pub use authority::{
 pub use bundle::{Bundle, Heads, Item, Report};
 pub use client::{CommunitySummary, Karmyq, MATCHED_ELSEWHERE};
 pub use community::{
-    Community, CommunityInfo, DEFAULT_COMPACT_EVERY, MemberView, ProposalView, RequestQuery,
-    RequestSort, RequestSummary, RequestView,
+    Community, CommunityInfo, DEFAULT_COMPACT_EVERY, MatchSummary, MemberView, OfferSummary,
+    ProposalView, RequestQuery, RequestSort, RequestSummary, RequestView,
 };
 pub use docs::{Authentic, DocId, Envelope, SignedChange, actor_of, auth_message};
 pub use error::{Error, Rejection, Result};

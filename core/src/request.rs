@@ -590,20 +590,7 @@ impl RequestState {
             self.requester_confirmed.get(&offer.id).copied(),
             offer.confirmed_at,
         );
-        let (status, completed_at) = match (a, b) {
-            (Some(x), Some(y))
-                if x.as_millis().abs_diff(y.as_millis()) <= UNCONFIRMED_AFTER_MS.unsigned_abs() =>
-            {
-                (MatchStatus::Completed, Some(x.max(y)))
-            }
-            (Some(_), Some(_)) => (MatchStatus::Unconfirmed, None),
-            (Some(x), None) | (None, Some(x))
-                if now.as_millis().saturating_sub(x.as_millis()) >= UNCONFIRMED_AFTER_MS =>
-            {
-                (MatchStatus::Unconfirmed, None)
-            }
-            _ => (MatchStatus::Active, None),
-        };
+        let (status, completed_at) = MatchStatus::of_confirmations(a, b, now);
         Some(MatchState {
             request: self.id,
             offer: offer.id,
@@ -626,8 +613,7 @@ impl RequestState {
         match self.active_match(now).map(|m| m.status) {
             Some(MatchStatus::Completed) => RequestStatus::Completed,
             Some(_) => RequestStatus::Matched,
-            None if now >= self.expires_at => RequestStatus::Expired,
-            None => RequestStatus::Open,
+            None => RequestStatus::at(RequestStatus::Open, self.expires_at, now),
         }
     }
 
@@ -646,11 +632,7 @@ impl RequestState {
         if offer.withdrawn_at.is_some() {
             return OfferStatus::Withdrawn;
         }
-        match self.status(now) {
-            RequestStatus::Matched | RequestStatus::Completed => OfferStatus::Superseded,
-            RequestStatus::Cancelled | RequestStatus::Expired => OfferStatus::Lapsed,
-            RequestStatus::Open => OfferStatus::Pending,
-        }
+        OfferStatus::of_pending(self.status(now))
     }
 
     /// The responder's pending offer, if they have one.
@@ -658,6 +640,58 @@ impl RequestState {
         self.offers.values().find(|o| {
             o.id.responder == *responder && self.offer_status(o, now) == OfferStatus::Pending
         })
+    }
+}
+
+impl MatchStatus {
+    /// A match's status from the two confirmations (requester's,
+    /// responder's) at `now`, and its completion time if completed: both
+    /// confirmed within 14 days of each other completes it (at the
+    /// second); one confirmation alone for 14 days, or two further apart,
+    /// leaves it `unconfirmed`.
+    pub fn of_confirmations(
+        requester: Option<Timestamp>,
+        responder: Option<Timestamp>,
+        now: Timestamp,
+    ) -> (MatchStatus, Option<Timestamp>) {
+        match (requester, responder) {
+            (Some(x), Some(y))
+                if x.as_millis().abs_diff(y.as_millis()) <= UNCONFIRMED_AFTER_MS.unsigned_abs() =>
+            {
+                (MatchStatus::Completed, Some(x.max(y)))
+            }
+            (Some(_), Some(_)) => (MatchStatus::Unconfirmed, None),
+            (Some(x), None) | (None, Some(x))
+                if now.as_millis().saturating_sub(x.as_millis()) >= UNCONFIRMED_AFTER_MS =>
+            {
+                (MatchStatus::Unconfirmed, None)
+            }
+            _ => (MatchStatus::Active, None),
+        }
+    }
+}
+
+impl OfferStatus {
+    /// What a pending offer (neither accepted, declined nor withdrawn)
+    /// shows while its request has `request` status.
+    pub fn of_pending(request: RequestStatus) -> OfferStatus {
+        match request {
+            RequestStatus::Matched | RequestStatus::Completed => OfferStatus::Superseded,
+            RequestStatus::Cancelled | RequestStatus::Expired => OfferStatus::Lapsed,
+            RequestStatus::Open => OfferStatus::Pending,
+        }
+    }
+}
+
+impl RequestStatus {
+    /// The status at `now` of a request stored with the clock-free status
+    /// `stored`: an open one past `expires_at` has expired.
+    pub fn at(stored: RequestStatus, expires_at: Timestamp, now: Timestamp) -> RequestStatus {
+        if stored == RequestStatus::Open && now >= expires_at {
+            RequestStatus::Expired
+        } else {
+            stored
+        }
     }
 }
 

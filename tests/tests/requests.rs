@@ -513,3 +513,102 @@ fn extreme_times_in_a_forged_request_are_refused_not_panicked_on() -> Result<()>
     assert_eq!(rejected(r), Rejection::InvalidField("expires_at".into()));
     Ok(())
 }
+
+#[test]
+fn my_requests_offers_and_matches_with_statuses_at_now() -> Result<()> {
+    let mut s = Street::new()?;
+    let id = s.id;
+    let sofa = s
+        .alice
+        .k
+        .community(id)?
+        .post_request(&draft("Sofa", Urgency::Medium), at(10))?;
+    // Critical: expires after 2 days.
+    let boxes = s
+        .alice
+        .k
+        .community(id)?
+        .post_request(&draft("Boxes", Urgency::Critical), at(11))?;
+    s.sync_all(12)?;
+    let bob_sofa = s.bob.k.community(id)?.offer_help(sofa, "Van", at(13))?;
+    let bob_boxes = s.bob.k.community(id)?.offer_help(boxes, "Me", at(14))?;
+    let carol_sofa = s
+        .carol
+        .k
+        .community(id)?
+        .offer_help(sofa, "Me too", at(15))?;
+    s.sync_all(16)?;
+    s.alice
+        .k
+        .community(id)?
+        .accept_offer(sofa, bob_sofa, at(17))?;
+    s.sync_all(18)?;
+
+    let alice = s.alice.k.community(id)?;
+    let mine: Vec<_> = alice
+        .my_requests(at(20), 10, 0)?
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(mine, vec![boxes, sofa], "newest first");
+    assert!(matches!(
+        alice.my_requests(at(20), 0, 0),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(
+        s.bob
+            .k
+            .community(id)?
+            .my_requests(at(20), 10, 0)?
+            .is_empty()
+    );
+
+    // Bob's offers: accepted on the sofa; pending on the boxes until they
+    // expire, then lapsed.
+    let offers = |d: &mut Device, now| -> Result<Vec<_>> {
+        Ok(d.k
+            .community(id)?
+            .my_offers(at(now), 10, 0)?
+            .iter()
+            .map(|o| (o.offer, o.status))
+            .collect())
+    };
+    assert_eq!(
+        offers(&mut s.bob, 20)?,
+        vec![
+            (bob_boxes, OfferStatus::Pending),
+            (bob_sofa, OfferStatus::Accepted)
+        ]
+    );
+    assert_eq!(
+        offers(&mut s.bob, 11 + 2 * DAY)?[0],
+        (bob_boxes, OfferStatus::Lapsed)
+    );
+    assert_eq!(
+        offers(&mut s.carol, 20)?,
+        vec![(carol_sofa, OfferStatus::Superseded)]
+    );
+
+    // The match, on both sides: active, then unconfirmed 14 days after
+    // Bob's lone confirmation.
+    s.bob.k.community(id)?.confirm_match(sofa, None, at(30))?;
+    s.sync_all(31)?;
+    for d in [&mut s.alice, &mut s.bob] {
+        let c = d.k.community(id)?;
+        let m = c.my_matches(at(40), 10, 0)?;
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].request, m[0].offer), (sofa, bob_sofa));
+        assert_eq!(m[0].status, MatchStatus::Active);
+        assert_eq!(m[0].responder_confirmed_at, Some(at(30)));
+        let later = c.my_matches(at(30 + 14 * DAY), 10, 0)?;
+        assert_eq!(later[0].status, MatchStatus::Unconfirmed);
+    }
+    assert!(
+        s.carol
+            .k
+            .community(id)?
+            .my_matches(at(40), 10, 0)?
+            .is_empty()
+    );
+    Ok(())
+}

@@ -15,9 +15,9 @@ use crate::docs::{DocId, actor_of};
 use crate::error::{Error, Rejection, Result};
 use crate::identity::MemberId;
 use crate::request::{
-    CONFIRMED, Category, DECLINED, INVALIDATED, MATCH_CANCEL, MAX_RENEWALS, MatchState, NOTE,
-    OFFER, OfferId, OfferState, OfferStatus, RequestDraft, RequestId, RequestKind, RequestState,
-    RequestStatus, Urgency, communities_text,
+    CONFIRMED, Category, DECLINED, INVALIDATED, MATCH_CANCEL, MAX_RENEWALS, MatchState,
+    MatchStatus, NOTE, OFFER, OfferId, OfferState, OfferStatus, RequestDraft, RequestId,
+    RequestKind, RequestState, RequestStatus, Urgency, communities_text,
 };
 use crate::time::Timestamp;
 
@@ -53,6 +53,46 @@ pub struct RequestSummary {
     pub expires_at: Timestamp,
     /// Status at the query's `now`.
     pub status: RequestStatus,
+}
+
+/// One of the member's offers, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferSummary {
+    /// The offer.
+    pub offer: OfferId,
+    /// The request it answers.
+    pub request: RequestId,
+    /// The request's title.
+    pub title: String,
+    /// What the responder said.
+    pub message: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// Its status at the query's `now`.
+    pub status: OfferStatus,
+}
+
+/// One of the member's matches, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchSummary {
+    /// The request.
+    pub request: RequestId,
+    /// The request's title.
+    pub title: String,
+    /// The accepted offer (its `responder` is the helper).
+    pub offer: OfferId,
+    /// When the offer was accepted.
+    pub accepted_at: Timestamp,
+    /// The requester's confirmation.
+    pub requester_confirmed_at: Option<Timestamp>,
+    /// The responder's confirmation.
+    pub responder_confirmed_at: Option<Timestamp>,
+    /// When it completed.
+    pub completed_at: Option<Timestamp>,
+    /// Its status at the query's `now`.
+    pub status: MatchStatus,
+    /// A moderator invalidated it.
+    pub invalidated: bool,
 }
 
 /// How a list of requests is ordered.
@@ -173,6 +213,14 @@ fn put_reason(tx: &mut DocTx<'_>, key: &str, reason: Option<&str>) -> Result<()>
     match reason {
         Some(r) => tx.put(ROOT, key, r)?,
         None => tx.delete(ROOT, key)?,
+    }
+    Ok(())
+}
+
+/// A page holds 1 to 100 rows.
+fn check_page(limit: u32) -> Result<()> {
+    if !(1..=100).contains(&limit) {
+        return Err(Error::InvalidArgument("limit must be 1-100".into()));
     }
     Ok(())
 }
@@ -516,6 +564,122 @@ impl Community {
         ])?)
     }
 
+    /// This member's requests, newest first (a page of 1–100).
+    pub fn my_requests(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<RequestSummary>> {
+        let query = RequestQuery {
+            requester: Some(self.me()),
+            limit,
+            offset,
+            ..RequestQuery::default()
+        };
+        self.list_requests(&query, now)
+    }
+
+    /// This member's offers, newest first (a page of 1–100), statuses
+    /// derived at `now`.
+    pub fn my_offers(&self, now: Timestamp, limit: u32, offset: u32) -> Result<Vec<OfferSummary>> {
+        check_page(limit)?;
+        let mut stmt = self.db.conn().prepare_cached(
+            "SELECT o.offer_id, o.request_id, r.title, o.message, o.created_at, o.state,
+                    r.state, r.expires_at
+             FROM offers o JOIN requests r ON r.request_id = o.request_id
+             WHERE o.responder = ?1
+             ORDER BY o.created_at DESC, o.offer_id LIMIT ?2 OFFSET ?3",
+        )?;
+        let rows = stmt.query_map(
+            rusqlite::params![self.me().as_bytes().as_slice(), limit, offset],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, i64>(7)?,
+                ))
+            },
+        )?;
+        let corrupt = || Error::Corrupt("offer row".into());
+        let mut out = Vec::new();
+        for row in rows {
+            let (offer, request, title, message, created, state, request_state, expires) = row?;
+            let request_status = RequestStatus::at(
+                RequestStatus::parse(&request_state).ok_or_else(corrupt)?,
+                Timestamp::from_millis(expires),
+                now,
+            );
+            let status = match OfferStatus::parse(&state).ok_or_else(corrupt)? {
+                OfferStatus::Pending => OfferStatus::of_pending(request_status),
+                settled => settled,
+            };
+            out.push(OfferSummary {
+                offer: OfferId::parse_stored(&offer).ok_or_else(corrupt)?,
+                request: RequestId::parse_stored(&request).ok_or_else(corrupt)?,
+                title,
+                message,
+                created_at: Timestamp::from_millis(created),
+                status,
+            });
+        }
+        Ok(out)
+    }
+
+    /// This member's matches (as requester or helper), newest first (a
+    /// page of 1–100), statuses derived at `now`.
+    pub fn my_matches(&self, now: Timestamp, limit: u32, offset: u32) -> Result<Vec<MatchSummary>> {
+        check_page(limit)?;
+        let mut stmt = self.db.conn().prepare_cached(
+            "SELECT m.request_id, r.title, m.offer_id, m.accepted_at, m.requester_confirmed_at,
+                    m.responder_confirmed_at, m.invalidated
+             FROM matches m JOIN requests r ON r.request_id = m.request_id
+             WHERE m.requester = ?1 OR m.responder = ?1
+             ORDER BY m.accepted_at DESC, m.request_id LIMIT ?2 OFFSET ?3",
+        )?;
+        let rows = stmt.query_map(
+            rusqlite::params![self.me().as_bytes().as_slice(), limit, offset],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                    r.get::<_, bool>(6)?,
+                ))
+            },
+        )?;
+        let corrupt = || Error::Corrupt("match row".into());
+        let mut out = Vec::new();
+        for row in rows {
+            let (request, title, offer, accepted, by_requester, by_responder, invalidated) = row?;
+            let (a, b) = (
+                by_requester.map(Timestamp::from_millis),
+                by_responder.map(Timestamp::from_millis),
+            );
+            let (status, completed_at) = MatchStatus::of_confirmations(a, b, now);
+            out.push(MatchSummary {
+                request: RequestId::parse_stored(&request).ok_or_else(corrupt)?,
+                title,
+                offer: OfferId::parse_stored(&offer).ok_or_else(corrupt)?,
+                accepted_at: Timestamp::from_millis(accepted),
+                requester_confirmed_at: a,
+                responder_confirmed_at: b,
+                completed_at,
+                status,
+                invalidated,
+            });
+        }
+        Ok(out)
+    }
+
     /// Lists requests from the projections, statuses derived at `now`.
     /// Hidden requests are left out.
     pub fn list_requests(
@@ -523,9 +687,7 @@ impl Community {
         query: &RequestQuery,
         now: Timestamp,
     ) -> Result<Vec<RequestSummary>> {
-        if !(1..=100).contains(&query.limit) {
-            return Err(Error::InvalidArgument("limit must be 1-100".into()));
-        }
+        check_page(query.limit)?;
         let mut sql = String::from(
             "SELECT request_id, title, category, urgency, kind, created_at, expires_at, state
              FROM requests WHERE hidden IS NULL",
@@ -618,10 +780,8 @@ impl Community {
         for row in rows {
             let (id, title, category, urgency, kind, created, expires, state) = row?;
             let expires_at = Timestamp::from_millis(expires);
-            let mut status = RequestStatus::parse(&state).ok_or_else(corrupt)?;
-            if status == RequestStatus::Open && now >= expires_at {
-                status = RequestStatus::Expired;
-            }
+            let stored = RequestStatus::parse(&state).ok_or_else(corrupt)?;
+            let status = RequestStatus::at(stored, expires_at, now);
             out.push(RequestSummary {
                 id: RequestId::parse_stored(&id).ok_or_else(corrupt)?,
                 title,
