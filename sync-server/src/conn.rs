@@ -190,6 +190,22 @@ impl Conn {
     }
 
     /// Whether the member may send one more frame now.
+    /// The logged-in member, if their token bucket allows another frame
+    /// about `community`; otherwise the refusal is sent.
+    async fn member_for(&mut self, community: CommunityId) -> Result<MemberId, ControlFlow<()>> {
+        let Some(member) = self.session.member() else {
+            return Err(self
+                .refuse(ErrorCode::NotAuthenticated, Some(community), "log in first")
+                .await);
+        };
+        if !self.allowed(&member) {
+            return Err(self
+                .refuse(ErrorCode::RateLimited, Some(community), "slow down")
+                .await);
+        }
+        Ok(member)
+    }
+
     fn allowed(&self, member: &MemberId) -> bool {
         self.state.allowed(member)
     }
@@ -227,16 +243,10 @@ impl Conn {
         community: CommunityId,
         heads: karmyq_core::Heads,
     ) -> ControlFlow<()> {
-        let Some(member) = self.session.member() else {
-            return self
-                .refuse(ErrorCode::NotAuthenticated, Some(community), "log in first")
-                .await;
+        let member = match self.member_for(community).await {
+            Ok(member) => member,
+            Err(flow) => return flow,
         };
-        if !self.allowed(&member) {
-            return self
-                .refuse(ErrorCode::RateLimited, Some(community), "slow down")
-                .await;
-        }
         let sub = Subscriber {
             member,
             tx: self.tx.clone(),
@@ -287,16 +297,10 @@ impl Conn {
 
     async fn ingest(&mut self, bundle: karmyq_core::Bundle) -> ControlFlow<()> {
         let community = bundle.community;
-        let Some(member) = self.session.member() else {
-            return self
-                .refuse(ErrorCode::NotAuthenticated, Some(community), "log in first")
-                .await;
+        let member = match self.member_for(community).await {
+            Ok(member) => member,
+            Err(flow) => return flow,
         };
-        if !self.allowed(&member) {
-            return self
-                .refuse(ErrorCode::RateLimited, Some(community), "slow down")
-                .await;
-        }
         match self.state.store.ingest(member, self.id, bundle).await {
             Ok(ack) => self.send(&Frame::Ack(ack)).await,
             Err(e) => self.store_error(e, community).await,

@@ -534,20 +534,7 @@ pub mod net {
 
         /// Starts syncing with a server given by its sync URL.
         pub fn go_online_url(&mut self, url: &str, id: CommunityId) -> TestResult {
-            let statuses = self.statuses.clone();
-            self.engine = Some(SyncEngine::start(
-                self.k.clone(),
-                url,
-                id,
-                quick(),
-                move |s| {
-                    statuses
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(s)
-                },
-            )?);
-            Ok(())
+            self.start_engine(url, id, quick())
         }
 
         /// [`Node::go_online`] with engine options.
@@ -557,10 +544,19 @@ pub mod net {
             id: CommunityId,
             options: EngineOptions,
         ) -> TestResult {
+            self.start_engine(&server.url(), id, options)
+        }
+
+        fn start_engine(
+            &mut self,
+            url: &str,
+            id: CommunityId,
+            options: EngineOptions,
+        ) -> TestResult {
             let statuses = self.statuses.clone();
             self.engine = Some(SyncEngine::start(
                 self.k.clone(),
-                &server.url(),
+                url,
                 id,
                 options,
                 move |s| {
