@@ -611,8 +611,8 @@ impl Worker {
             return Ok(());
         }
         // Everything stored since the heads before this upload (including
-        // pending changes it released), but reports, which go only to
-        // their readers.
+        // pending changes it released), but private documents (reports,
+        // conversations), which go only to their readers.
         let delta = community.changes_since(&before_heads.unwrap_or_default())?;
         let accepted: BTreeSet<[u8; 32]> = report
             .accepted
@@ -628,7 +628,7 @@ impl Worker {
             .filter(|c| accepted.contains(&c.envelope.change_hash))
             .filter_map(|c| {
                 DocId::parse(&c.envelope.doc)
-                    .filter(|d| matches!(d, DocId::Report(_)))
+                    .filter(DocId::is_private)
                     .map(|d| (d, c))
             })
             .collect();
