@@ -540,6 +540,8 @@ pub(super) fn project_conversation(
             messages.push(m);
         }
     }
+    // Events in the order the messages were sent.
+    messages.sort_by_key(|m| (m.sent_at, m.id));
     let created = conversation::created_at(doc)?;
     let first = messages.iter().map(|m| m.sent_at).min();
     let Some(created) = created.or(first) else {
