@@ -308,7 +308,8 @@ impl Worker {
         let Some(role) = community.authority().role(&member) else {
             return Err(StoreError::NotMember);
         };
-        let catch_up = community.changes_since_for(heads, &member)?;
+        let mut catch_up = community.changes_since_for(heads, &member)?;
+        catch_up.changes.retain(|c| sub.receives(c));
         let ours = community.heads()?;
         self.hub.subscribe(id, conn, sub);
         let requests = if role >= Role::Moderator {
@@ -653,8 +654,9 @@ impl Worker {
                 mine.changes.extend(
                     reports
                         .iter()
-                        .filter(|(d, _)| {
+                        .filter(|(d, c)| {
                             d.readable_by(&sub.member, roles.get(&sub.member).copied())
+                                && sub.receives(c)
                         })
                         .map(|(_, c)| (*c).clone()),
                 );

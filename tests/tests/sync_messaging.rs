@@ -165,3 +165,118 @@ fn participants_converse_through_the_server_and_no_one_else_sees_it() -> TestRes
     phone.go_offline();
     Ok(())
 }
+
+/// Bob's changes to the conversation that Alice's device holds.
+fn bobs_changes_at(
+    node: &Node,
+    id: karmyq_core::CommunityId,
+    bob: karmyq_core::MemberId,
+) -> TestResult<usize> {
+    node.with(|k| {
+        let me = k.member_id();
+        let all = k.community(id)?.changes_since_for(&Heads::empty(), &me)?;
+        Ok(all
+            .changes
+            .iter()
+            .filter(|c| c.envelope.doc.starts_with("conversation/") && c.envelope.author == bob)
+            .count())
+    })
+}
+
+#[test]
+fn the_server_relays_no_message_across_a_block() -> TestResult {
+    let server = TestServer::start()?;
+    let (mut alice, mut bob) = (Node::new()?, Node::new()?);
+    let id = alice.with(|k| k.create_community("Elm Street", "", Visibility::Public, now()))?;
+    alice.go_online(&server, id)?;
+    let log = alice.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
+    bob.with(|k| {
+        k.receive(&log, now())?;
+        k.community(id)?.join(now())
+    })?;
+    bob.go_online(&server, id)?;
+    wait_until("two members at alice's", || {
+        alice.with(|k| Ok(k.community(id)?.members()?.len() == 2))
+    })?;
+    let alice_id = alice.with(|k| Ok(k.member_id()))?;
+    let bob_id = bob.with(|k| Ok(k.member_id()))?;
+    let conv = bob.with(|k| k.community(id)?.open_conversation(alice_id, now()))?;
+    bob.with(|k| k.community(id)?.send_message(conv, "before", now()))?;
+    bob.nudge();
+    wait_until("the first message at alice's", || {
+        alice.with(|k| Ok(k.community(id)?.messages(conv, None, 10, now())?.len() == 1))
+    })?;
+    let held = bobs_changes_at(&alice, id, bob_id)?;
+
+    // Alice blocks Bob; her device tells the server when it logs in.
+    alice.with(|k| k.block(&bob_id, now()))?;
+    alice.go_offline();
+    alice
+        .statuses
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clear();
+    alice.go_online(&server, id)?;
+    wait_until("alice back online", || {
+        Ok(alice.status() == Some(SyncStatus::UpToDate))
+    })?;
+    let before = server_conversation_changes(&server, id)?;
+    bob.with(|k| {
+        k.community(id)?
+            .send_message(conv, "across the block", now())
+    })?;
+    bob.nudge();
+    wait_until("the server holds it", || {
+        Ok(server_conversation_changes(&server, id)? > before)
+    })?;
+    // Something public of Bob's after it: once it reached Alice, the
+    // message would have too, had the server relayed it.
+    bob.with(|k| {
+        k.community(id)?.set_profile(
+            &karmyq_core::Profile {
+                name: "Bob".into(),
+                ..karmyq_core::Profile::default()
+            },
+            now(),
+        )
+    })?;
+    bob.nudge();
+    wait_until("bob's profile at alice's", || {
+        alice.with(|k| Ok(k.community(id)?.profile(&bob_id)?.is_some()))
+    })?;
+    assert_eq!(
+        bobs_changes_at(&alice, id, bob_id)?,
+        held,
+        "relayed across a block"
+    );
+
+    // Unblocked, and logged in again: the catch-up brings it.
+    alice.with(|k| k.unblock(&bob_id, now()))?;
+    alice.go_offline();
+    alice.go_online(&server, id)?;
+    wait_until("the message after the unblock", || {
+        alice.with(|k| {
+            let page = k.community(id)?.messages(conv, None, 10, now())?;
+            Ok(page.len() == 2 && page[1].body.as_deref() == Ok("across the block"))
+        })
+    })?;
+    alice.go_offline();
+    bob.go_offline();
+    Ok(())
+}
+
+fn server_conversation_changes(
+    server: &TestServer,
+    id: karmyq_core::CommunityId,
+) -> TestResult<i64> {
+    let file = server
+        .dir
+        .path()
+        .join("communities")
+        .join(format!("{id}.sqlite3"));
+    Ok(rusqlite::Connection::open(file)?.query_row(
+        "SELECT count(*) FROM changes WHERE doc_id LIKE 'conversation/%'",
+        [],
+        |r| r.get(0),
+    )?)
+}

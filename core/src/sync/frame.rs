@@ -84,6 +84,13 @@ pub enum Frame {
         /// The pending requests (from people not yet members).
         requests: Vec<JoinRequest>,
     },
+    /// Device -> server, after login: the members this device's member
+    /// blocked (private to the device and this session). The server relays
+    /// no message of theirs to this session. Replaces an earlier list.
+    Blocks {
+        /// The blocked members.
+        blocked: Vec<MemberId>,
+    },
     /// A refusal, with a stable code.
     Error {
         /// What went wrong.
