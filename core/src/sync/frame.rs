@@ -84,13 +84,6 @@ pub enum Frame {
         /// The pending requests (from people not yet members).
         requests: Vec<JoinRequest>,
     },
-    /// Device -> server, after login: the members this device's member
-    /// blocked (private to the device and this session). The server relays
-    /// no message of theirs to this session. Replaces an earlier list.
-    Blocks {
-        /// The blocked members.
-        blocked: Vec<MemberId>,
-    },
     /// A refusal, with a stable code.
     Error {
         /// What went wrong.
@@ -99,6 +92,14 @@ pub enum Frame {
         community: Option<CommunityId>,
         /// Human-readable detail (no secrets, no personal data).
         message: String,
+    },
+    /// Device -> server, after login: the members this device's member
+    /// blocked (private to the device and this session). The server relays
+    /// no message of theirs to this session. Replaces an earlier list.
+    /// Last, so the wire index of every earlier frame stays as it was.
+    Blocks {
+        /// The blocked members.
+        blocked: Vec<MemberId>,
     },
 }
 
