@@ -698,3 +698,74 @@ fn a_reported_message_can_disclose_its_body_to_moderators() -> Result<()> {
     assert_eq!(s.carol.rows(id, "messages")?, 0);
     Ok(())
 }
+
+/// The conversation's rows of a device's projections.
+fn conversation_rows(d: &mut Device, id: CommunityId) -> Result<Vec<String>> {
+    Ok(d.k
+        .community(id)?
+        .projection_dump()?
+        .into_iter()
+        .filter(|r| r.starts_with("conversations:") || r.starts_with("messages:"))
+        .collect())
+}
+
+#[test]
+fn concurrent_openings_messages_and_marks_converge() -> Result<()> {
+    let mut s = street()?;
+    let id = s.id;
+    let (alice_id, bob_id) = (s.alice.k.member_id(), s.bob.k.member_id());
+    // Both open the conversation and write while apart.
+    let conv = s.alice.k.community(id)?.open_conversation(bob_id, at(10))?;
+    assert_eq!(
+        s.bob.k.community(id)?.open_conversation(alice_id, at(11))?,
+        conv
+    );
+    let mut last = None;
+    for i in 0..5 {
+        s.alice
+            .k
+            .community(id)?
+            .send_message(conv, &format!("alice {i}"), at(12 + i))?;
+        last = Some(
+            s.bob
+                .k
+                .community(id)?
+                .send_message(conv, &format!("bob {i}"), at(12 + i))?,
+        );
+    }
+    // Alice receives Bob's in two pieces, in the opposite order.
+    let bundle = s.bob.bundle_for(&mut s.alice, id)?;
+    let (first, second) = bundle.changes.split_at(bundle.changes.len() / 2);
+    let mut report = s.alice.k.receive(&bundle_of(id, second.to_vec()), at(20))?;
+    report.accepted.extend(
+        s.alice
+            .k
+            .receive(&bundle_of(id, first.to_vec()), at(20))?
+            .accepted,
+    );
+    assert_eq!(report.accepted.len(), bundle.changes.len());
+    s.alice.send_to(&mut s.bob, id, at(20))?;
+    let mark = last.ok_or(Error::InvalidArgument("no message".into()))?;
+    s.alice.k.community(id)?.mark_read(conv, mark, at(21))?;
+    sync(&mut s.alice, &mut s.bob, id, at(22))?;
+    let rows = conversation_rows(&mut s.alice, id)?;
+    assert_eq!(
+        rows.iter().filter(|r| r.starts_with("messages:")).count(),
+        10
+    );
+    assert_eq!(rows, conversation_rows(&mut s.bob, id)?);
+    for d in [&mut s.alice, &mut s.bob] {
+        let c = d.k.community(id)?;
+        let page = c.messages(conv, None, 50, at(23))?;
+        assert_eq!(page.len(), 10);
+        assert!(page.iter().all(|m| m.body.is_ok()));
+        // Ordered by time, then id, on both devices.
+        assert!(
+            page.windows(2)
+                .all(|w| (w[0].sent_at, w[0].id) <= (w[1].sent_at, w[1].id))
+        );
+    }
+    assert_eq!(s.alice.k.unread_messages(at(23))?, 0);
+    assert_eq!(s.bob.k.unread_messages(at(23))?, 5);
+    Ok(())
+}
