@@ -3,6 +3,7 @@
 //! `communities/<id>.sqlite3`, one file per community.
 
 mod crosspost;
+mod messaging;
 
 pub use crosspost::MATCHED_ELSEWHERE;
 

@@ -36,11 +36,13 @@ use crate::time::Timestamp;
 mod batch;
 mod discover;
 mod figures;
+mod messages;
 mod persist;
 mod projection;
 mod reports;
 mod requests;
 
+pub use messages::{ConversationView, MessageView};
 pub use requests::{
     MatchSummary, OfferSummary, RequestQuery, RequestSort, RequestSummary, RequestView,
 };
@@ -131,6 +133,8 @@ pub struct Community {
     /// Members' completed matches and karma events, derived from the file
     /// as of one generation of it.
     figures: figures::FiguresCache,
+    /// Conversation keys derived so far (each costs an X25519 product).
+    conversation_keys: HashMap<crate::conversation::ConversationId, crate::crypto::ConversationKey>,
 }
 
 impl std::fmt::Debug for Community {
@@ -217,6 +221,7 @@ impl Community {
             at_cache: HashMap::new(),
             compact_every: DEFAULT_COMPACT_EVERY,
             figures: figures::FiguresCache::default(),
+            conversation_keys: HashMap::new(),
         };
         let Community {
             auth, db, outbox, ..
@@ -232,10 +237,12 @@ impl Community {
     /// never while a batch holds documents.
     fn trim_cache(&mut self) {
         loop {
-            let mut requests = self
-                .docs
-                .iter()
-                .filter(|(d, _)| matches!(d, DocId::Request(_) | DocId::Report(_)));
+            let mut requests = self.docs.iter().filter(|(d, _)| {
+                matches!(
+                    d,
+                    DocId::Request(_) | DocId::Report(_) | DocId::Conversation(_)
+                )
+            });
             let count = requests.clone().count();
             if count <= MAX_LOADED_REQUESTS {
                 return;
@@ -645,6 +652,17 @@ impl Community {
             }
         }
         let me = self.me();
+        // Messages: no event for one's own, nor from a member this device blocked.
+        if events
+            .iter()
+            .any(|e| matches!(e, Event::MessageReceived { .. }))
+        {
+            let blocked = self.hub.blocked()?;
+            events.retain(|e| {
+                !matches!(e, Event::MessageReceived { message, .. }
+                    if message.sender == me || blocked.contains(&message.sender))
+            });
+        }
         if let Some(offers) = awarded.get(&me) {
             events.extend(self.badges_earned(offers, now)?);
         }
@@ -786,7 +804,7 @@ impl Community {
 
     /// Everything this replica holds that a replica at `since` lacks.
     ///
-    /// Private documents (reports) are left out: see
+    /// Private documents (reports, conversations) are left out: see
     /// [`Community::changes_since_for`].
     pub fn changes_since(&mut self, since: &Heads) -> Result<Bundle> {
         self.bundle_since(since, None)
@@ -848,7 +866,7 @@ impl Community {
                 DocId::parse_stored(&name).ok_or_else(|| Error::Corrupt("doc id".into()))?;
             let readable = match reader {
                 Some(r) => doc_id.readable_by(r, self.auth.role(r)),
-                None => !matches!(doc_id, DocId::Report(_)),
+                None => !doc_id.is_private(),
             };
             if !readable {
                 continue;
@@ -1085,6 +1103,9 @@ impl Community {
                 DocId::Report(id) => {
                     touched.reports.insert(id);
                 }
+                DocId::Conversation(id) => {
+                    touched.conversations.insert(id, None);
+                }
                 DocId::Community => {}
             }
         }
@@ -1093,6 +1114,8 @@ impl Community {
         let mut discarded = Vec::new();
         db.write(|tx| {
             for table in [
+                "messages",
+                "conversations",
                 "profiles",
                 "norms",
                 "matches",
@@ -1127,6 +1150,8 @@ impl Community {
             ("matches", "request_id"),
             ("requests_fts", "title, description"),
             ("reports", "report_id"),
+            ("conversations", "conversation_id"),
+            ("messages", "conversation_id, message_id"),
             ("doc_heads", "doc_id"),
         ] {
             let mut stmt = self

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::authority::{CommunityId, OpHash, Resolved, Role};
 use crate::codec;
+use crate::conversation::{self, ConversationId};
 use crate::error::{Error, Rejection, Result};
 use crate::identity::{Keypair, MemberId, Signature, SigningTag};
 use crate::norms::{APPROVE_PREFIX, PROPOSAL_PREFIX, parse_approval, parse_proposal_key};
@@ -36,6 +37,8 @@ pub enum DocId {
     Request(RequestId),
     /// One moderation report; readable by moderators and its reporter only.
     Report(ReportId),
+    /// One conversation; readable and writable by its participants only.
+    Conversation(ConversationId),
 }
 
 impl DocId {
@@ -50,34 +53,49 @@ impl DocId {
             DocId::Profiles => "profiles".into(),
             DocId::Request(id) => format!("request/{id}"),
             DocId::Report(id) => format!("report/{id}"),
+            DocId::Conversation(id) => format!("conversation/{id}"),
         }
     }
 
     /// Whether `reader` may receive this document, given their role
     /// (`None`: not a member). Reports go to moderators and their reporter
-    /// only; everything else to anyone the replica shares with.
+    /// only; conversations to their participants while members;
+    /// everything else to anyone the replica shares with.
     pub fn readable_by(&self, reader: &MemberId, role: Option<Role>) -> bool {
         match self {
             DocId::Report(id) => id.reporter == *reader || role >= Some(Role::Moderator),
+            DocId::Conversation(id) => id.has(reader) && role.is_some(),
             _ => true,
         }
     }
 
+    /// Whether only some members may read it (reports, conversations):
+    /// left out of what is shared without a known reader.
+    pub fn is_private(&self) -> bool {
+        matches!(self, DocId::Report(_) | DocId::Conversation(_))
+    }
+
     /// Parses a document name.
     pub fn parse(s: &str) -> Option<DocId> {
-        Self::parse_with(s, RequestId::parse, ReportId::parse)
+        Self::parse_with(s, RequestId::parse, ReportId::parse, ConversationId::parse)
     }
 
     /// [`DocId::parse`] for a name this device stored after validating it:
     /// skips the curve-point check of the author's key.
     pub(crate) fn parse_stored(s: &str) -> Option<DocId> {
-        Self::parse_with(s, RequestId::parse_stored, ReportId::parse_stored)
+        Self::parse_with(
+            s,
+            RequestId::parse_stored,
+            ReportId::parse_stored,
+            ConversationId::parse_stored,
+        )
     }
 
     fn parse_with(
         s: &str,
         request: fn(&str) -> Option<RequestId>,
         report: fn(&str) -> Option<ReportId>,
+        conversation: fn(&str) -> Option<ConversationId>,
     ) -> Option<DocId> {
         match s {
             "community" => Some(DocId::Community),
@@ -90,6 +108,11 @@ impl DocId {
                     s.strip_prefix("report/")
                         .and_then(report)
                         .map(DocId::Report)
+                })
+                .or_else(|| {
+                    s.strip_prefix("conversation/")
+                        .and_then(conversation)
+                        .map(DocId::Conversation)
                 }),
         }
     }
@@ -309,6 +332,16 @@ impl Authentic {
                 report::check_change(id, &author, role, &self.change.decode(), filed)?;
                 Role::Member
             }
+            DocId::Conversation(id) => {
+                conversation::check_change(
+                    id,
+                    &author,
+                    &self.change.decode(),
+                    doc,
+                    self.change.deps(),
+                )?;
+                Role::Member
+            }
             _ => self.check_paths()?,
         };
         if role < needed {
@@ -330,7 +363,9 @@ impl Authentic {
         let rules = match self.doc {
             DocId::Community => &COMMUNITY_RULES,
             DocId::Profiles => &PROFILE_RULES,
-            DocId::Request(_) | DocId::Report(_) => return Err(Rejection::UnknownDocument),
+            DocId::Request(_) | DocId::Report(_) | DocId::Conversation(_) => {
+                return Err(Rejection::UnknownDocument);
+            }
         };
         let mut needed = Role::Member;
         for op in &expanded.operations {

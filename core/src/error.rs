@@ -59,6 +59,10 @@ pub enum Error {
     /// The file system failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A message body could not be opened (tampered, sealed with another
+    /// key, truncated); it is never shown.
+    #[error("message body: {0}")]
+    Decrypt(#[from] crate::crypto::DecryptError),
 }
 
 /// Why a replica refused an authority op or a content change.
@@ -146,6 +150,9 @@ pub enum Rejection {
     /// A setting out of its range.
     #[error("invalid settings: {0}")]
     InvalidSettings(&'static str),
+    /// The author does not take part in this conversation.
+    #[error("not a participant of the conversation")]
+    NotParticipant,
 }
 
 impl Rejection {
@@ -179,6 +186,7 @@ impl Rejection {
             Rejection::NotResponder => "not_responder",
             Rejection::IllegalTransition(_) => "illegal_transition",
             Rejection::Blocked => "blocked",
+            Rejection::NotParticipant => "not_participant",
         }
     }
 }

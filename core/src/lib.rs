@@ -36,6 +36,8 @@ mod bundle;
 mod client;
 mod codec;
 mod community;
+mod conversation;
+mod crypto;
 mod docs;
 mod error;
 mod identity;
@@ -59,9 +61,12 @@ pub use authority::{
 pub use bundle::{Bundle, Heads, Item, Report};
 pub use client::{CommunitySummary, Karmyq, MATCHED_ELSEWHERE};
 pub use community::{
-    Community, CommunityInfo, DEFAULT_COMPACT_EVERY, MatchSummary, MemberView, OfferSummary,
-    ProposalView, RequestQuery, RequestSort, RequestSummary, RequestView,
+    Community, CommunityInfo, ConversationView, DEFAULT_COMPACT_EVERY, MatchSummary, MemberView,
+    MessageView, OfferSummary, ProposalView, RequestQuery, RequestSort, RequestSummary,
+    RequestView,
 };
+pub use conversation::{ConversationId, MAX_MESSAGE_CHARS, MESSAGE_RETENTION_MS, MessageId};
+pub use crypto::DecryptError;
 pub use docs::{Authentic, DocId, Envelope, SignedChange, actor_of, auth_message};
 pub use error::{Error, Rejection, Result};
 pub use identity::{Keypair, MemberId, Signature, SigningTag};

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use rusqlite::{OptionalExtension, params};
 
 use crate::authority::{CommunityId, Role};
+use crate::conversation::{ConversationId, MessageId};
 use crate::error::{Error, Result};
 use crate::identity::MemberId;
 use crate::norms::ProposalId;
@@ -170,6 +171,17 @@ pub enum Event {
         /// Whether this device's member moderates and did not file it.
         notify_me: bool,
     },
+    /// A message from the other participant arrived in a conversation of
+    /// this device's member (never for their own, nor from a member they
+    /// blocked). Its body is read with `Community::messages`.
+    MessageReceived {
+        /// Where.
+        community: CommunityId,
+        /// Which conversation.
+        conversation: ConversationId,
+        /// Which message (its sender is `message.sender`).
+        message: MessageId,
+    },
     /// A notification was stored for this device's member.
     Notified(Notification),
 }
@@ -220,6 +232,7 @@ kinds!(
     MatchReminder = "match_reminder",
     NormProposed = "norm_proposed",
     RoleChanged = "role_changed",
+    MessageReceived = "message_received",
 );
 
 /// A notification stored for this device's member.
@@ -550,6 +563,16 @@ impl Hub {
                 milestone: true,
                 ..
             } if *member == me => Some((*community, K::KarmaMilestone, None, None)),
+            Event::MessageReceived {
+                community,
+                conversation,
+                message,
+            } if message.sender != me && conversation.has(&me) => Some((
+                *community,
+                K::MessageReceived,
+                conversation.topic(),
+                Some(message.sender),
+            )),
             Event::SuggestedForYou {
                 community, request, ..
             } => Some((

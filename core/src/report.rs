@@ -11,6 +11,7 @@ use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::{Automerge, ChangeHash, ROOT, ReadDoc, ScalarValueRef, ValueRef};
 
 use crate::authority::Role;
+use crate::conversation::{ConversationId, MessageId};
 use crate::error::{Rejection, Result};
 use crate::identity::MemberId;
 use crate::request::{OfferId, RequestId};
@@ -57,6 +58,9 @@ pub enum ReportTarget {
     Offer(RequestId, OfferId),
     /// A member.
     Member(MemberId),
+    /// A message in a conversation (against its sender). The reporter may
+    /// disclose the body in the report's text; nothing else reveals it.
+    Message(ConversationId, MessageId),
 }
 
 impl ReportTarget {
@@ -66,15 +70,18 @@ impl ReportTarget {
             ReportTarget::Request(r) => r.requester,
             ReportTarget::Offer(_, o) => o.responder,
             ReportTarget::Member(m) => *m,
+            ReportTarget::Message(_, m) => m.sender,
         }
     }
 
-    /// The stored form: `request:<id>`, `offer:<request>/<offer>`, `member:<hex>`.
+    /// The stored form: `request:<id>`, `offer:<request>/<offer>`,
+    /// `member:<hex>`, `message:<message>@<conversation>`.
     pub fn encode(&self) -> String {
         match self {
             ReportTarget::Request(r) => format!("request:{r}"),
             ReportTarget::Offer(r, o) => format!("offer:{r}/{o}"),
             ReportTarget::Member(m) => format!("member:{m}"),
+            ReportTarget::Message(c, m) => format!("message:{m}@{c}"),
         }
     }
 
@@ -88,6 +95,13 @@ impl ReportTarget {
             return Some(ReportTarget::Offer(
                 RequestId::parse(r)?,
                 OfferId::parse(o)?,
+            ));
+        }
+        if let Some(rest) = s.strip_prefix("message:") {
+            let (m, c) = rest.split_once('@')?;
+            return Some(ReportTarget::Message(
+                ConversationId::parse(c)?,
+                MessageId::parse(m)?,
             ));
         }
         let m = s.strip_prefix("member:")?;

@@ -43,6 +43,8 @@ struct Conn {
     session: ServerSession,
     tx: mpsc::Sender<Outbound>,
     kick: Arc<Notify>,
+    /// Whom the member blocked, as their device told (for this session).
+    blocked: Arc<std::collections::BTreeSet<MemberId>>,
     /// Frames refused before login.
     refusals: u32,
 }
@@ -78,6 +80,7 @@ async fn serve(state: Arc<AppState>, mut socket: WebSocket, permit: Option<Owned
         session,
         tx,
         kick: Arc::new(Notify::new()),
+        blocked: Arc::default(),
         refusals: 0,
     };
     let login_deadline = tokio::time::sleep(state.config.login_timeout);
@@ -228,6 +231,10 @@ impl Conn {
                     self.subscribe(community, heads).await
                 }
                 ServerAction::Ingest(bundle) => self.ingest(bundle).await,
+                ServerAction::Blocks(blocked) => {
+                    self.blocked = Arc::new(blocked.into_iter().collect());
+                    ControlFlow::Continue(())
+                }
                 ServerAction::Close => ControlFlow::Break(()),
                 _ => ControlFlow::Continue(()),
             };
@@ -251,6 +258,7 @@ impl Conn {
             member,
             tx: self.tx.clone(),
             kick: self.kick.clone(),
+            blocked: self.blocked.clone(),
         };
         match self
             .state

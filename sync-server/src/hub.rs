@@ -4,7 +4,7 @@
 //! operations and `try_send`s, never an `.await`, and the store thread
 //! (which is not async) uses it too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use karmyq_core::{CommunityId, MemberId};
@@ -24,11 +24,24 @@ pub(crate) enum Outbound {
 pub(crate) struct Subscriber {
     /// The logged-in member.
     pub member: MemberId,
+    /// Whom that member blocked, as their device told this session: no
+    /// message of theirs is relayed here.
+    pub blocked: Arc<BTreeSet<MemberId>>,
     /// The connection's inbox.
     pub tx: mpsc::Sender<Outbound>,
     /// Told when the inbox overflowed: the connection closes, the device
     /// reconnects and catches up.
     pub kick: Arc<Notify>,
+}
+
+impl Subscriber {
+    /// Whether this session receives `change`: not a message (a change to
+    /// a conversation) from a member it blocked.
+    pub fn receives(&self, change: &karmyq_core::SignedChange) -> bool {
+        self.blocked.is_empty()
+            || !(change.envelope.doc.starts_with("conversation/")
+                && self.blocked.contains(&change.envelope.author))
+    }
 }
 
 /// Subscribers by community, then by connection id.

@@ -308,7 +308,8 @@ impl Worker {
         let Some(role) = community.authority().role(&member) else {
             return Err(StoreError::NotMember);
         };
-        let catch_up = community.changes_since_for(heads, &member)?;
+        let mut catch_up = community.changes_since_for(heads, &member)?;
+        catch_up.changes.retain(|c| sub.receives(c));
         let ours = community.heads()?;
         self.hub.subscribe(id, conn, sub);
         let requests = if role >= Role::Moderator {
@@ -611,8 +612,8 @@ impl Worker {
             return Ok(());
         }
         // Everything stored since the heads before this upload (including
-        // pending changes it released), but reports, which go only to
-        // their readers.
+        // pending changes it released), but private documents (reports,
+        // conversations), which go only to their readers.
         let delta = community.changes_since(&before_heads.unwrap_or_default())?;
         let accepted: BTreeSet<[u8; 32]> = report
             .accepted
@@ -628,7 +629,7 @@ impl Worker {
             .filter(|c| accepted.contains(&c.envelope.change_hash))
             .filter_map(|c| {
                 DocId::parse(&c.envelope.doc)
-                    .filter(|d| matches!(d, DocId::Report(_)))
+                    .filter(DocId::is_private)
                     .map(|d| (d, c))
             })
             .collect();
@@ -653,8 +654,9 @@ impl Worker {
                 mine.changes.extend(
                     reports
                         .iter()
-                        .filter(|(d, _)| {
+                        .filter(|(d, c)| {
                             d.readable_by(&sub.member, roles.get(&sub.member).copied())
+                                && sub.receives(c)
                         })
                         .map(|(_, c)| (*c).clone()),
                 );

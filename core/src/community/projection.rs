@@ -1,7 +1,7 @@
 //! The SQL projections (members, profiles, norms, description), moved in
 //! the same transaction as the changes that move them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use automerge::Automerge;
 use rusqlite::{Transaction, params};
@@ -9,6 +9,7 @@ use rusqlite::{Transaction, params};
 use super::persist::Loaded;
 use crate::authority::CommunityId;
 use crate::authority::Resolved;
+use crate::conversation::ConversationId;
 use crate::docs::{Authentic, DocId};
 use crate::error::{Error, Result};
 use crate::identity::MemberId;
@@ -27,6 +28,8 @@ pub(super) struct Touched {
     pub(super) community: bool,
     pub(super) requests: BTreeSet<RequestId>,
     pub(super) reports: BTreeSet<ReportId>,
+    /// Per conversation, the root keys changed (`None`: all of them).
+    pub(super) conversations: BTreeMap<ConversationId, Option<BTreeSet<String>>>,
 }
 
 impl Touched {
@@ -41,6 +44,19 @@ impl Touched {
             }
             DocId::Report(id) => {
                 self.reports.insert(id);
+            }
+            DocId::Conversation(id) => {
+                let keys = self
+                    .conversations
+                    .entry(id)
+                    .or_insert(Some(BTreeSet::new()));
+                if let Some(keys) = keys {
+                    for op in change.change.decode().operations {
+                        if let automerge::legacy::Key::Map(key) = op.key {
+                            keys.insert(key.to_string());
+                        }
+                    }
+                }
             }
         }
     }
@@ -135,6 +151,19 @@ pub(super) fn project_doc(
         }
         DocId::Report(id) if touched.reports.contains(id) => {
             project_report(tx, doc, *id, community_of(tx)?, events)?;
+        }
+        DocId::Conversation(id) => {
+            if let Some(keys) = touched.conversations.get(id) {
+                let community = community_of(tx)?;
+                super::messages::project_conversation(
+                    tx,
+                    doc,
+                    id,
+                    keys.as_ref(),
+                    community,
+                    events,
+                )?;
+            }
         }
         _ => {}
     }
@@ -278,7 +307,7 @@ fn project_report(
 }
 
 /// The community a file holds.
-fn community_of(tx: &Transaction<'_>) -> Result<CommunityId> {
+pub(super) fn community_of(tx: &Transaction<'_>) -> Result<CommunityId> {
     let bytes: Vec<u8> = tx
         .prepare_cached("SELECT value FROM meta WHERE key = 'community_id'")?
         .query_row([], |r| r.get(0))?;

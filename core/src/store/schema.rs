@@ -78,7 +78,7 @@ pub static ACCOUNT: Schema = Schema {
 /// `communities/<id>.sqlite3`: one community's log, documents and projections.
 pub static COMMUNITY: Schema = Schema {
     name: "community",
-    version: 4,
+    version: 5,
     create: COMMUNITY_CURRENT,
     upgrade_from: community_upgrade_from,
 };
@@ -255,6 +255,40 @@ CREATE INDEX requests_recent ON requests (state, created_at, expires_at, hidden,
     };
 }
 
+/// Version 5: conversations and their messages (bodies stay sealed: the
+/// projection holds what the document holds), with the read marks that
+/// give unread counts.
+macro_rules! conversation_tables {
+    () => {
+        "
+CREATE TABLE conversations (
+    conversation_id TEXT PRIMARY KEY,
+    member_a BLOB NOT NULL,
+    member_b BLOB NOT NULL,
+    request_id TEXT,
+    created_at INTEGER NOT NULL,
+    last_at INTEGER NOT NULL,
+    read_a TEXT,
+    read_a_at INTEGER,
+    read_b TEXT,
+    read_b_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX conversations_a ON conversations (member_a, last_at);
+CREATE INDEX conversations_b ON conversations (member_b, last_at);
+CREATE TABLE messages (
+    conversation_id TEXT NOT NULL REFERENCES conversations (conversation_id),
+    message_id TEXT NOT NULL,
+    sender BLOB NOT NULL,
+    sent_at INTEGER NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY (conversation_id, message_id)
+) WITHOUT ROWID;
+CREATE INDEX messages_by_time ON messages (conversation_id, sent_at, message_id);
+CREATE INDEX messages_sent_at ON messages (sent_at);
+"
+    };
+}
+
 #[cfg(test)]
 pub(crate) const COMMUNITY_V1: &str = community_v1!();
 
@@ -262,7 +296,8 @@ const COMMUNITY_CURRENT: &str = concat!(
     community_v1!(),
     norms_table!(),
     requests_tables!(),
-    match_shares!()
+    match_shares!(),
+    conversation_tables!()
 );
 
 fn community_upgrade_from(tx: &Transaction<'_>, from: u32) -> Result<()> {
@@ -282,6 +317,12 @@ fn community_upgrade_from(tx: &Transaction<'_>, from: u32) -> Result<()> {
         // Shares are filled by the same rebuild.
         3 => tx.execute_batch(concat!(
             match_shares!(),
+            "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
+                ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
+        ))?,
+        // Conversations are filled by the same rebuild.
+        4 => tx.execute_batch(concat!(
+            conversation_tables!(),
             "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
                 ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
         ))?,

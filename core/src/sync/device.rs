@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::authority::CommunityId;
 use crate::bundle::{Bundle, Heads};
-use crate::identity::{Keypair, SigningTag};
+use crate::identity::{Keypair, MemberId, SigningTag};
 use crate::sync::chunk::{UPLOAD_CHUNK_BYTES, UPLOAD_CHUNK_ITEMS, split};
 use crate::sync::frame::{ErrorCode, Frame, PROTOCOL_VERSION, login_message};
 use crate::sync::join::JoinRequest;
@@ -79,6 +79,8 @@ pub struct DeviceSession {
     chunk_bytes: usize,
     /// Most items in one upload frame.
     chunk_items: usize,
+    /// Members this device's member blocked, told to the server at login.
+    blocked: Vec<MemberId>,
 }
 
 impl DeviceSession {
@@ -92,7 +94,16 @@ impl DeviceSession {
             in_flight: 0,
             chunk_bytes: UPLOAD_CHUNK_BYTES,
             chunk_items: UPLOAD_CHUNK_ITEMS,
+            blocked: Vec::new(),
         }
+    }
+
+    /// Tells the server, at login, whom this device's member blocked: it
+    /// then relays no message of theirs to this session.
+    #[must_use]
+    pub fn with_blocks(mut self, blocked: Vec<MemberId>) -> Self {
+        self.blocked = blocked;
+        self
     }
 
     /// Whether the server pushes live to this session.
@@ -176,10 +187,14 @@ impl DeviceSession {
                 self.chunk_bytes = fit(max_frame, UPLOAD_CHUNK_BYTES);
                 self.chunk_items = fit(max_changes, UPLOAD_CHUNK_ITEMS);
                 self.state = State::Subscribing { retried: false };
-                vec![
-                    DeviceAction::Status(SyncStatus::Syncing),
-                    DeviceAction::Send(self.subscribe_frame()),
-                ]
+                let mut actions = vec![DeviceAction::Status(SyncStatus::Syncing)];
+                if !self.blocked.is_empty() {
+                    actions.push(DeviceAction::Send(Frame::Blocks {
+                        blocked: self.blocked.clone(),
+                    }));
+                }
+                actions.push(DeviceAction::Send(self.subscribe_frame()));
+                actions
             }
             (State::Subscribing { .. } | State::Live, Frame::Bundle { bytes }) => {
                 match Bundle::decode(&bytes) {

@@ -254,7 +254,9 @@ impl Worker {
         self.status(SyncStatus::Connecting);
         let heads = self.local_heads()?;
         self.last_seen = heads.clone();
-        let mut session = DeviceSession::new(self.keys.clone(), self.community, heads);
+        let blocked = self.with_client(|k| k.blocked())?;
+        let mut session =
+            DeviceSession::new(self.keys.clone(), self.community, heads).with_blocks(blocked);
         let connected = tokio::select! {
             c = tokio_tungstenite::connect_async(self.url.as_str()) => c,
             _ = self.stop.changed() => return Ok(Ended::Stopped),

@@ -93,6 +93,14 @@ pub enum Frame {
         /// Human-readable detail (no secrets, no personal data).
         message: String,
     },
+    /// Device -> server, after login: the members this device's member
+    /// blocked (private to the device and this session). The server relays
+    /// no message of theirs to this session. Replaces an earlier list.
+    /// Last, so the wire index of every earlier frame stays as it was.
+    Blocks {
+        /// The blocked members.
+        blocked: Vec<MemberId>,
+    },
 }
 
 /// The summary of applying one uploaded bundle.

@@ -49,6 +49,9 @@ pub enum ServerAction {
     /// The device uploaded a bundle: validate and store it, answer with an
     /// [`crate::sync::Ack`], and relay what was accepted.
     Ingest(Bundle),
+    /// The device told whom its member blocked: relay no message of
+    /// theirs to this session.
+    Blocks(Vec<MemberId>),
     /// A refusal worth counting: the frame was answered with this code.
     Refused(ErrorCode),
     /// Close the connection (after sending what came before).
@@ -182,6 +185,7 @@ impl ServerSession {
                     }),
                 ]
             }
+            (State::Ready(_), Frame::Blocks { blocked }) => vec![ServerAction::Blocks(blocked)],
             (State::Ready(_), Frame::Subscribe { community, heads }) => {
                 vec![ServerAction::Subscribe { community, heads }]
             }
