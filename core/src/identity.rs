@@ -27,6 +27,8 @@ pub enum SigningTag {
     SyncLogin,
     /// A request to join a private community, left with a sync server.
     JoinRequest,
+    /// An admin's or moderator's decline of a request to join.
+    JoinDecline,
 }
 
 impl SigningTag {
@@ -37,6 +39,7 @@ impl SigningTag {
             SigningTag::InviteProof => b"karmyq/v1/invite-proof\0",
             SigningTag::SyncLogin => b"karmyq/v1/sync-login\0",
             SigningTag::JoinRequest => b"karmyq/v1/join-request\0",
+            SigningTag::JoinDecline => b"karmyq/v1/join-decline\0",
         }
     }
 }

@@ -32,7 +32,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use karmyq_core::sync::{JoinRequest, ServerLimits, TokenBucket};
+use karmyq_core::sync::{JoinDecline, JoinRequest, ServerLimits, TokenBucket};
 use karmyq_core::{CommunityId, MemberId, Signature, Timestamp};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -264,23 +264,7 @@ async fn join_request(
             message: "the signature does not verify, or the message is too long".into(),
         });
     }
-    let skew = Timestamp::now()
-        .as_millis()
-        .saturating_sub(request.created_at.as_millis());
-    if skew.saturating_abs() > JOIN_REQUEST_SKEW_MS {
-        return Err(bad_request(
-            "stale",
-            "created_at is too far from the server's clock",
-        ));
-    }
-    if !state.allowed(&request.member) {
-        state.metrics.refused("rate_limited");
-        return Err(AppError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            code: "rate_limited",
-            message: "slow down".into(),
-        });
-    }
+    fresh_and_allowed(&state, &request.member, request.created_at)?;
     match state.store.join(request).await? {
         JoinOutcome::Received => Ok((StatusCode::ACCEPTED, ok("received"))),
         JoinOutcome::Public => Err(AppError {
@@ -291,12 +275,101 @@ async fn join_request(
     }
 }
 
+/// The body of `POST /v1/communities/{id}/join-requests/{member}/decline`:
+/// a [`JoinDecline`] of `{member}`'s request, with hex keys and signature.
+#[derive(Debug, Deserialize)]
+pub struct JoinDeclineBody {
+    /// The admin's or moderator's member id (64 hex characters).
+    pub by: String,
+    /// Milliseconds since the Unix epoch, within ten minutes of the server.
+    pub created_at: i64,
+    /// The signature (128 hex characters) under `SigningTag::JoinDecline`.
+    pub signature: String,
+}
+
+fn parse_decline(id: &str, asker: &str, body: &[u8]) -> Result<JoinDecline, AppError> {
+    let community = CommunityId::from_hex(id)
+        .map_err(|_| bad_request("bad_request", "the community id is not 64 hex characters"))?;
+    let asker = MemberId::from_hex(asker)
+        .map_err(|_| bad_request("bad_request", "the member is not a valid key"))?;
+    let body: JoinDeclineBody = serde_json::from_slice(body)
+        .map_err(|_| bad_request("bad_request", "the body is not a decline"))?;
+    let by = MemberId::from_hex(&body.by)
+        .map_err(|_| bad_request("bad_request", "by is not a valid key"))?;
+    let mut signature = [0u8; 64];
+    hex::decode_to_slice(&body.signature, &mut signature)
+        .map_err(|_| bad_request("bad_request", "signature is not 128 hex characters"))?;
+    Ok(JoinDecline {
+        community,
+        asker,
+        by,
+        created_at: Timestamp::from_millis(body.created_at),
+        signature: Signature::from_bytes(signature),
+    })
+}
+
+/// Checks a signed answer's freshness and its signer's rate.
+fn fresh_and_allowed(
+    state: &AppState,
+    signer: &MemberId,
+    created_at: Timestamp,
+) -> Result<(), AppError> {
+    let skew = Timestamp::now()
+        .as_millis()
+        .saturating_sub(created_at.as_millis());
+    if skew.saturating_abs() > JOIN_REQUEST_SKEW_MS {
+        return Err(bad_request(
+            "stale",
+            "created_at is too far from the server's clock",
+        ));
+    }
+    if !state.allowed(signer) {
+        state.metrics.refused("rate_limited");
+        return Err(AppError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limited",
+            message: "slow down".into(),
+        });
+    }
+    Ok(())
+}
+
+async fn decline_join_request(
+    State(state): State<Arc<AppState>>,
+    Path((id, asker)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Envelope<&'static str>>), AppError> {
+    let decline = parse_decline(&id, &asker, &body)?;
+    if decline.verify().is_err() {
+        state.metrics.refused("bad_signature");
+        return Err(AppError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "bad_signature",
+            message: "the signature does not verify".into(),
+        });
+    }
+    fresh_and_allowed(&state, &decline.by, decline.created_at)?;
+    match state.store.decline(decline).await {
+        Ok(()) => Ok((StatusCode::OK, ok("declined"))),
+        Err(StoreError::NotMember) => Err(AppError {
+            status: StatusCode::FORBIDDEN,
+            code: "not_permitted",
+            message: "only an admin or moderator of the community may decline".into(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/v1/communities", get(directory))
         .route("/v1/communities/{id}/join-requests", post(join_request))
+        .route(
+            "/v1/communities/{id}/join-requests/{member}/decline",
+            post(decline_join_request),
+        )
         .route("/v1/sync", get(conn::upgrade))
         .fallback(not_found)
         .with_state(state)

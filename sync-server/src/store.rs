@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use karmyq_core::sync::{Ack, Frame, JoinRequest, split};
+use karmyq_core::sync::{Ack, Frame, JoinDecline, JoinRequest, split};
 use karmyq_core::{
     Bundle, CommunityId, DocId, Heads, Item, Karmyq, MemberId, OpBody, Rejection, Report, Resolved,
     Role, Signature, SignedChange, SignedOp, Timestamp, Visibility,
@@ -83,6 +83,10 @@ enum Cmd {
         request: JoinRequest,
         reply: Reply<JoinOutcome>,
     },
+    Decline {
+        decline: JoinDecline,
+        reply: Reply<()>,
+    },
     Ingest {
         uploader: MemberId,
         conn: u64,
@@ -107,6 +111,7 @@ impl std::fmt::Debug for Cmd {
             Cmd::Ingest { .. } => "Ingest",
             Cmd::Directory { .. } => "Directory",
             Cmd::Join { .. } => "Join",
+            Cmd::Decline { .. } => "Decline",
         })
     }
 }
@@ -185,6 +190,13 @@ impl Store {
     /// Leaves a verified request to join.
     pub async fn join(&self, request: JoinRequest) -> Result<JoinOutcome, StoreError> {
         self.ask(|reply| Cmd::Join { request, reply }).await
+    }
+
+    /// Forgets a request to join, declined by a verified admin or
+    /// moderator of the community (else `NotMember`: unknown community and
+    /// no right to decline get the same answer).
+    pub async fn decline(&self, decline: JoinDecline) -> Result<(), StoreError> {
+        self.ask(|reply| Cmd::Decline { decline, reply }).await
     }
 
     /// The public communities.
@@ -281,6 +293,9 @@ impl Worker {
                 }
                 Cmd::Join { request, reply } => {
                     let _ = reply.send(self.join(request));
+                }
+                Cmd::Decline { decline, reply } => {
+                    let _ = reply.send(self.decline(decline));
                 }
             }
         }
@@ -411,6 +426,33 @@ impl Worker {
         tracing::info!(community = %id.fmt_short(), member = %request.member.fmt_short(), "request to join kept");
         self.push_join_requests(id)?;
         Ok(JoinOutcome::Received)
+    }
+
+    fn decline(&mut self, decline: JoinDecline) -> Result<(), StoreError> {
+        let id = decline.community;
+        let Ok(community) = self.karmyq.community(id) else {
+            return Err(StoreError::NotMember);
+        };
+        if community.authority().role(&decline.by) < Some(Role::Moderator) {
+            return Err(StoreError::NotMember);
+        }
+        let gone = self.db.execute(
+            "DELETE FROM join_requests WHERE community_id = ?1 AND member_id = ?2",
+            rusqlite::params![
+                id.as_bytes().as_slice(),
+                decline.asker.as_bytes().as_slice()
+            ],
+        )?;
+        tracing::info!(
+            community = %id.fmt_short(),
+            member = %decline.asker.fmt_short(),
+            by = %decline.by.fmt_short(),
+            "request to join declined"
+        );
+        if gone > 0 {
+            self.push_join_requests(id)?;
+        }
+        Ok(())
     }
 
     fn ingest(

@@ -1,6 +1,8 @@
 //! A signed request to join a private community, left with a sync server
 //! (`POST /v1/communities/{id}/join-requests`) and shown to the
-//! community's admins and moderators when they subscribe.
+//! community's admins and moderators when they subscribe; they answer by
+//! admitting the asker (an `Admit` op) or with a signed [`JoinDecline`]
+//! (`POST /v1/communities/{id}/join-requests/{member}/decline`).
 
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +88,51 @@ impl JoinRequest {
     }
 }
 
+/// An admin's or moderator's decline of a request to join: the server
+/// forgets the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinDecline {
+    /// The community.
+    pub community: CommunityId,
+    /// Who asked to join.
+    pub asker: MemberId,
+    /// The admin or moderator who declines.
+    pub by: MemberId,
+    /// When, by their clock.
+    pub created_at: Timestamp,
+    /// Their signature under [`SigningTag::JoinDecline`].
+    pub signature: Signature,
+}
+
+impl JoinDecline {
+    fn signed_bytes(&self) -> Vec<u8> {
+        codec::encode(&(&self.community, &self.asker, &self.by, self.created_at))
+    }
+
+    /// `keys`' member declines `asker`'s request to join `community`.
+    pub fn sign(community: CommunityId, asker: MemberId, keys: &Keypair, now: Timestamp) -> Self {
+        let mut decline = JoinDecline {
+            community,
+            asker,
+            by: keys.member_id(),
+            created_at: now,
+            signature: Signature::from_bytes([0; 64]),
+        };
+        decline.signature = keys.sign(SigningTag::JoinDecline, &decline.signed_bytes());
+        decline
+    }
+
+    /// Checks the signature (strict ed25519); whether `by` may decline is
+    /// the server's to judge.
+    pub fn verify(&self) -> Result<()> {
+        self.by.verify(
+            SigningTag::JoinDecline,
+            &self.signed_bytes(),
+            &self.signature,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +151,25 @@ mod tests {
         assert!(matches!(other.verify(), Err(Error::BadSignature)));
         let long = "x".repeat(JoinRequest::MAX_MESSAGE + 1);
         assert!(JoinRequest::sign(id, &keys, &long, Timestamp::from_millis(5)).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn declines_verify_and_tampering_is_caught() -> Result<()> {
+        let (moderator, asker) = (Keypair::generate()?, Keypair::generate()?);
+        let id = CommunityId::from_bytes([1; 32]);
+        let d = JoinDecline::sign(id, asker.member_id(), &moderator, Timestamp::from_millis(5));
+        d.verify()?;
+        let mut other = d.clone();
+        other.asker = moderator.member_id();
+        assert!(matches!(other.verify(), Err(Error::BadSignature)));
+        // A request's signature is no decline's.
+        let r = JoinRequest::sign(id, &moderator, "", Timestamp::from_millis(5))?;
+        let forged = JoinDecline {
+            signature: r.signature,
+            ..d
+        };
+        assert!(matches!(forged.verify(), Err(Error::BadSignature)));
         Ok(())
     }
 }

@@ -120,6 +120,6 @@ pub use device::{DeviceAction, DeviceSession, SyncStatus};
 #[cfg(feature = "net")]
 pub use engine::{EngineOptions, SyncEngine};
 pub use frame::{Ack, DecodeError, ErrorCode, Frame, MAGIC, PROTOCOL_VERSION, login_message};
-pub use join::JoinRequest;
+pub use join::{JoinDecline, JoinRequest};
 pub use limit::TokenBucket;
 pub use server::{ServerAction, ServerLimits, ServerSession};
