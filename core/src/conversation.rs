@@ -33,10 +33,6 @@ crate::request::authored_id!(
 
 /// Longest message body, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 4_000;
-/// Messages older than this (90 days) are hidden from queries and dropped
-/// from the projections. A constant for now (not a community setting:
-/// a settings field would change the canonical encoding of authority ops).
-pub const MESSAGE_RETENTION_MS: i64 = 90 * Timestamp::DAY;
 /// Largest sealed body the validator accepts: 4,000 characters of up to
 /// 4 bytes each, plus header, nonce and tag.
 pub(crate) const MAX_SEALED: usize = MAX_MESSAGE_CHARS * 4 + crypto::MIN_SEALED;

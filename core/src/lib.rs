@@ -65,7 +65,7 @@ pub use community::{
     MessageView, OfferSummary, ProposalView, RequestQuery, RequestSort, RequestSummary,
     RequestView,
 };
-pub use conversation::{ConversationId, MAX_MESSAGE_CHARS, MESSAGE_RETENTION_MS, MessageId};
+pub use conversation::{ConversationId, MAX_MESSAGE_CHARS, MessageId};
 pub use crypto::DecryptError;
 pub use docs::{Authentic, DocId, Envelope, SignedChange, actor_of, auth_message};
 pub use error::{Error, Rejection, Result};

@@ -9,10 +9,13 @@ use automerge::transaction::Transactable;
 use automerge::{ROOT, ReadDoc};
 use karmyq_core::{
     Bundle, CommunityId, ConversationId, DecryptError, DocId, Error, Event, Heads, Keypair,
-    Listener, MESSAGE_RETENTION_MS, MessageId, NotificationKind, QuietHours, Rejection,
-    ReportCategory, ReportTarget, RequestDraft, Result, Role, Timestamp, Visibility,
+    Listener, MessageId, NotificationKind, QuietHours, Rejection, ReportCategory, ReportTarget,
+    RequestDraft, Result, Role, SettingsPatch, Timestamp, Visibility,
 };
 use karmyq_tests::{Device, at, bundle_of, doc_from, forge, sync};
+
+/// The default message retention (the community setting), 90 days.
+const RETENTION_MS: i64 = 90 * Timestamp::DAY;
 
 struct Street {
     alice: Device,
@@ -641,13 +644,13 @@ fn preferences_quiet_hours_and_retention_apply_to_messages() -> Result<()> {
     s.alice
         .k
         .set_notification_preference(id, NotificationKind::MessageReceived, false)?;
-    let later = Timestamp::from_millis(at(11).as_millis() + MESSAGE_RETENTION_MS - 60_000);
+    let later = Timestamp::from_millis(at(11).as_millis() + RETENTION_MS - 60_000);
     s.bob.k.community(id)?.send_message(conv, "fresh", later)?;
     sync(&mut s.bob, &mut s.alice, id, later)?;
     assert_eq!(message_notifications(&s.alice)?, 1);
 
     // Past 90 days the old message is hidden, then pruned; the fresh stays.
-    let after = Timestamp::from_millis(at(11).as_millis() + MESSAGE_RETENTION_MS + 60_000);
+    let after = Timestamp::from_millis(at(11).as_millis() + RETENTION_MS + 60_000);
     let c = s.alice.k.community(id)?;
     assert_eq!(bodies(&c.messages(conv, None, 50, later)?).len(), 2);
     assert_eq!(
@@ -659,6 +662,21 @@ fn preferences_quiet_hours_and_retention_apply_to_messages() -> Result<()> {
     assert_eq!(s.alice.k.prune_messages(after)?, 1);
     assert_eq!(s.alice.rows(id, "messages")?, 1);
     assert!(s.alice.k.community(id)?.read_message(conv, old).is_err());
+
+    // The retention is a community setting: at one day, the fresh message
+    // is gone from the queries the day after it was sent.
+    let c = s.alice.k.community(id)?;
+    let mut settings = c.info()?.settings;
+    settings.message_retention_days = 1;
+    let patch = SettingsPatch {
+        settings: Some(settings),
+        ..SettingsPatch::default()
+    };
+    c.update_settings(patch, after)?;
+    let next_day = Timestamp::from_millis(later.as_millis() + Timestamp::DAY + 60_000);
+    assert!(c.messages(conv, None, 50, after)?.len() == 1);
+    assert!(c.messages(conv, None, 50, next_day)?.is_empty());
+    assert_eq!(c.unread_messages(next_day)?, 0);
     Ok(())
 }
 

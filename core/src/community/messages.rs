@@ -3,7 +3,7 @@
 //!
 //! Queries read the `conversations` and `messages` projections (bodies
 //! still sealed there, as in the document) and open only the page asked
-//! for. Messages older than [`MESSAGE_RETENTION_MS`] are hidden from every
+//! for. Messages older than the community's `message_retention_days` are hidden from every
 //! query and dropped from the projection by [`Community::prune_messages`].
 
 use std::collections::BTreeSet;
@@ -16,8 +16,7 @@ use super::Community;
 use super::projection::member_from_blob;
 use crate::authority::CommunityId;
 use crate::conversation::{
-    self, CREATED_AT, ConversationId, MAX_MESSAGE_CHARS, MESSAGE_PREFIX, MESSAGE_RETENTION_MS,
-    MessageId,
+    self, CREATED_AT, ConversationId, MAX_MESSAGE_CHARS, MESSAGE_PREFIX, MessageId,
 };
 use crate::crypto::{ConversationKey, DecryptError};
 use crate::docs::DocId;
@@ -307,7 +306,7 @@ impl Community {
                 params![
                     row.id.to_string(),
                     me.as_bytes().as_slice(),
-                    cutoff(now),
+                    self.cutoff(now),
                     at,
                     mark
                 ],
@@ -420,7 +419,7 @@ impl Community {
             .query_map(
                 params![
                     id.to_string(),
-                    cutoff(now),
+                    self.cutoff(now),
                     cursor,
                     before.map(|m| m.to_string()),
                     hide_other,
@@ -499,7 +498,7 @@ impl Community {
     /// (queries already hide them); returns how many. Their changes stay in
     /// the document's history until compaction (see ARCHITECTURE.md).
     pub fn prune_messages(&mut self, now: Timestamp) -> Result<usize> {
-        let cutoff = cutoff(now);
+        let cutoff = self.cutoff(now);
         self.db.write(|tx| {
             Ok(tx
                 .prepare_cached("DELETE FROM messages WHERE sent_at < ?1")?
@@ -508,9 +507,14 @@ impl Community {
     }
 }
 
-/// The oldest `sent_at` still shown.
-fn cutoff(now: Timestamp) -> i64 {
-    now.as_millis().saturating_sub(MESSAGE_RETENTION_MS)
+impl Community {
+    /// The oldest `sent_at` still shown: the community's message retention
+    /// (a setting, 90 days by default) before `now`.
+    fn cutoff(&self, now: Timestamp) -> i64 {
+        let days = i64::from(self.auth.settings.message_retention_days);
+        now.as_millis()
+            .saturating_sub(days.saturating_mul(Timestamp::DAY))
+    }
 }
 
 /// Moves the projection of a conversation: its row (opening, last
