@@ -87,7 +87,7 @@ pub use profile::Profile;
 pub use report::{ReportCategory, ReportId, ReportState, ReportTarget, Resolution};
 pub use request::{
     Category, MAX_POSTED_TO, MatchState, MatchStatus, OfferId, OfferState, OfferStatus,
-    RequestDraft, RequestId, RequestKind, RequestState, RequestStatus, Urgency,
+    RequestDraft, RequestId, RequestKind, RequestState, RequestStatus, Urgency, offers_created,
 };
 pub use time::Timestamp;
 pub use trust::{Badge, TrustInput, TrustScore, badges, trust};

@@ -875,6 +875,29 @@ fn offer_value_ok(key: &str, op: &OpType) -> bool {
     }
 }
 
+/// The offers a change creates (the objects it makes under `offer:<id>`
+/// keys of a request document), read from its operations: what a sync
+/// server needs to refuse an offer across a block. Empty if the bytes are
+/// not a change.
+pub fn offers_created(change_bytes: &[u8]) -> Vec<OfferId> {
+    let Ok(change) = automerge::Change::from_bytes(change_bytes.to_vec()) else {
+        return Vec::new();
+    };
+    change
+        .decode()
+        .operations
+        .iter()
+        .filter(|op| {
+            matches!(op.obj, ObjectId::Root)
+                && matches!(op.action, OpType::Make(automerge::ObjType::Map))
+        })
+        .filter_map(|op| match &op.key {
+            Key::Map(k) => k.strip_prefix(OFFER).and_then(OfferId::parse),
+            Key::Seq(_) => None,
+        })
+        .collect()
+}
+
 fn illegal(why: &'static str) -> Rejection {
     Rejection::IllegalTransition(why)
 }

@@ -232,8 +232,17 @@ impl Conn {
                 }
                 ServerAction::Ingest(bundle) => self.ingest(bundle).await,
                 ServerAction::Blocks(blocked) => {
-                    self.blocked = Arc::new(blocked.into_iter().collect());
-                    ControlFlow::Continue(())
+                    self.blocked = Arc::new(blocked.iter().copied().collect());
+                    match self.session.member() {
+                        Some(member) => match self.state.store.set_blocks(member, blocked).await {
+                            Ok(()) => ControlFlow::Continue(()),
+                            Err(e) => {
+                                tracing::error!(error = %e, "keeping blocks failed");
+                                ControlFlow::Continue(())
+                            }
+                        },
+                        None => ControlFlow::Continue(()),
+                    }
                 }
                 ServerAction::Close => ControlFlow::Break(()),
                 _ => ControlFlow::Continue(()),

@@ -17,7 +17,7 @@ use std::time::Instant;
 use karmyq_core::sync::{Ack, Frame, JoinDecline, JoinRequest, split};
 use karmyq_core::{
     Bundle, CommunityId, DocId, Heads, Item, Karmyq, MemberId, OpBody, Rejection, Report, Resolved,
-    Role, Signature, SignedChange, SignedOp, Timestamp, Visibility,
+    Role, Signature, SignedChange, SignedOp, Timestamp, Visibility, offers_created,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -87,6 +87,11 @@ enum Cmd {
         decline: JoinDecline,
         reply: Reply<()>,
     },
+    SetBlocks {
+        member: MemberId,
+        blocked: Vec<MemberId>,
+        reply: Reply<()>,
+    },
     Ingest {
         uploader: MemberId,
         conn: u64,
@@ -112,6 +117,7 @@ impl std::fmt::Debug for Cmd {
             Cmd::Directory { .. } => "Directory",
             Cmd::Join { .. } => "Join",
             Cmd::Decline { .. } => "Decline",
+            Cmd::SetBlocks { .. } => "SetBlocks",
         })
     }
 }
@@ -199,6 +205,21 @@ impl Store {
         self.ask(|reply| Cmd::Decline { decline, reply }).await
     }
 
+    /// Keeps whom `member` blocked, as their device told at login: no
+    /// offer of theirs on `member`'s requests is taken from then on.
+    pub async fn set_blocks(
+        &self,
+        member: MemberId,
+        blocked: Vec<MemberId>,
+    ) -> Result<(), StoreError> {
+        self.ask(|reply| Cmd::SetBlocks {
+            member,
+            blocked,
+            reply,
+        })
+        .await
+    }
+
     /// The public communities.
     pub async fn directory(&self) -> Result<Vec<DirectoryEntry>, StoreError> {
         self.ask(|reply| Cmd::Directory { reply }).await
@@ -224,6 +245,19 @@ fn open_server_db(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
                  PRIMARY KEY (community_id, member_id)
              );
              PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    if version <= 1 {
+        // Version 2: whom each member blocked, as their device last told.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE blocks (
+                 member_id BLOB NOT NULL,
+                 blocked BLOB NOT NULL,
+                 PRIMARY KEY (member_id, blocked)
+             ) WITHOUT ROWID;
+             PRAGMA user_version = 2;
              COMMIT;",
         )?;
     }
@@ -296,6 +330,13 @@ impl Worker {
                 }
                 Cmd::Decline { decline, reply } => {
                     let _ = reply.send(self.decline(decline));
+                }
+                Cmd::SetBlocks {
+                    member,
+                    blocked,
+                    reply,
+                } => {
+                    let _ = reply.send(self.set_blocks(member, &blocked));
                 }
             }
         }
@@ -426,6 +467,39 @@ impl Worker {
         tracing::info!(community = %id.fmt_short(), member = %request.member.fmt_short(), "request to join kept");
         self.push_join_requests(id)?;
         Ok(JoinOutcome::Received)
+    }
+
+    fn set_blocks(&mut self, member: MemberId, blocked: &[MemberId]) -> Result<(), StoreError> {
+        let tx = self.db.transaction()?;
+        tx.execute(
+            "DELETE FROM blocks WHERE member_id = ?1",
+            [member.as_bytes().as_slice()],
+        )?;
+        for b in blocked {
+            tx.execute(
+                "INSERT OR IGNORE INTO blocks (member_id, blocked) VALUES (?1, ?2)",
+                [member.as_bytes().as_slice(), b.as_bytes().as_slice()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether `change` makes an offer on a request whose requester blocked
+    /// its author (DOMAIN.md: the server relays no offer across a block).
+    fn offer_across_block(&self, change: &SignedChange) -> Result<bool, StoreError> {
+        let Some(DocId::Request(request)) = DocId::parse(&change.envelope.doc) else {
+            return Ok(false);
+        };
+        let author = change.envelope.author;
+        let blocked = self
+            .db
+            .prepare_cached("SELECT 1 FROM blocks WHERE member_id = ?1 AND blocked = ?2")?
+            .exists([
+                request.requester.as_bytes().as_slice(),
+                author.as_bytes().as_slice(),
+            ])?;
+        Ok(blocked && !offers_created(&change.bytes).is_empty())
     }
 
     fn decline(&mut self, decline: JoinDecline) -> Result<(), StoreError> {
@@ -562,7 +636,17 @@ impl Worker {
                 .as_ref()
                 .is_some_and(|s| s.members.contains_key(&author))
             {
-                kept.changes.push(change.clone());
+                if self.offer_across_block(change)? {
+                    report.rejected.push((
+                        Item::Change {
+                            doc: change.envelope.doc.clone(),
+                            hash: change.envelope.change_hash,
+                        },
+                        Rejection::Blocked,
+                    ));
+                } else {
+                    kept.changes.push(change.clone());
+                }
             } else {
                 report.rejected.push((
                     Item::Change {

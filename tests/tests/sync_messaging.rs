@@ -280,3 +280,62 @@ fn server_conversation_changes(
         |r| r.get(0),
     )?)
 }
+
+#[test]
+fn the_server_takes_no_offer_across_a_block() -> TestResult {
+    let server = TestServer::start()?;
+    let (mut alice, mut bob, mut carol) = (Node::new()?, Node::new()?, Node::new()?);
+    let id = alice.with(|k| k.create_community("Elm Street", "", Visibility::Public, now()))?;
+    let bob_id = bob.with(|k| Ok(k.member_id()))?;
+    // Alice blocked Bob before she went online: her device tells the server.
+    alice.with(|k| k.block(&bob_id, now()))?;
+    alice.go_online(&server, id)?;
+    for node in [&mut bob, &mut carol] {
+        let log = alice.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
+        node.with(|k| {
+            k.receive(&log, now())?;
+            k.community(id)?.join(now())
+        })?;
+        node.go_online(&server, id)?;
+    }
+    wait_until("three members at alice's", || {
+        alice.with(|k| Ok(k.community(id)?.members()?.len() == 3))
+    })?;
+    let draft = karmyq_core::RequestDraft {
+        title: "Walk my dog".into(),
+        description: String::new(),
+        category: karmyq_core::Category::Pets,
+        urgency: karmyq_core::Urgency::Low,
+        kind: karmyq_core::RequestKind::Generic,
+        location: None,
+        when: None,
+    };
+    let req = alice.with(|k| k.community(id)?.post_request(&draft, now()))?;
+    alice.nudge();
+    wait_until("the request at bob's and carol's", || {
+        let mut both = true;
+        for n in [&bob, &carol] {
+            both &= n.with(|k| Ok(k.community(id)?.request(req, now()).is_ok()))?;
+        }
+        Ok(both)
+    })?;
+    // Bob did not block Alice, so his device lets him offer; the server
+    // refuses the offer, counts it, and relays it to no one.
+    bob.with(|k| k.community(id)?.offer_help(req, "I love dogs", now()))?;
+    bob.nudge();
+    wait_until("the refusal counted", || {
+        Ok(server.metric("karmyq_changes_rejected_total{reason=\"blocked\"}")? >= 1)
+    })?;
+    // Carol's offer goes through, and reaches Alice; Bob's never does.
+    carol.with(|k| k.community(id)?.offer_help(req, "Me", now()))?;
+    carol.nudge();
+    wait_until("carol's offer at alice's", || {
+        alice.with(|k| Ok(!k.community(id)?.request(req, now())?.offers.is_empty()))
+    })?;
+    for n in [&alice, &carol] {
+        let offers = n.with(|k| Ok(k.community(id)?.request(req, now())?.offers))?;
+        assert_eq!(offers.len(), 1, "only carol's offer");
+        assert_ne!(offers[0].0.id.responder, bob_id);
+    }
+    Ok(())
+}

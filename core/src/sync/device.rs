@@ -187,14 +187,15 @@ impl DeviceSession {
                 self.chunk_bytes = fit(max_frame, UPLOAD_CHUNK_BYTES);
                 self.chunk_items = fit(max_changes, UPLOAD_CHUNK_ITEMS);
                 self.state = State::Subscribing { retried: false };
-                let mut actions = vec![DeviceAction::Status(SyncStatus::Syncing)];
-                if !self.blocked.is_empty() {
-                    actions.push(DeviceAction::Send(Frame::Blocks {
+                // Blocks go at every login, even none: an unblock must
+                // reach the server too.
+                vec![
+                    DeviceAction::Status(SyncStatus::Syncing),
+                    DeviceAction::Send(Frame::Blocks {
                         blocked: self.blocked.clone(),
-                    }));
-                }
-                actions.push(DeviceAction::Send(self.subscribe_frame()));
-                actions
+                    }),
+                    DeviceAction::Send(self.subscribe_frame()),
+                ]
             }
             (State::Subscribing { .. } | State::Live, Frame::Bundle { bytes }) => {
                 match Bundle::decode(&bytes) {
