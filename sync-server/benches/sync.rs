@@ -51,6 +51,7 @@ use karmyq_core::{
 };
 use karmyq_sync_server::Config;
 use support::{at, key, large_community, signed_change};
+
 use tempfile::TempDir;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -91,14 +92,23 @@ struct Server {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), karmyq_sync_server::ServerError>>>,
-    dir: TempDir,
+    dir: Option<TempDir>,
 }
 
 impl Server {
     /// Serves the data directory `dir` (a server's replica, seeded by the
     /// bench with [`seed`]).
     fn start(dir: TempDir, tune: impl FnOnce(&mut Config)) -> Server {
-        let mut config = Config::new(dir.path());
+        Server::start_at(&dir.path().to_owned(), Some(dir), tune)
+    }
+
+    /// Serves the data directory at `path` (kept alive with `dir`).
+    fn start_at(
+        path: &std::path::Path,
+        dir: Option<TempDir>,
+        tune: impl FnOnce(&mut Config),
+    ) -> Server {
+        let mut config = Config::new(path);
         config.max_connections = 10_000;
         tune(&mut config);
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -128,7 +138,7 @@ impl Server {
         format!("ws://{}/v1/sync", self.addr)
     }
 
-    fn stop(mut self) -> TempDir {
+    fn stop(mut self) -> Option<TempDir> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -166,17 +176,6 @@ fn receive_all(k: &mut Karmyq, bundle: &Bundle, now: Timestamp) {
         report.reasons().first(),
         report.pending.len()
     );
-}
-
-/// The server process's resident memory, in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
 }
 
 /// The soft limit on open files of this process.
@@ -434,6 +433,24 @@ fn own_requests(
     out
 }
 
+/// A community of `members` members besides its founder (each with a
+/// profile); the founder then edits their own profile, as a device that
+/// merged everything would, so each document has one head rather than one
+/// per member (what a device that has synced sends in `Subscribe`).
+fn community(members: usize) -> (TempDir, Karmyq, CommunityId) {
+    let (dir, mut founder, id) = large_community(members);
+    let profile = karmyq_core::Profile {
+        name: "Founder".into(),
+        ..karmyq_core::Profile::default()
+    };
+    founder
+        .community(id)
+        .unwrap()
+        .set_profile(&profile, at(5))
+        .unwrap();
+    (dir, founder, id)
+}
+
 fn auth_heads(k: &mut Karmyq, id: CommunityId) -> Vec<OpHash> {
     k.community(id).unwrap().authority().heads.clone()
 }
@@ -474,7 +491,7 @@ fn catch_up() {
         (5, 20, 100)
     };
     let t = Instant::now();
-    let (_founder_dir, mut founder, id) = large_community(requesters + helpers);
+    let (_founder_dir, mut founder, id) = community(requesters + helpers);
     let auth = auth_heads(&mut founder, id);
     let rk: Vec<Keypair> = (1..=requesters as u64).map(key).collect();
     let hk: Vec<Keypair> = (requesters as u64 + 1..=(requesters + helpers) as u64)
@@ -587,7 +604,7 @@ fn catch_up() {
 
 fn ingest() {
     let (devices, requests) = if full() { (50, 200) } else { (5, 4) };
-    let (_founder_dir, mut founder, id) = large_community(devices);
+    let (_founder_dir, mut founder, id) = community(devices);
     let auth = auth_heads(&mut founder, id);
     let keys: Vec<Keypair> = (1..=devices as u64).map(key).collect();
     let throughput = median_of(3, |run| {
@@ -677,9 +694,9 @@ fn ingest() {
 
 // ----- 3. idle connections, 4. fan-out: clients in a child process -------------
 
-/// Runs this binary again as the clients of `mode`, with `env`; returns
-/// the child and its output lines.
-fn spawn_clients(
+/// Runs this binary again as `mode` (clients, or a server), with `env`;
+/// returns the child and its output lines.
+fn spawn_child(
     mode: &str,
     env: &[(&str, String)],
 ) -> (
@@ -718,43 +735,52 @@ fn idle() {
         return;
     }
     let t = Instant::now();
-    let (_founder_dir, mut founder, id) = large_community(n);
+    let (_founder_dir, mut founder, id) = community(n);
     let dir = seed(&mut founder, id, []);
     println!(
         "idle: community of {} members seeded in {:.1} s",
         n + 1,
         t.elapsed().as_secs_f64()
     );
-    let server = Server::start(dir, |_| {});
-    // One member subscribes first, so the community is loaded and the
-    // runtime warm before the baseline; the children reuse its heads.
     let clients = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (ws, got) = clients.block_on(member(&server.url(), &key(1), id, Heads::empty()));
-    drop(ws);
-    std::thread::sleep(Duration::from_millis(300));
-    let per_conn = median_of(2, |_| {
-        let before = rss();
-        let (mut child, mut lines) = spawn_clients(
+    let per_conn = median_of(3, |_| {
+        // The server in a process of its own, fresh each run, so that its
+        // resident memory is its own and not what an earlier run left.
+        let data = copy_dir(&dir);
+        let (mut server, mut out) =
+            spawn_child("server", &[("KQB_DIR", data.path().display().to_string())]);
+        let addr = out.next().expect("server output").unwrap();
+        let addr = addr.strip_prefix("addr ").expect("the server's address");
+        let url = format!("ws://{addr}/v1/sync");
+        // One member subscribes first, so the community is loaded and the
+        // runtime warm before the baseline; the clients reuse its heads.
+        let (ws, got) = clients.block_on(member(&url, &key(1), id, Heads::empty()));
+        drop(ws);
+        std::thread::sleep(Duration::from_millis(300));
+        let before = rss_of(server.id());
+        let (mut child, mut lines) = spawn_child(
             "idle",
             &[
-                ("KQB_URL", server.url()),
+                ("KQB_URL", url.clone()),
                 ("KQB_COMMUNITY", id.to_string()),
                 ("KQB_COUNT", n.to_string()),
-                ("KQB_HEADS", heads_to_env(id, &got.heads)),
             ],
         );
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{}", heads_to_line(id, &got.heads)).unwrap();
         let ready = lines.next().expect("child output").unwrap();
         assert_eq!(ready, format!("ready {n}"), "every client subscribed");
         // Let the server settle (tasks parked, buffers as they stay).
         std::thread::sleep(Duration::from_millis(500));
-        let after = rss();
-        let subscribed = server_subscriptions(&server);
-        assert_eq!(subscribed, n as u64, "every client is subscribed");
-        child.stdin.take().unwrap().write_all(b"stop\n").unwrap();
+        let after = rss_of(server.id());
+        assert_eq!(subscriptions(addr), n as u64, "every client is subscribed");
+        stdin.write_all(b"stop\n").unwrap();
         assert!(child.wait().unwrap().success());
+        server.stdin.take().unwrap().write_all(b"stop\n").unwrap();
+        assert!(server.wait().unwrap().success());
         let per = after.saturating_sub(before) as f64 / n as f64;
         println!(
             "  idle run: server RSS {:.1} MB -> {:.1} MB with {n} connections: {:.1} KB each",
@@ -762,11 +788,6 @@ fn idle() {
             after as f64 / 1e6,
             per / 1e3
         );
-        // Connections closed: wait for the server to forget them.
-        let start = Instant::now();
-        while server_subscriptions(&server) > 0 && start.elapsed() < PATIENCE {
-            std::thread::sleep(Duration::from_millis(50));
-        }
         per
     });
     println!(
@@ -775,11 +796,33 @@ fn idle() {
         per_conn / 1e3,
         verdict(per_conn <= 50_000.0)
     );
+}
+
+/// Child: a server over the data directory `KQB_DIR`; prints its address,
+/// stops when a line comes on stdin.
+fn server_process() {
+    let dir = std::path::PathBuf::from(env_of("KQB_DIR"));
+    let server = Server::start_at(&dir, None, |_| {});
+    println!("addr {}", server.addr);
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
     server.stop();
 }
 
-/// Heads in a form a child process takes from its environment.
-fn heads_to_env(community: CommunityId, heads: &Heads) -> String {
+/// A process's resident memory, in bytes.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Heads as one line of text, for a child process.
+fn heads_to_line(community: CommunityId, heads: &Heads) -> String {
     let frame = Frame::Subscribed {
         community,
         heads: heads.clone(),
@@ -787,18 +830,20 @@ fn heads_to_env(community: CommunityId, heads: &Heads) -> String {
     hex::encode(frame.encode())
 }
 
-fn heads_from_env() -> Heads {
-    let bytes = hex::decode(env_of("KQB_HEADS")).unwrap();
+fn heads_from_stdin() -> Heads {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    let bytes = hex::decode(line.trim()).unwrap();
     match Frame::decode(&bytes).unwrap() {
         Frame::Subscribed { heads, .. } => heads,
         other => panic!("not heads: {other:?}"),
     }
 }
 
-/// Subscriptions the server counts, from `/metrics`.
-fn server_subscriptions(server: &Server) -> u64 {
+/// Subscriptions the server at `addr` counts, from `/metrics`.
+fn subscriptions(addr: &str) -> u64 {
     use std::io::Read;
-    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut out = String::new();
@@ -814,7 +859,7 @@ fn idle_clients() {
     let url = env_of("KQB_URL");
     let id = CommunityId::from_hex(&env_of("KQB_COMMUNITY")).unwrap();
     let n = env_num("KQB_COUNT");
-    let heads = heads_from_env();
+    let heads = heads_from_stdin();
     let rt = client_runtime();
     let conns = rt.block_on(async {
         let mut conns = Vec::new();
@@ -850,7 +895,7 @@ fn fanout() {
     };
     let t = Instant::now();
     // Members 1..=receivers read; member receivers + 1 writes.
-    let (_founder_dir, mut founder, id) = large_community(receivers + 1);
+    let (_founder_dir, mut founder, id) = community(receivers + 1);
     let dir = seed(&mut founder, id, []);
     println!(
         "fan-out: community of {} members seeded in {:.1} s",
@@ -864,7 +909,7 @@ fn fanout() {
             c.rate_burst = 2 * rate as u32;
             c.rate_per_second = 2 * rate as u32;
         });
-        let (mut child, mut lines) = spawn_clients(
+        let (mut child, mut lines) = spawn_child(
             "fanout",
             &[
                 ("KQB_URL", server.url()),
@@ -1059,6 +1104,7 @@ fn main() {
     match std::env::var("KQB_CHILD").as_deref() {
         Ok("idle") => return idle_clients(),
         Ok("fanout") => return fanout_clients(),
+        Ok("server") => return server_process(),
         _ => {}
     }
     let only = std::env::var("KQB_ONLY").unwrap_or_default();
