@@ -365,11 +365,13 @@ impl Worker {
     fn push_join_requests(&mut self, id: CommunityId) -> Result<(), StoreError> {
         let requests = self.join_requests(id)?;
         let auth = self.karmyq.community(id)?.authority().clone();
-        let frame = Frame::JoinRequests {
-            community: id,
-            requests,
-        }
-        .encode();
+        let frame = axum::body::Bytes::from(
+            Frame::JoinRequests {
+                community: id,
+                requests,
+            }
+            .encode(),
+        );
         for (conn, sub) in self.hub.subscribers(&id, 0) {
             if auth.role(&sub.member) >= Some(Role::Moderator) {
                 self.hub
@@ -633,14 +635,16 @@ impl Worker {
             })
             .collect();
         let max_frame = self.max_frame;
-        let frames = |b: &Bundle| -> Vec<Vec<u8>> {
+        let frames = |b: &Bundle| -> Vec<axum::body::Bytes> {
             split(b, max_frame, usize::MAX)
                 .into_iter()
                 .map(|piece| {
-                    Frame::Bundle {
-                        bytes: piece.encode(),
-                    }
-                    .encode()
+                    axum::body::Bytes::from(
+                        Frame::Bundle {
+                            bytes: piece.encode(),
+                        }
+                        .encode(),
+                    )
                 })
                 .collect()
         };
