@@ -849,6 +849,11 @@ fn heads_from_stdin() -> Heads {
 
 /// Subscriptions the server at `addr` counts, from `/metrics`.
 fn subscriptions(addr: &str) -> u64 {
+    metric(addr, "karmyq_subscriptions") as u64
+}
+
+/// One value of the server's `/metrics` (0 if absent).
+fn metric(addr: &str, series: &str) -> f64 {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -856,8 +861,14 @@ fn subscriptions(addr: &str) -> u64 {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out.lines()
-        .find_map(|l| l.strip_prefix("karmyq_subscriptions ")?.trim().parse().ok())
-        .unwrap_or(0)
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
 
 /// Child: `KQB_COUNT` members (keys 1..) logged in and subscribed, held
@@ -958,6 +969,13 @@ fn fanout_with(
         );
         let result = lines.next().expect("child output").unwrap();
         assert!(child.wait().unwrap().success());
+        let addr = server.addr.to_string();
+        let ingest = metric(&addr, "karmyq_ingest_seconds_sum")
+            / metric(&addr, "karmyq_ingest_seconds_count");
+        println!(
+            "  fan-out: the store spent {:.2} ms per upload (validate, store, relay)",
+            ingest * 1e3
+        );
         server.stop();
         // "latency <samples> <expected> <p50> <p90> <p99> <p99.9> <max>" (µs)
         let v: Vec<f64> = result

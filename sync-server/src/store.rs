@@ -612,10 +612,6 @@ impl Worker {
         if subscribers.is_empty() {
             return Ok(());
         }
-        // Everything stored since the heads before this upload (including
-        // pending changes it released), but reports, which go only to
-        // their readers.
-        let delta = community.changes_since(&before_heads.unwrap_or_default())?;
         let accepted: BTreeSet<[u8; 32]> = report
             .accepted
             .iter()
@@ -624,6 +620,33 @@ impl Worker {
                 Item::Op(_) => None,
             })
             .collect();
+        // What to relay: everything stored since the heads before this
+        // upload, but reports, which go only to their readers. The common
+        // case, an upload of changes only that released nothing pending,
+        // is just the accepted changes of the upload, in its order: no need
+        // to ask the store (`changes_since` walks the whole authority log
+        // and every document's heads: ~7 ms an upload with 1,000 members).
+        let only_uploaded = uploaded.ops.is_empty()
+            && report.accepted.len() == accepted.len()
+            && accepted.len()
+                == uploaded
+                    .changes
+                    .iter()
+                    .filter(|c| accepted.contains(&c.envelope.change_hash))
+                    .count();
+        let delta = if only_uploaded {
+            let mut delta = Bundle::new(id);
+            delta.changes = uploaded
+                .changes
+                .iter()
+                .filter(|c| accepted.contains(&c.envelope.change_hash))
+                .filter(|c| !matches!(DocId::parse(&c.envelope.doc), Some(DocId::Report(_))))
+                .cloned()
+                .collect();
+            delta
+        } else {
+            community.changes_since(&before_heads.unwrap_or_default())?
+        };
         let reports: Vec<(DocId, &SignedChange)> = uploaded
             .changes
             .iter()
