@@ -645,7 +645,15 @@ fn ingest() {
                 let kp = key(d as u64 + 1);
                 let (url, heads, barrier) = (url.clone(), heads.clone(), barrier.clone());
                 clients.spawn(async move {
-                    let (mut ws, _) = member(&url, &kp, id, heads).await;
+                    // KQB_INGEST_ALONE=1: upload without subscribing (no
+                    // relay to the 49 others), to tell storing from relaying.
+                    let mut ws = if std::env::var("KQB_INGEST_ALONE").is_ok() {
+                        let mut ws = connect(&url).await;
+                        login(&mut ws, &kp).await;
+                        ws
+                    } else {
+                        member(&url, &kp, id, heads).await.0
+                    };
                     // As the engine splits an upload (1 MiB, 1,000 items).
                     let pieces = split(&upload, 1 << 20, 1_000);
                     barrier.wait().await;
