@@ -13,8 +13,8 @@ use tokio::sync::{Notify, mpsc};
 /// What other tasks send to a connection.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// A frame to send as is.
-    Frame(Vec<u8>),
+    /// A frame to send as is (shared by every subscriber it goes to).
+    Frame(axum::body::Bytes),
     /// The member is no longer in this community: drop the subscription.
     Evicted(CommunityId),
 }

@@ -32,6 +32,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use karmyq_core::sync::{JoinDecline, JoinRequest, ServerLimits, TokenBucket};
 use karmyq_core::{CommunityId, MemberId, Signature, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -407,6 +408,13 @@ pub async fn run(
     });
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, server = %me.fmt_short(), "serving");
+    // No Nagle: a live push is one small frame, and waiting to coalesce it
+    // with the next (while the device delays its ACK) costs ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let serve = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: draining connections");

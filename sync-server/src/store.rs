@@ -422,11 +422,13 @@ impl Worker {
     fn push_join_requests(&mut self, id: CommunityId) -> Result<(), StoreError> {
         let requests = self.join_requests(id)?;
         let auth = self.karmyq.community(id)?.authority().clone();
-        let frame = Frame::JoinRequests {
-            community: id,
-            requests,
-        }
-        .encode();
+        let frame = axum::body::Bytes::from(
+            Frame::JoinRequests {
+                community: id,
+                requests,
+            }
+            .encode(),
+        );
         for (conn, sub) in self.hub.subscribers(&id, 0) {
             if auth.role(&sub.member) >= Some(Role::Moderator) {
                 self.hub
@@ -737,10 +739,6 @@ impl Worker {
         if subscribers.is_empty() {
             return Ok(());
         }
-        // Everything stored since the heads before this upload (including
-        // pending changes it released), but private documents (reports,
-        // conversations), which go only to their readers.
-        let delta = community.changes_since(&before_heads.unwrap_or_default())?;
         let accepted: BTreeSet<[u8; 32]> = report
             .accepted
             .iter()
@@ -749,6 +747,34 @@ impl Worker {
                 Item::Op(_) => None,
             })
             .collect();
+        // What to relay: everything stored since the heads before this
+        // upload (including pending changes it released), but private
+        // documents (reports, conversations), which go only to their readers. The common
+        // case, an upload of changes only that released nothing pending,
+        // is just the accepted changes of the upload, in its order: no need
+        // to ask the store (`changes_since` walks the whole authority log
+        // and every document's heads: ~7 ms an upload with 1,000 members).
+        let only_uploaded = uploaded.ops.is_empty()
+            && report.accepted.len() == accepted.len()
+            && accepted.len()
+                == uploaded
+                    .changes
+                    .iter()
+                    .filter(|c| accepted.contains(&c.envelope.change_hash))
+                    .count();
+        let delta = if only_uploaded {
+            let mut delta = Bundle::new(id);
+            delta.changes = uploaded
+                .changes
+                .iter()
+                .filter(|c| accepted.contains(&c.envelope.change_hash))
+                .filter(|c| !DocId::parse(&c.envelope.doc).is_some_and(|d| d.is_private()))
+                .cloned()
+                .collect();
+            delta
+        } else {
+            community.changes_since(&before_heads.unwrap_or_default())?
+        };
         let reports: Vec<(DocId, &SignedChange)> = uploaded
             .changes
             .iter()
@@ -760,14 +786,16 @@ impl Worker {
             })
             .collect();
         let max_frame = self.max_frame;
-        let frames = |b: &Bundle| -> Vec<Vec<u8>> {
+        let frames = |b: &Bundle| -> Vec<axum::body::Bytes> {
             split(b, max_frame, usize::MAX)
                 .into_iter()
                 .map(|piece| {
-                    Frame::Bundle {
-                        bytes: piece.encode(),
-                    }
-                    .encode()
+                    axum::body::Bytes::from(
+                        Frame::Bundle {
+                            bytes: piece.encode(),
+                        }
+                        .encode(),
+                    )
                 })
                 .collect()
         };

@@ -258,7 +258,8 @@ impl Worker {
         let mut session =
             DeviceSession::new(self.keys.clone(), self.community, heads).with_blocks(blocked);
         let connected = tokio::select! {
-            c = tokio_tungstenite::connect_async(self.url.as_str()) => c,
+            // No Nagle: uploads and acks are small frames, sent at once.
+            c = tokio_tungstenite::connect_async_with_config(self.url.as_str(), None, true) => c,
             _ = self.stop.changed() => return Ok(Ended::Stopped),
         };
         let Ok((mut ws, _)) = connected else {
