@@ -195,7 +195,7 @@ pub mod net {
     use karmyq_core::sync::{
         EngineOptions, ErrorCode, Frame, PROTOCOL_VERSION, SyncEngine, SyncStatus, login_message,
     };
-    use karmyq_core::{CommunityId, Heads, Karmyq, Keypair, SigningTag};
+    use karmyq_core::{CommunityId, Heads, Karmyq, Keypair, SigningTag, Timestamp};
     use karmyq_sync_server::Config;
     use tempfile::TempDir;
     use tokio::net::TcpStream;
@@ -615,6 +615,45 @@ pub mod net {
                 Err(_) => Ok(Heads::empty()),
             })
         }
+    }
+
+    /// `node` receives community `id`'s log from `founder` (what an invite
+    /// link carries), joins it, and goes online with `server`.
+    pub fn join_online(
+        server: &TestServer,
+        founder: &Node,
+        node: &mut Node,
+        id: CommunityId,
+    ) -> TestResult {
+        let log = founder.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
+        node.with(|k| {
+            k.receive(&log, Timestamp::now())?;
+            k.community(id)?.join(Timestamp::now())
+        })?;
+        node.go_online(server, id)
+    }
+
+    /// A public community `founder` creates and syncs with `server`; each
+    /// of `joiners` joins it online ([`join_online`]). Returns once the
+    /// founder sees every member.
+    pub fn public_community(
+        server: &TestServer,
+        founder: &mut Node,
+        joiners: &mut [&mut Node],
+        name: &str,
+    ) -> TestResult<CommunityId> {
+        let id = founder.with(|k| {
+            k.create_community(name, "", karmyq_core::Visibility::Public, Timestamp::now())
+        })?;
+        founder.go_online(server, id)?;
+        for node in joiners.iter_mut() {
+            join_online(server, founder, node, id)?;
+        }
+        let everyone = joiners.len() + 1;
+        wait_until("every member at the founder's", || {
+            founder.with(|k| Ok(k.community(id)?.members()?.len() == everyone))
+        })?;
+        Ok(id)
     }
 
     /// Waits until `cond` holds, or fails after [`PATIENCE`] naming `what`.

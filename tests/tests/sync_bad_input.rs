@@ -6,7 +6,7 @@ use karmyq_core::sync::{ErrorCode, Frame, PROTOCOL_VERSION};
 use karmyq_core::{
     Bundle, CommunityId, Heads, Keypair, Profile, SigningTag, Timestamp, Visibility,
 };
-use karmyq_tests::net::{Node, TestResult, TestServer, wait_until};
+use karmyq_tests::net::{Node, TestResult, TestServer, public_community, wait_until};
 
 fn now() -> Timestamp {
     Timestamp::now()
@@ -22,14 +22,7 @@ fn bad_input_gets_typed_errors_and_the_server_keeps_serving() -> TestResult {
     })?;
     // Two devices syncing a community throughout.
     let (mut alice, mut bob) = (Node::new()?, Node::new()?);
-    let id = alice.with(|k| k.create_community("Elm Street", "", Visibility::Public, now()))?;
-    alice.go_online(&server, id)?;
-    let log = alice.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
-    bob.with(|k| {
-        k.receive(&log, now())?;
-        k.community(id)?.join(now())
-    })?;
-    bob.go_online(&server, id)?;
+    let id = public_community(&server, &mut alice, &mut [&mut bob], "Elm Street")?;
     wait_until("bob joined", || {
         alice.with(|k| Ok(k.community(id)?.members()?.len() == 2))
     })?;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use karmyq_core::sync::{EngineOptions, SyncStatus};
 use karmyq_core::{Heads, Profile, Timestamp, Visibility};
-use karmyq_tests::net::{Node, TestResult, TestServer, wait_until};
+use karmyq_tests::net::{Node, TestResult, TestServer, public_community, wait_until};
 
 fn now() -> Timestamp {
     Timestamp::now()
@@ -84,14 +84,7 @@ fn changes_are_pushed_live_without_polling() -> TestResult {
 fn shutdown_tells_devices_and_drains() -> TestResult {
     let mut server = TestServer::start_with(|c| c.drain_timeout = Duration::from_secs(5))?;
     let (mut alice, mut bob) = (Node::new()?, Node::new()?);
-    let id = alice.with(|k| k.create_community("Elm Street", "", Visibility::Public, now()))?;
-    alice.go_online(&server, id)?;
-    let log = alice.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
-    bob.with(|k| {
-        k.receive(&log, now())?;
-        k.community(id)?.join(now())
-    })?;
-    bob.go_online(&server, id)?;
+    let id = public_community(&server, &mut alice, &mut [&mut bob], "Elm Street")?;
     wait_until("both up to date", || {
         Ok(alice.status() == Some(SyncStatus::UpToDate)
             && bob.status() == Some(SyncStatus::UpToDate)

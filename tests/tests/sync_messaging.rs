@@ -5,7 +5,7 @@
 
 use karmyq_core::sync::SyncStatus;
 use karmyq_core::{Heads, Timestamp, Visibility};
-use karmyq_tests::net::{Node, TestResult, TestServer, wait_until};
+use karmyq_tests::net::{Node, TestResult, TestServer, join_online, public_community, wait_until};
 
 fn now() -> Timestamp {
     Timestamp::now()
@@ -33,16 +33,12 @@ fn any_file_contains(dir: &std::path::Path, needle: &[u8]) -> TestResult<bool> {
 fn participants_converse_through_the_server_and_no_one_else_sees_it() -> TestResult {
     let server = TestServer::start()?;
     let (mut alice, mut bob, mut carol) = (Node::new()?, Node::new()?, Node::new()?);
-    let id = alice.with(|k| k.create_community("Elm Street", "", Visibility::Public, now()))?;
-    alice.go_online(&server, id)?;
-    for node in [&mut bob, &mut carol] {
-        let log = alice.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
-        node.with(|k| {
-            k.receive(&log, now())?;
-            k.community(id)?.join(now())
-        })?;
-        node.go_online(&server, id)?;
-    }
+    let id = public_community(
+        &server,
+        &mut alice,
+        &mut [&mut bob, &mut carol],
+        "Elm Street",
+    )?;
     wait_until("three members everywhere", || {
         let three = |n: &Node| n.with(|k| Ok(k.community(id)?.members()?.len() == 3));
         Ok(three(&alice)? && three(&bob)? && three(&carol)?)
@@ -187,14 +183,7 @@ fn bobs_changes_at(
 fn the_server_relays_no_message_across_a_block() -> TestResult {
     let server = TestServer::start()?;
     let (mut alice, mut bob) = (Node::new()?, Node::new()?);
-    let id = alice.with(|k| k.create_community("Elm Street", "", Visibility::Public, now()))?;
-    alice.go_online(&server, id)?;
-    let log = alice.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
-    bob.with(|k| {
-        k.receive(&log, now())?;
-        k.community(id)?.join(now())
-    })?;
-    bob.go_online(&server, id)?;
+    let id = public_community(&server, &mut alice, &mut [&mut bob], "Elm Street")?;
     wait_until("two members at alice's", || {
         alice.with(|k| Ok(k.community(id)?.members()?.len() == 2))
     })?;
@@ -291,12 +280,7 @@ fn the_server_takes_no_offer_across_a_block() -> TestResult {
     alice.with(|k| k.block(&bob_id, now()))?;
     alice.go_online(&server, id)?;
     for node in [&mut bob, &mut carol] {
-        let log = alice.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
-        node.with(|k| {
-            k.receive(&log, now())?;
-            k.community(id)?.join(now())
-        })?;
-        node.go_online(&server, id)?;
+        join_online(&server, &alice, node, id)?;
     }
     wait_until("three members at alice's", || {
         alice.with(|k| Ok(k.community(id)?.members()?.len() == 3))
