@@ -301,33 +301,24 @@ const COMMUNITY_CURRENT: &str = concat!(
 );
 
 fn community_upgrade_from(tx: &Transaction<'_>, from: u32) -> Result<()> {
-    match from {
-        // Norms got their projection; it is filled by a rebuild on open.
-        1 => tx.execute_batch(concat!(
-            norms_table!(),
-            "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
-                ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
-        ))?,
-        // Doc heads and request projections are filled by the same rebuild.
-        2 => tx.execute_batch(concat!(
-            requests_tables!(),
-            "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
-                ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
-        ))?,
-        // Shares are filled by the same rebuild.
-        3 => tx.execute_batch(concat!(
-            match_shares!(),
-            "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
-                ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
-        ))?,
-        // Conversations are filled by the same rebuild.
-        4 => tx.execute_batch(concat!(
-            conversation_tables!(),
-            "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
-                ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
-        ))?,
+    let step = match from {
+        // Norms got their projection.
+        1 => norms_table!(),
+        // Doc heads and the request projections.
+        2 => requests_tables!(),
+        // Match shares, and indexes for figures and the feed.
+        3 => match_shares!(),
+        // Conversations.
+        4 => conversation_tables!(),
         _ => return Err(Error::Corrupt(format!("community: no upgrade from {from}"))),
-    }
+    };
+    tx.execute_batch(step)?;
+    // Every step adds projections: a rebuild on open fills them.
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
+            ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [],
+    )?;
     Ok(())
 }
 
