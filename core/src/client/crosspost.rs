@@ -99,9 +99,8 @@ impl Karmyq {
                 shares.push(*c);
             }
         }
-        if posted_to.is_empty() {
-            shares.clear();
-        }
+        // Not cross-posted: `shares` is this community alone, and a share
+        // list of one is not written.
         self.community(community)?
             .accept_offer_shared(request, offer, &shares, now)?;
         self.reconcile_request(request, &posted_to, now);
@@ -197,16 +196,13 @@ impl Karmyq {
         posted_to: &[CommunityId],
         now: Timestamp,
     ) {
-        for step in 0..2 {
-            let copies = self.copies(request, posted_to);
-            let result = if step == 0 {
-                self.mirror_acceptance(request, &copies, now)
-            } else {
-                self.mirror_parties(request, &copies, now)
-            };
-            if let Err(e) = result {
-                tracing::warn!(request = %request, error = %e, "cross-post reconciliation stopped");
-            }
+        let copies = self.copies(request, posted_to);
+        let accepted = self.mirror_acceptance(request, &copies, now);
+        // Read again: the acceptance may have just been mirrored.
+        let copies = self.copies(request, posted_to);
+        let parties = self.mirror_parties(request, &copies, now);
+        for e in [accepted, parties].into_iter().filter_map(|r| r.err()) {
+            tracing::warn!(request = %request, error = %e, "cross-post reconciliation stopped");
         }
     }
 
