@@ -489,8 +489,10 @@ impl Worker {
 
     /// Whether `change` makes an offer on a request whose requester blocked
     /// its author (DOMAIN.md: the server relays no offer across a block).
+    /// The name is not checked here: core's validator judges the change
+    /// after this, and the block lookup needs only the requester's bytes.
     fn offer_across_block(&self, change: &SignedChange) -> Result<bool, StoreError> {
-        let Some(DocId::Request(request)) = DocId::parse(&change.envelope.doc) else {
+        let Some(DocId::Request(request)) = DocId::parse_stored(&change.envelope.doc) else {
             return Ok(false);
         };
         let author = change.envelope.author;
@@ -768,19 +770,20 @@ impl Worker {
                 .changes
                 .iter()
                 .filter(|c| accepted.contains(&c.envelope.change_hash))
-                .filter(|c| !DocId::parse(&c.envelope.doc).is_some_and(|d| d.is_private()))
+                .filter(|c| !DocId::parse_stored(&c.envelope.doc).is_some_and(|d| d.is_private()))
                 .cloned()
                 .collect();
             delta
         } else {
             community.changes_since(&before_heads.unwrap_or_default())?
         };
+        // Accepted changes were validated: their names need no second check.
         let reports: Vec<(DocId, &SignedChange)> = uploaded
             .changes
             .iter()
             .filter(|c| accepted.contains(&c.envelope.change_hash))
             .filter_map(|c| {
-                DocId::parse(&c.envelope.doc)
+                DocId::parse_stored(&c.envelope.doc)
                     .filter(DocId::is_private)
                     .map(|d| (d, c))
             })
