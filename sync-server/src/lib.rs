@@ -232,22 +232,34 @@ fn bad_request(code: &'static str, message: &str) -> AppError {
     }
 }
 
+/// The pieces of a signed HTTP body, each a `bad_request` if malformed.
+fn community_of(id: &str) -> Result<CommunityId, AppError> {
+    CommunityId::from_hex(id)
+        .map_err(|_| bad_request("bad_request", "the community id is not 64 hex characters"))
+}
+
+fn member_of(hex: &str, what: &str) -> Result<MemberId, AppError> {
+    MemberId::from_hex(hex)
+        .map_err(|_| bad_request("bad_request", &format!("{what} is not a valid key")))
+}
+
+fn signature_of(hex: &str) -> Result<Signature, AppError> {
+    let mut signature = [0u8; 64];
+    hex::decode_to_slice(hex, &mut signature)
+        .map_err(|_| bad_request("bad_request", "signature is not 128 hex characters"))?;
+    Ok(Signature::from_bytes(signature))
+}
+
 fn parse_join_request(id: &str, body: &[u8]) -> Result<JoinRequest, AppError> {
-    let community = CommunityId::from_hex(id)
-        .map_err(|_| bad_request("bad_request", "the community id is not 64 hex characters"))?;
+    let community = community_of(id)?;
     let body: JoinRequestBody = serde_json::from_slice(body)
         .map_err(|_| bad_request("bad_request", "the body is not a join request"))?;
-    let member = MemberId::from_hex(&body.member)
-        .map_err(|_| bad_request("bad_request", "member is not a valid key"))?;
-    let mut signature = [0u8; 64];
-    hex::decode_to_slice(&body.signature, &mut signature)
-        .map_err(|_| bad_request("bad_request", "signature is not 128 hex characters"))?;
     Ok(JoinRequest {
         community,
-        member,
+        member: member_of(&body.member, "member")?,
         message: body.message,
         created_at: Timestamp::from_millis(body.created_at),
-        signature: Signature::from_bytes(signature),
+        signature: signature_of(&body.signature)?,
     })
 }
 
@@ -289,23 +301,16 @@ pub struct JoinDeclineBody {
 }
 
 fn parse_decline(id: &str, asker: &str, body: &[u8]) -> Result<JoinDecline, AppError> {
-    let community = CommunityId::from_hex(id)
-        .map_err(|_| bad_request("bad_request", "the community id is not 64 hex characters"))?;
-    let asker = MemberId::from_hex(asker)
-        .map_err(|_| bad_request("bad_request", "the member is not a valid key"))?;
+    let community = community_of(id)?;
+    let asker = member_of(asker, "the member")?;
     let body: JoinDeclineBody = serde_json::from_slice(body)
         .map_err(|_| bad_request("bad_request", "the body is not a decline"))?;
-    let by = MemberId::from_hex(&body.by)
-        .map_err(|_| bad_request("bad_request", "by is not a valid key"))?;
-    let mut signature = [0u8; 64];
-    hex::decode_to_slice(&body.signature, &mut signature)
-        .map_err(|_| bad_request("bad_request", "signature is not 128 hex characters"))?;
     Ok(JoinDecline {
         community,
         asker,
-        by,
+        by: member_of(&body.by, "by")?,
         created_at: Timestamp::from_millis(body.created_at),
-        signature: Signature::from_bytes(signature),
+        signature: signature_of(&body.signature)?,
     })
 }
 
