@@ -28,20 +28,26 @@ fn path_of(id: CommunityId) -> String {
     format!("/v1/communities/{id}/join-requests")
 }
 
-#[test]
-fn join_requests_reach_moderators_only_and_leak_nothing() -> TestResult {
-    let server = TestServer::start()?;
+/// Alice's private community on `server`, with Bob admitted by her, both
+/// online.
+fn quiet_court(server: &TestServer) -> TestResult<(Node, Node, CommunityId)> {
     let (mut alice, mut bob) = (Node::new()?, Node::new()?);
     let id = alice.with(|k| k.create_community("Quiet Court", "", Visibility::Private, now()))?;
-    alice.go_online(&server, id)?;
-    // Bob is admitted by Alice.
+    alice.go_online(server, id)?;
     let bob_id = bob.with(|k| Ok(k.member_id()))?;
     let log = alice.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
     bob.with(|k| k.receive(&log, now()).map(|_| ()))?;
     alice.with(|k| k.community(id)?.admit(bob_id, Role::Member, now()))?;
     alice.nudge();
-    bob.go_online(&server, id)?;
+    bob.go_online(server, id)?;
     wait_until("bob in", || Ok(bob.status() == Some(SyncStatus::UpToDate)))?;
+    Ok((alice, bob, id))
+}
+
+#[test]
+fn join_requests_reach_moderators_only_and_leak_nothing() -> TestResult {
+    let server = TestServer::start()?;
+    let (alice, bob, id) = quiet_court(&server)?;
 
     // Eve asks to join.
     let eve = Keypair::generate()?;
@@ -139,16 +145,7 @@ fn decline_path(d: &JoinDecline) -> String {
 #[test]
 fn a_moderator_declines_a_request_and_nobody_else_can() -> TestResult {
     let server = TestServer::start()?;
-    let (mut alice, mut bob) = (Node::new()?, Node::new()?);
-    let id = alice.with(|k| k.create_community("Quiet Court", "", Visibility::Private, now()))?;
-    alice.go_online(&server, id)?;
-    let bob_id = bob.with(|k| Ok(k.member_id()))?;
-    let log = alice.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
-    bob.with(|k| k.receive(&log, now()).map(|_| ()))?;
-    alice.with(|k| k.community(id)?.admit(bob_id, Role::Member, now()))?;
-    alice.nudge();
-    bob.go_online(&server, id)?;
-    wait_until("bob in", || Ok(bob.status() == Some(SyncStatus::UpToDate)))?;
+    let (alice, bob, id) = quiet_court(&server)?;
 
     let (eve, mallory) = (Keypair::generate()?, Keypair::generate()?);
     for asker in [&eve, &mallory] {
