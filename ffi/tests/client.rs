@@ -24,7 +24,9 @@ struct Events(Mutex<Sender<KarmyqEvent>>);
 
 impl KarmyqListener for Events {
     fn on_event(&self, event: KarmyqEvent) {
-        let _ = self.0.lock().map(|tx| tx.send(event));
+        if let Ok(tx) = self.0.lock() {
+            let _ = tx.send(event);
+        }
     }
 }
 
