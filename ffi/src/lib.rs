@@ -48,7 +48,7 @@ pub use karmyq_core::{
 pub use listener::{
     KarmyqEvent, KarmyqListener, ListenerHandle, Notification, NotificationKind, SyncState,
 };
-pub use sync::JoinRequestView;
+pub use sync::{JoinRequestView, SignedPost};
 pub use types::{
     Badge, CommunityInfo, FeedEntry, FeedKind, KarmaEntry, KarmaReason, MessageView, OfferView,
     ProposalView, ReceiveReport, RejectedChange, ReportTarget, ReportView, RequestDraft,

@@ -252,3 +252,33 @@ fn the_clock_can_be_pinned_and_the_identity_restored() -> TestResult {
     assert_eq!(restored.member_id(), me);
     Ok(())
 }
+
+#[test]
+fn join_requests_are_signed_for_the_app_to_post() -> TestResult {
+    let server = TestServer::start()?;
+    let (alice, _a) = device()?;
+    let (eve, _e) = device()?;
+    let id = alice.create_community("Quiet Court".into(), "".into(), Visibility::Private)?;
+    alice.start_sync(server.url(), id)?;
+
+    let ask = eve.sign_join_request(id, "I moved in at number 4".into())?;
+    let answer = server.post(&ask.path, &ask.body)?;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    wait_until("eve's request at alice's", || {
+        let pending = alice.join_requests(id)?;
+        Ok(pending
+            .iter()
+            .any(|r| r.member == eve.member_id() && r.message == "I moved in at number 4"))
+    })?;
+
+    let no = alice.sign_join_decline(id, eve.member_id())?;
+    let answer = server.post(&no.path, &no.body)?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    wait_until("the request gone at alice's", || {
+        Ok(alice.join_requests(id)?.is_empty())
+    })?;
+
+    let long = eve.sign_join_request(id, "x".repeat(501)).err();
+    assert_eq!(long.as_ref().map(ApiError::code), Some("invalid_argument"));
+    Ok(())
+}
