@@ -52,6 +52,34 @@ fn tagged(tag: SigningTag, message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Most decompressed keys [`verifying_key`] keeps per thread.
+const KEY_CACHE: usize = 4096;
+
+thread_local! {
+    static KEYS: std::cell::RefCell<rustc_hash::FxHashMap<[u8; 32], VerifyingKey>> =
+        std::cell::RefCell::new(rustc_hash::FxHashMap::default());
+}
+
+/// The public key behind 32 bytes, or `InvalidKey` if they are not a valid
+/// curve point. Decompressing a point costs about 4 µs, and the same few
+/// members' keys come back for every change they signed and every document
+/// id that names them, so valid keys are kept per thread (a pure function
+/// of the bytes: the cache changes no verdict).
+fn verifying_key(bytes: &[u8; 32]) -> Result<VerifyingKey> {
+    if let Some(key) = KEYS.with(|k| k.borrow().get(bytes).copied()) {
+        return Ok(key);
+    }
+    let key = VerifyingKey::from_bytes(bytes).map_err(|_| Error::InvalidKey)?;
+    KEYS.with(|k| {
+        let mut keys = k.borrow_mut();
+        if keys.len() >= KEY_CACHE {
+            keys.clear();
+        }
+        keys.insert(*bytes, key);
+    });
+    Ok(key)
+}
+
 /// A member's public key: 32 bytes, shown as lowercase hex.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MemberId([u8; 32]);
@@ -59,7 +87,7 @@ pub struct MemberId([u8; 32]);
 impl MemberId {
     /// Builds a member id from raw bytes, checking they are a valid curve point.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self> {
-        VerifyingKey::from_bytes(&bytes).map_err(|_| Error::InvalidKey)?;
+        verifying_key(&bytes)?;
         Ok(MemberId(bytes))
     }
 
@@ -87,7 +115,7 @@ impl MemberId {
 
     /// Checks `signature` over `message` for the given purpose (strict ed25519).
     pub fn verify(&self, tag: SigningTag, message: &[u8], signature: &Signature) -> Result<()> {
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| Error::InvalidKey)?;
+        let key = verifying_key(&self.0)?;
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
         key.verify_strict(&tagged(tag, message), &sig)
             .map_err(|_| Error::BadSignature)
