@@ -197,6 +197,9 @@ impl Batch {
         actor: &automerge::ActorId,
     ) -> Result<()> {
         let mut accepted: HashSet<[u8; 32]> = HashSet::new();
+        // Per document, the changes accepted in this call and not applied
+        // yet, in order of acceptance.
+        let mut unapplied: HashMap<DocId, Vec<usize>> = HashMap::new();
         loop {
             let mut moved = false;
             for i in 0..self.changes.len() {
@@ -215,16 +218,12 @@ impl Batch {
                 if !missing.is_empty() && matches!(doc_id, DocId::Request(_)) {
                     // A request's rules read the document as the author saw
                     // it: apply what this batch accepted for it so far.
-                    let due: Vec<usize> = self
-                        .order
-                        .iter()
-                        .copied()
-                        .filter(|&j| self.changes[j].doc == doc_id && !self.applied.contains(&j))
-                        .collect();
-                    loaded
-                        .doc
-                        .apply_changes(due.iter().map(|&j| self.changes[j].change.clone()))?;
-                    self.applied.extend(due);
+                    if let Some(due) = unapplied.remove(&doc_id) {
+                        loaded
+                            .doc
+                            .apply_changes(due.iter().map(|&j| self.changes[j].change.clone()))?;
+                        self.applied.extend(due);
+                    }
                 }
                 let change = &self.changes[i];
                 if let Err(reason) = change.authorize(at, &loaded.doc) {
@@ -232,6 +231,9 @@ impl Batch {
                     continue;
                 }
                 accepted.insert(change.change.hash().0);
+                if matches!(doc_id, DocId::Request(_)) {
+                    unapplied.entry(doc_id).or_default().push(i);
+                }
                 self.verdicts[i] = Verdict::Accepted;
                 self.order.push(i);
                 moved = true;
