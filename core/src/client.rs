@@ -46,6 +46,8 @@ pub struct Karmyq {
     /// The account file and the listeners, shared with the communities.
     hub: Arc<Hub>,
     open: HashMap<CommunityId, Community>,
+    /// Opened with [`Karmyq::open_relay`].
+    relay: bool,
 }
 
 impl std::fmt::Debug for Karmyq {
@@ -71,6 +73,22 @@ impl Karmyq {
     pub fn restore(dir: impl AsRef<Path>, secret: &str) -> Result<Self> {
         let keys = Keypair::import_secret(secret)?;
         Self::open_with(dir.as_ref(), Some(keys))
+    }
+
+    /// Opens a data directory as a relay's (the sync server's): every
+    /// community is validated and stored exactly as on a device — the same
+    /// validator, the same authority rules, the same files — but keeps no
+    /// projections of its content (requests, offers, matches, full-text
+    /// search, profiles, reports, conversations, members), raises no events
+    /// and stores no notifications, since nothing reads them there. The
+    /// community document's projection (description, norms) stays. A file
+    /// written this way is flagged, so a device opening it rebuilds its
+    /// projections first. Queries that read projections (requests, members,
+    /// profiles, messages...) answer from whatever the file held before.
+    pub fn open_relay(dir: impl AsRef<Path>) -> Result<Self> {
+        let mut karmyq = Self::open_with(dir.as_ref(), None)?;
+        karmyq.relay = true;
+        Ok(karmyq)
     }
 
     fn open_with(dir: &Path, restore: Option<Keypair>) -> Result<Self> {
@@ -123,6 +141,7 @@ impl Karmyq {
             hub: Hub::new(keys.member_id(), account),
             keys: Arc::new(keys),
             open: HashMap::new(),
+            relay: false,
         })
     }
 
@@ -190,6 +209,7 @@ impl Karmyq {
             self.keys.clone(),
             self.hub.clone(),
             genesis,
+            self.relay,
         )?;
         let name = community.authority().name.clone();
         self.remember(id, &name, now)?;
@@ -243,8 +263,13 @@ impl Karmyq {
             if !known {
                 return Err(Error::UnknownCommunity);
             }
-            let community =
-                Community::open(&self.path_of(&id), self.keys.clone(), self.hub.clone(), id)?;
+            let community = Community::open(
+                &self.path_of(&id),
+                self.keys.clone(),
+                self.hub.clone(),
+                id,
+                self.relay,
+            )?;
             self.open.insert(id, community);
         }
         self.open.get_mut(&id).ok_or(Error::UnknownCommunity)
@@ -272,7 +297,10 @@ impl Karmyq {
         let report = community.apply(bundle, now)?;
         let name = community.authority().name.clone();
         self.remember(id, &name, now)?;
-        self.reconcile_received(id, &report, now)?;
+        if !self.relay {
+            // A relay's member is a party to no request.
+            self.reconcile_received(id, &report, now)?;
+        }
         Ok(report)
     }
 

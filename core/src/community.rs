@@ -135,6 +135,10 @@ pub struct Community {
     figures: figures::FiguresCache,
     /// Conversation keys derived so far (each costs an X25519 product).
     conversation_keys: HashMap<crate::conversation::ConversationId, crate::crypto::ConversationKey>,
+    /// A relay's replica ([`crate::Karmyq::open_relay`]): validated and
+    /// stored as on a device, but with no projections beyond the community
+    /// document's and no events.
+    relay: bool,
 }
 
 impl std::fmt::Debug for Community {
@@ -153,6 +157,7 @@ impl Community {
         keys: Arc<Keypair>,
         hub: Arc<Hub>,
         genesis: SignedOp,
+        relay: bool,
     ) -> Result<Self> {
         let log = AuthorityLog::new(genesis.clone())?;
         let id = log.community_id();
@@ -165,7 +170,7 @@ impl Community {
             store_op(tx, &genesis.hash(), &genesis)?;
             Ok(())
         })?;
-        let mut community = Self::from_parts(id, db, keys, hub, log)?;
+        let mut community = Self::from_parts(id, db, keys, hub, log, relay)?;
         // Founding (here or received) is no news to anyone.
         community.catch_up_quietly();
         community.dispatch(genesis.op.created_at)?;
@@ -178,10 +183,11 @@ impl Community {
         keys: Arc<Keypair>,
         hub: Arc<Hub>,
         id: CommunityId,
+        relay: bool,
     ) -> Result<Self> {
         let db = Db::open(path, &schema::COMMUNITY)?;
         let log = load_log(&db, id)?;
-        let mut community = Self::from_parts(id, db, keys, hub, log)?;
+        let mut community = Self::from_parts(id, db, keys, hub, log, relay)?;
         // Opening changes nothing that happened: no events.
         community.outbox.clear();
         let rebuild: bool = community
@@ -194,7 +200,8 @@ impl Community {
             )
             .optional()?
             .unwrap_or(false);
-        if rebuild {
+        // A relay keeps the flag: the device that opens its file next rebuilds.
+        if rebuild && !relay {
             community.rebuild_projections()?;
         }
         Ok(community)
@@ -206,6 +213,7 @@ impl Community {
         keys: Arc<Keypair>,
         hub: Arc<Hub>,
         log: AuthorityLog,
+        relay: bool,
     ) -> Result<Self> {
         let auth = log.resolve();
         let mut community = Community {
@@ -222,11 +230,25 @@ impl Community {
             compact_every: DEFAULT_COMPACT_EVERY,
             figures: figures::FiguresCache::default(),
             conversation_keys: HashMap::new(),
+            relay,
         };
         let Community {
             auth, db, outbox, ..
         } = &mut community;
-        db.write(|tx| project_members(tx, auth, outbox))?;
+        if relay {
+            // A relay's file lacks projections: should a device ever open
+            // it, it rebuilds them first.
+            db.write(|tx| {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
+                     ON CONFLICT (key) DO NOTHING",
+                    [],
+                )?;
+                Ok(())
+            })?;
+        } else {
+            db.write(|tx| project_members(tx, auth, outbox))?;
+        }
         Ok(community)
     }
 
@@ -636,6 +658,10 @@ impl Community {
     /// each completed match awarded.
     pub(crate) fn dispatch(&mut self, now: Timestamp) -> Result<()> {
         let mut events = std::mem::take(&mut self.outbox);
+        if self.relay {
+            // Nobody listens to a relay, and no event concerns its member.
+            return Ok(());
+        }
         // The karma each completed match awarded: one history per member.
         let mut awarded: BTreeMap<MemberId, Vec<String>> = BTreeMap::new();
         for e in &events {
@@ -800,6 +826,18 @@ impl Community {
             auth: self.log.heads(),
             docs: load_heads(&self.db)?.into_iter().collect(),
         })
+    }
+
+    /// Whether changes wait here for something they depend on: only then
+    /// can a bundle of changes alone store more than it carries.
+    pub fn has_pending(&self) -> Result<bool> {
+        let held: bool =
+            self.db
+                .conn()
+                .query_row("SELECT EXISTS (SELECT 1 FROM pending_changes)", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(held)
     }
 
     /// Everything this replica holds that a replica at `since` lacks.
@@ -985,8 +1023,10 @@ impl Community {
             at_cache,
             compact_every,
             outbox,
+            relay,
             ..
         } = self;
+        let relay = *relay;
         let auth_now = resolved.as_ref().unwrap_or(auth);
         let mut judge = Judge {
             log: &log,
@@ -1012,7 +1052,7 @@ impl Community {
                 )?;
                 report.accepted.push(Item::Op(Some(*hash)));
             }
-            if resolved.is_some() {
+            if resolved.is_some() && !relay {
                 project_members(tx, auth_now, outbox)?;
             }
             // This bundle's changes, then the ones that waited before it.
@@ -1049,7 +1089,13 @@ impl Community {
                 )?;
                 for (change, _) in &changes {
                     store_change(tx, change)?;
-                    touched.note(change);
+                    if relay {
+                        // Only the community document's projection: the
+                        // description the directory shows.
+                        touched.community |= change.doc == DocId::Community;
+                    } else {
+                        touched.note(change);
+                    }
                 }
                 save_heads(tx, &doc_id, &loaded.doc)?;
                 loaded.since_snapshot += u32::try_from(changes.len()).unwrap_or(u32::MAX);

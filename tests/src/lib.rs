@@ -40,6 +40,14 @@ impl Device {
         Ok(Device { k, dir })
     }
 
+    /// A relay's replica (what the sync server holds): a client opened
+    /// with [`Karmyq::open_relay`], with a new identity.
+    pub fn new_relay() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let k = Karmyq::open_relay(dir.path())?;
+        Ok(Device { k, dir })
+    }
+
     /// Closes and reopens the client on the same directory.
     pub fn reopen(&mut self) -> Result<()> {
         self.close(|| Ok(()))

@@ -15,6 +15,8 @@ struct World {
     bob: Device,
     mallory: Device,
     moe: Device,
+    /// A relay's replica of Alice's file, judging every bundle she judges.
+    relay: Device,
     id: CommunityId,
 }
 
@@ -47,6 +49,7 @@ impl World {
             bob,
             mallory,
             moe,
+            relay: Device::new_relay()?,
             id,
         };
         w.moe
@@ -71,8 +74,30 @@ impl World {
 
     /// Applies a bundle to Alice and returns the single refusal.
     fn refused(&mut self, bundle: &Bundle) -> Result<Rejection> {
+        // The relay first holds what Alice holds, then gets the same bundle
+        // and must give the same verdicts.
+        let heads = match self.relay.k.community(self.id) {
+            Ok(c) => c.heads()?,
+            Err(_) => Heads::empty(),
+        };
+        let alice = self.alice.k.member_id();
+        let hers = self
+            .alice
+            .k
+            .community(self.id)?
+            .changes_since_for(&heads, &alice)?;
+        self.relay.k.receive(&hers, at(30))?;
+        assert_eq!(
+            self.relay.k.community(self.id)?.heads()?,
+            self.alice.k.community(self.id)?.heads()?
+        );
         let before = self.alice_state()?;
         let report = self.alice.k.receive(bundle, at(30))?;
+        let relayed = match self.relay.k.receive(bundle, at(30)) {
+            Ok(r) => r,
+            Err(e) => panic!("the relay failed where the device did not: {e}"),
+        };
+        assert_eq!(relayed, report, "the relay judged otherwise");
         assert!(report.accepted.is_empty(), "accepted: {report:?}");
         assert!(report.pending.is_empty(), "pending: {report:?}");
         assert_eq!(report.rejected.len(), 1, "{report:?}");

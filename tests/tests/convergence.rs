@@ -1,11 +1,14 @@
 //! Two and three devices editing profiles, norms, the description and roles
 //! while offline, then exchanging bundles in random orders and random
 //! splits: they end with identical members, roles, profiles and norms, and
-//! their projections equal a rebuild from the documents.
+//! their projections equal a rebuild from the documents. A relay's replica
+//! (`Karmyq::open_relay`, what the sync server holds) shadows the first
+//! device: it gets every bundle the device gets and gives the same verdicts,
+//! and once opened as a device its projections equal the device's.
 
 use karmyq_core::{
-    Bundle, Category, CommunityId, Error, Norm, OfferStatus, Profile, RequestDraft, RequestKind,
-    RequestQuery, Result, Role, Urgency, Visibility,
+    Bundle, Category, CommunityId, Error, Heads, Norm, OfferStatus, Profile, RequestDraft,
+    RequestKind, RequestQuery, Result, Role, Urgency, Visibility,
 };
 use karmyq_tests::{Device, at};
 use proptest::prelude::*;
@@ -109,15 +112,39 @@ fn shuffle<T>(items: &mut [T], seed: &mut u64) {
     }
 }
 
-/// Delivers what `from` holds that `to` lacks, shuffled and cut in chunks.
+/// Gives the relay what device 0 holds and it lacks (device 0's own
+/// writes since the last time, as the device would upload them).
+fn shadow(devices: &mut [Device], relay: &mut Device, id: CommunityId) -> Result<()> {
+    let heads = match relay.k.community(id) {
+        Ok(c) => c.heads()?,
+        Err(_) => Heads::empty(),
+    };
+    let me = devices[0].k.member_id();
+    let bundle = devices[0].k.community(id)?.changes_since_for(&heads, &me)?;
+    let report = relay.k.receive(&bundle, at(100))?;
+    assert!(report.rejected.is_empty(), "relay refused: {report:?}");
+    assert_eq!(
+        relay.k.community(id)?.heads()?,
+        devices[0].k.community(id)?.heads()?,
+        "the relay holds what device 0 holds"
+    );
+    Ok(())
+}
+
+/// Delivers what `from` holds that `to` lacks, shuffled and cut in chunks;
+/// what device 0 gets, the relay gets too.
 fn send(
     devices: &mut [Device],
+    relay: &mut Device,
     id: CommunityId,
     from: usize,
     to: usize,
     seed: u64,
     chunks: u8,
 ) -> Result<()> {
+    if to == 0 {
+        shadow(devices, relay, id)?;
+    }
     let (a, b) = pair(devices, from, to);
     let bundle = a.bundle_for(b, id)?;
     let mut seed = seed | 1;
@@ -135,6 +162,13 @@ fn send(
             report.rejected.is_empty(),
             "honest changes refused: {report:?}"
         );
+        if to == 0 {
+            assert_eq!(
+                relay.k.receive(&part, at(100))?,
+                report,
+                "the relay differs"
+            );
+        }
     }
     Ok(())
 }
@@ -165,6 +199,7 @@ fn run(n: usize, actions: &[Action]) -> Result<()> {
         founder.send_to(d, id, at(4))?;
     }
     let ids: Vec<_> = devices.iter().map(|d| d.k.member_id()).collect();
+    let mut relay = Device::new_relay()?;
     for (step, a) in actions.iter().enumerate() {
         let now = at(10 + i64::try_from(step).unwrap_or(0));
         match *a {
@@ -227,7 +262,7 @@ fn run(n: usize, actions: &[Action]) -> Result<()> {
                 chunks,
             } => {
                 if from != to {
-                    send(&mut devices, id, from, to, seed, chunks)?;
+                    send(&mut devices, &mut relay, id, from, to, seed, chunks)?;
                 }
             }
             Action::Post { dev, urgency } => {
@@ -312,6 +347,11 @@ fn run(n: usize, actions: &[Action]) -> Result<()> {
     for v in &views[1..] {
         assert_eq!(v, &views[0]);
     }
+    // The relay, opened as a device, rebuilds projections equal to theirs.
+    shadow(&mut devices, &mut relay, id)?;
+    relay.reopen()?;
+    let c = relay.k.community(id)?;
+    assert_eq!(c.projection_dump()?, views[0].3, "the relay's file differs");
     Ok(())
 }
 
