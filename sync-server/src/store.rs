@@ -131,7 +131,7 @@ impl Store {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<(Store, MemberId, std::thread::JoinHandle<()>), karmyq_core::Error> {
-        let karmyq = Karmyq::open(dir)?;
+        let karmyq = Karmyq::open_relay(dir)?;
         let me = karmyq.member_id();
         let db = open_server_db(&dir.join("server.sqlite3"))
             .map_err(|e| karmyq_core::Error::Corrupt(format!("server.sqlite3: {e}")))?;
