@@ -963,6 +963,10 @@ fn fanout_with(
         let server = Server::start(copy_dir(dir), |c| {
             c.rate_burst = 2 * rate as u32;
             c.rate_per_second = 2 * rate as u32;
+            // For exploring: KQB_PUSH_MS=<push interval>.
+            if let Ok(ms) = std::env::var("KQB_PUSH_MS") {
+                c.push_interval = Duration::from_millis(ms.parse().unwrap());
+            }
         });
         let (mut child, mut lines) = spawn_child(
             "fanout",

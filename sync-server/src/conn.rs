@@ -2,15 +2,18 @@
 //! `karmyq_core::sync::ServerSession`. This module only moves bytes and
 //! carries out the session's actions.
 
+use std::future::Future;
 use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures_util::SinkExt;
-use karmyq_core::sync::{ErrorCode, Frame, ServerAction, ServerSession, split};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt, StreamExt};
+use karmyq_core::sync::{Ack, ErrorCode, Frame, ServerAction, ServerSession, split};
 use karmyq_core::{CommunityId, MemberId};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 
@@ -23,6 +26,12 @@ const INBOX: usize = 1024;
 
 /// Most queued frames written with one flush.
 const BATCH: usize = 64;
+
+/// Most uploads of one connection waiting for the store at once.
+const IN_FLIGHT: usize = 32;
+
+/// An upload's answer from the store, with its community.
+type AckFuture = Pin<Box<dyn Future<Output = (CommunityId, Result<Ack, StoreError>)> + Send>>;
 
 /// Refused frames tolerated from a connection that has not logged in.
 const MAX_REFUSALS_BEFORE_LOGIN: u32 = 16;
@@ -59,6 +68,8 @@ struct Conn {
     blocked: Arc<std::collections::BTreeSet<MemberId>>,
     /// Frames refused before login.
     refusals: u32,
+    /// Uploads waiting for the store's answer, in upload order.
+    acks: FuturesOrdered<AckFuture>,
 }
 
 async fn serve(state: Arc<AppState>, mut socket: WebSocket, permit: Option<OwnedSemaphorePermit>) {
@@ -94,6 +105,7 @@ async fn serve(state: Arc<AppState>, mut socket: WebSocket, permit: Option<Owned
         kick: Arc::new(Notify::new()),
         blocked: Arc::default(),
         refusals: 0,
+        acks: FuturesOrdered::new(),
     };
     let login_deadline = tokio::time::sleep(state.config.login_timeout);
     tokio::pin!(login_deadline);
@@ -116,6 +128,9 @@ async fn serve(state: Arc<AppState>, mut socket: WebSocket, permit: Option<Owned
                 }
             },
             Some(out) = rx.recv() => conn.push(out, &mut rx).await,
+            Some((community, answer)) = conn.acks.next(), if !conn.acks.is_empty() => {
+                conn.answered(community, answer).await
+            }
             () = kick.notified() => {
                 let _ = conn.refuse(ErrorCode::Internal, None, "too slow to keep up; reconnect").await;
                 ControlFlow::Break(())
@@ -158,16 +173,18 @@ impl Conn {
         let mut fed = 0;
         while let Some(out) = next.take() {
             match out {
-                Outbound::Frame(bytes) => {
-                    let len = bytes.len() as u64;
-                    if self.socket.feed(Message::Binary(bytes)).await.is_err() {
-                        return ControlFlow::Break(());
+                Outbound::Frames(frames) => {
+                    for bytes in frames {
+                        let len = bytes.len() as u64;
+                        if self.socket.feed(Message::Binary(bytes)).await.is_err() {
+                            return ControlFlow::Break(());
+                        }
+                        self.state
+                            .metrics
+                            .bytes_out
+                            .fetch_add(len, Ordering::Relaxed);
+                        fed += 1;
                     }
-                    self.state
-                        .metrics
-                        .bytes_out
-                        .fetch_add(len, Ordering::Relaxed);
-                    fed += 1;
                 }
                 Outbound::Evicted(community) => {
                     self.session.unsubscribed(&community);
@@ -357,13 +374,38 @@ impl Conn {
         }
     }
 
+    /// Queues an upload with the store and goes on reading: its `Ack`
+    /// is sent when the store answers, in upload order. A device that
+    /// uploads faster than one round trip to the store per frame is not
+    /// held to that pace; at most [`IN_FLIGHT`] uploads wait at once.
     async fn ingest(&mut self, bundle: karmyq_core::Bundle) -> ControlFlow<()> {
         let community = bundle.community;
         let member = match self.member_for(community).await {
             Ok(member) => member,
             Err(flow) => return flow,
         };
-        match self.state.store.ingest(member, self.id, bundle).await {
+        if self.acks.len() >= IN_FLIGHT {
+            if let Some((community, answer)) = self.acks.next().await {
+                self.answered(community, answer).await?;
+            }
+        }
+        match self.state.store.submit(member, self.id, bundle).await {
+            Ok(pending) => {
+                self.acks
+                    .push_back(Box::pin(async move { (community, pending.answer().await) }));
+                ControlFlow::Continue(())
+            }
+            Err(e) => self.store_error(e, community).await,
+        }
+    }
+
+    /// Sends the store's answer to one upload.
+    async fn answered(
+        &mut self,
+        community: CommunityId,
+        answer: Result<karmyq_core::sync::Ack, StoreError>,
+    ) -> ControlFlow<()> {
+        match answer {
             Ok(ack) => self.send(&Frame::Ack(ack)).await,
             Err(e) => self.store_error(e, community).await,
         }

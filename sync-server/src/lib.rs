@@ -62,6 +62,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// How long a connection may stay without logging in.
     pub login_timeout: Duration,
+    /// Shortest interval between two live pushes to a subscriber: what
+    /// arrives within it goes out merged, in one frame. A quiet
+    /// community's change goes out at once.
+    pub push_interval: Duration,
 }
 
 impl Config {
@@ -75,6 +79,7 @@ impl Config {
             rate_per_second: 50,
             drain_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(10),
+            push_interval: Duration::from_millis(10),
         }
     }
 }
@@ -393,7 +398,10 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let (store, me, store_thread) = Store::start(
         &config.data_dir,
-        config.limits.max_frame,
+        hub::Pacing {
+            max_frame: config.limits.max_frame,
+            interval: config.push_interval,
+        },
         hub.clone(),
         metrics.clone(),
     )?;

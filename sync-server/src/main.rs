@@ -52,6 +52,10 @@ struct Args {
     /// Seconds a connection may stay without logging in.
     #[arg(long, env = "KARMYQ_LOGIN_SECONDS", default_value_t = 10)]
     login_seconds: u64,
+    /// Shortest interval between two live pushes to a subscriber, in
+    /// milliseconds: changes within it go out merged in one frame.
+    #[arg(long, env = "KARMYQ_PUSH_INTERVAL_MS", default_value_t = 10)]
+    push_interval_ms: u64,
 }
 
 async fn signal() {
@@ -98,6 +102,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         rate_per_second: args.rate_per_second,
         drain_timeout: Duration::from_secs(args.drain_seconds),
         login_timeout: Duration::from_secs(args.login_seconds),
+        push_interval: Duration::from_millis(args.push_interval_ms),
     };
     let listener = tokio::net::TcpListener::bind(args.bind).await?;
     run(listener, config, signal()).await?;

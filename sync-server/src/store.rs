@@ -9,12 +9,12 @@
 //! misses nothing between its catch-up and the live push, and receives
 //! changes in the order they were stored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use karmyq_core::sync::{Ack, Frame, JoinDecline, JoinRequest, split};
+use karmyq_core::sync::{Ack, Frame, JoinDecline, JoinRequest};
 use karmyq_core::{
     Bundle, CommunityId, DocId, Heads, Item, Karmyq, MemberId, OpBody, Rejection, Report, Resolved,
     Role, Signature, SignedChange, SignedOp, Timestamp, Visibility, offers_created,
@@ -22,7 +22,7 @@ use karmyq_core::{
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::hub::{Hub, Outbound, Subscriber};
+use crate::hub::{self, Hub, Outbound, Relay, Subscriber};
 use crate::metrics::Metrics;
 
 /// A public community, as the directory lists it.
@@ -70,6 +70,17 @@ pub(crate) enum JoinOutcome {
 pub(crate) type Subscription = (Bundle, Heads, Option<Vec<JoinRequest>>);
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// The store's answer to a queued command, to await later.
+#[derive(Debug)]
+pub(crate) struct Pending<T>(oneshot::Receiver<Result<T, StoreError>>);
+
+impl<T> Pending<T> {
+    /// Waits for the answer.
+    pub async fn answer(self) -> Result<T, StoreError> {
+        self.0.await.map_err(|_| StoreError::Stopped)?
+    }
+}
 
 enum Cmd {
     Subscribe {
@@ -127,7 +138,7 @@ impl Store {
     /// ends when every handle is dropped.
     pub fn start(
         dir: &Path,
-        max_frame: usize,
+        pacing: hub::Pacing,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<(Store, MemberId, std::thread::JoinHandle<()>), karmyq_core::Error> {
@@ -138,8 +149,8 @@ impl Store {
         let (tx, rx) = mpsc::channel(256);
         let worker = Worker {
             karmyq,
-            max_frame,
             db,
+            relays: hub::start_fanout(hub.clone(), pacing),
             hub,
             metrics,
         };
@@ -177,20 +188,26 @@ impl Store {
         .await
     }
 
-    /// Validates and stores an uploaded bundle, relays what it added.
-    pub async fn ingest(
+    /// Queues an uploaded bundle to be validated, stored and relayed, in
+    /// the order queued; the answer comes later, so a connection can read
+    /// its next upload meanwhile.
+    pub async fn submit(
         &self,
         uploader: MemberId,
         conn: u64,
         bundle: Bundle,
-    ) -> Result<Ack, StoreError> {
-        self.ask(|reply| Cmd::Ingest {
-            uploader,
-            conn,
-            bundle,
-            reply,
-        })
-        .await
+    ) -> Result<Pending<Ack>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Cmd::Ingest {
+                uploader,
+                conn,
+                bundle,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        Ok(Pending(answer))
     }
 
     /// Leaves a verified request to join.
@@ -266,10 +283,10 @@ fn open_server_db(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
 
 struct Worker {
     karmyq: Karmyq,
-    /// Relayed bundles are split to fit in frames of this size.
-    max_frame: usize,
     db: rusqlite::Connection,
     hub: Arc<Hub>,
+    /// The fan-out task's queue.
+    relays: mpsc::Sender<Relay>,
     metrics: Arc<Metrics>,
 }
 
@@ -432,7 +449,7 @@ impl Worker {
         for (conn, sub) in self.hub.subscribers(&id, 0) {
             if auth.role(&sub.member) >= Some(Role::Moderator) {
                 self.hub
-                    .deliver(&id, conn, &sub, Outbound::Frame(frame.clone()));
+                    .deliver(&id, conn, &sub, Outbound::Frames(vec![frame.clone()]));
             }
         }
         Ok(())
@@ -541,13 +558,17 @@ impl Worker {
     ) -> Result<Ack, StoreError> {
         let id = bundle.community;
         let now = Timestamp::now();
-        let before_state = self.state(id);
+        // An upload without ops cannot change who is a member: no copy of
+        // the authority state, and no heads (only needed to relay what
+        // ops or released changes add), for the common live change.
+        let has_ops = !bundle.ops.is_empty();
+        let before_state = if has_ops { self.state(id) } else { None };
         let was_member = before_state
             .as_ref()
             .is_some_and(|s| s.members.contains_key(&uploader));
         let before_heads = match self.karmyq.community(id) {
-            Ok(c) => Some(c.heads()?),
-            Err(_) => None,
+            Ok(c) if has_ops || c.has_pending()? => Some(c.heads()?),
+            _ => None,
         };
         let mut report = Report::default();
 
@@ -580,9 +601,31 @@ impl Worker {
             }
             state = self.state(id);
         }
-        let is_member = state
-            .as_ref()
-            .is_some_and(|s| s.members.contains_key(&uploader));
+        // Who may write changes: current members only (this closes the gap
+        // of a removed member citing authority heads from before their
+        // removal). One verdict per author.
+        let mut authors: Vec<MemberId> = bundle.changes.iter().map(|c| c.envelope.author).collect();
+        authors.push(uploader);
+        authors.sort_unstable();
+        authors.dedup();
+        let verdict = |auth: Option<&Resolved>, who: &MemberId| {
+            if auth.is_some_and(|s| s.members.contains_key(who)) {
+                None
+            } else {
+                Some(refusal(auth, *who))
+            }
+        };
+        let verdicts: BTreeMap<MemberId, Option<Rejection>> = if has_ops {
+            authors
+                .iter()
+                .map(|a| (*a, verdict(state.as_ref(), a)))
+                .collect()
+        } else {
+            let auth = self.karmyq.community(id).ok().map(|c| c.authority());
+            authors.iter().map(|a| (*a, verdict(auth, a))).collect()
+        };
+        let refused = |who: &MemberId| verdicts.get(who).cloned().flatten();
+        let is_member = refused(&uploader).is_none();
         if !is_member {
             // A non-member learns nothing, not even whether the community
             // exists: the same answer as for an unknown one.
@@ -593,8 +636,9 @@ impl Worker {
                 });
             }
             for change in &bundle.changes {
-                self.metrics
-                    .rejected(refusal(state.as_ref(), change.envelope.author).code());
+                let author = change.envelope.author;
+                let reason = refused(&author).unwrap_or(Rejection::NotAMember(author));
+                self.metrics.rejected(reason.code());
             }
             tracing::info!(
                 community = %id.fmt_short(),
@@ -631,34 +675,26 @@ impl Worker {
             report.rejected.push((item, reason));
         }
 
-        // Changes: only by current members (this closes the gap of a
-        // removed member citing authority heads from before their removal).
         let mut kept = Bundle::new(id);
         for change in &bundle.changes {
-            let author = change.envelope.author;
-            if state
-                .as_ref()
-                .is_some_and(|s| s.members.contains_key(&author))
-            {
-                if self.offer_across_block(change)? {
-                    report.rejected.push((
-                        Item::Change {
-                            doc: change.envelope.doc.clone(),
-                            hash: change.envelope.change_hash,
-                        },
-                        Rejection::Blocked,
-                    ));
-                } else {
-                    kept.changes.push(change.clone());
-                }
-            } else {
+            if let Some(reason) = refused(&change.envelope.author) {
                 report.rejected.push((
                     Item::Change {
                         doc: change.envelope.doc.clone(),
                         hash: change.envelope.change_hash,
                     },
-                    refusal(state.as_ref(), author),
+                    reason,
                 ));
+            } else if self.offer_across_block(change)? {
+                report.rejected.push((
+                    Item::Change {
+                        doc: change.envelope.doc.clone(),
+                        hash: change.envelope.change_hash,
+                    },
+                    Rejection::Blocked,
+                ));
+            } else {
+                kept.changes.push(change.clone());
             }
         }
         if !kept.changes.is_empty() {
@@ -692,16 +728,13 @@ impl Worker {
         Ok(Ack::of(id, &report))
     }
 
-    /// Evicts removed members, then pushes what the upload added to every
-    /// other subscriber allowed to read it.
-    fn after_accept(
+    /// After ops were accepted: answers the join requests of whoever
+    /// became a member, and closes the subscriptions of whoever stopped
+    /// being one.
+    fn membership_moved(
         &mut self,
         id: CommunityId,
-        conn: u64,
-        uploaded: &Bundle,
-        report: &Report,
         before: Option<&Resolved>,
-        before_heads: Option<Heads>,
     ) -> Result<(), StoreError> {
         let community = self.karmyq.community(id)?;
         let roles: BTreeMap<MemberId, Role> = community
@@ -725,7 +758,6 @@ impl Worker {
         if answered > 0 {
             self.push_join_requests(id)?;
         }
-        let community = self.karmyq.community(id)?;
         if let Some(before) = before {
             for gone in before.members.keys().filter(|m| !roles.contains_key(m)) {
                 let n = self.hub.evict(&id, gone);
@@ -737,8 +769,24 @@ impl Worker {
                 );
             }
         }
-        let subscribers = self.hub.subscribers(&id, conn);
-        if subscribers.is_empty() {
+        Ok(())
+    }
+
+    /// Evicts removed members, then pushes what the upload added to every
+    /// other subscriber allowed to read it.
+    fn after_accept(
+        &mut self,
+        id: CommunityId,
+        conn: u64,
+        uploaded: &Bundle,
+        report: &Report,
+        before: Option<&Resolved>,
+        before_heads: Option<Heads>,
+    ) -> Result<(), StoreError> {
+        if !uploaded.ops.is_empty() {
+            self.membership_moved(id, before)?;
+        }
+        if !self.hub.has_subscribers(&id, conn) {
             return Ok(());
         }
         let accepted: BTreeSet<[u8; 32]> = report
@@ -775,10 +823,11 @@ impl Worker {
                 .collect();
             delta
         } else {
+            let community = self.karmyq.community(id)?;
             community.changes_since(&before_heads.unwrap_or_default())?
         };
         // Accepted changes were validated: their names need no second check.
-        let reports: Vec<(DocId, &SignedChange)> = uploaded
+        let private: Vec<(DocId, &SignedChange)> = uploaded
             .changes
             .iter()
             .filter(|c| accepted.contains(&c.envelope.change_hash))
@@ -788,40 +837,36 @@ impl Worker {
                     .map(|d| (d, c))
             })
             .collect();
-        let max_frame = self.max_frame;
-        let frames = |b: &Bundle| -> Vec<axum::body::Bytes> {
-            split(b, max_frame, usize::MAX)
-                .into_iter()
-                .map(|piece| {
-                    axum::body::Bytes::from(
-                        Frame::Bundle {
-                            bytes: piece.encode(),
-                        }
-                        .encode(),
-                    )
-                })
-                .collect()
-        };
-        let public = frames(&delta);
-        for (conn_id, sub) in subscribers {
-            let mine = if reports.is_empty() {
-                public.clone()
-            } else {
-                let mut mine = delta.clone();
-                mine.changes.extend(
-                    reports
-                        .iter()
-                        .filter(|(d, c)| {
-                            d.readable_by(&sub.member, roles.get(&sub.member).copied())
-                                && sub.receives(c)
-                        })
-                        .map(|(_, c)| (*c).clone()),
-                );
-                frames(&mine)
-            };
-            for frame in mine {
-                self.hub.deliver(&id, conn_id, &sub, Outbound::Frame(frame));
+        // Readers of a private document this upload changed get a bundle
+        // of their own; everyone else shares one.
+        let mut own = HashMap::new();
+        if !private.is_empty() {
+            let auth = self.karmyq.community(id)?.authority();
+            for (conn_id, sub) in self.hub.subscribers(&id, conn) {
+                let role = auth.role(&sub.member);
+                let readable: Vec<SignedChange> = private
+                    .iter()
+                    .filter(|(d, c)| d.readable_by(&sub.member, role) && sub.receives(c))
+                    .map(|(_, c)| (*c).clone())
+                    .collect();
+                if !readable.is_empty() {
+                    let mut mine = delta.clone();
+                    mine.changes.extend(readable);
+                    own.insert(conn_id, mine);
+                }
             }
+        }
+        if delta.is_empty() && own.is_empty() {
+            return Ok(());
+        }
+        let relay = Relay {
+            community: id,
+            except: conn,
+            delta,
+            own,
+        };
+        if self.relays.blocking_send(relay).is_err() {
+            tracing::error!("the fan-out task stopped: live push lost");
         }
         Ok(())
     }
