@@ -3,7 +3,8 @@
 The generated module (bindings/python/karmyq_ffi.py) loads
 libkarmyq_ffi.so from its own folder, so a session folder gets a copy of
 the module beside a link to the debug library that `cargo test` built.
-Set KARMYQ_TARGET to use another cargo target folder (default: target/debug).
+KARMYQ_TARGET: the cargo target folder (default: target/debug), holding
+sync-test-server; KARMYQ_LIB: the library (default: the one in KARMYQ_TARGET).
 """
 
 import os
@@ -27,7 +28,7 @@ PATIENCE = 20.0
 
 def _load_module(folder: pathlib.Path):
     shutil.copy(ROOT / "bindings" / "python" / "karmyq_ffi.py", folder / "karmyq_ffi.py")
-    lib = TARGET / LIB
+    lib = pathlib.Path(os.environ.get("KARMYQ_LIB", TARGET / LIB))
     if not lib.exists():
         raise RuntimeError(f"{lib} is missing: run cargo test --workspace (or cargo build -p karmyq-ffi) first")
     os.symlink(lib, folder / LIB)
