@@ -5,9 +5,9 @@
 use automerge::transaction::Transactable;
 use automerge::{ROOT, ReadDoc};
 use karmyq_core::{
-    Bundle, Category, CommunityId, DocId, Error, Keypair, MatchStatus, OfferStatus, Rejection,
-    RequestDraft, RequestId, RequestKind, RequestQuery, RequestStatus, Result, Role, Urgency,
-    Visibility,
+    Bundle, Category, CommunityId, DocId, Error, Heads, Keypair, MatchStatus, OfferStatus,
+    Rejection, RequestDraft, RequestId, RequestKind, RequestQuery, RequestStatus, Result, Role,
+    Urgency, Visibility,
 };
 use karmyq_tests::{Device, at, bundle_of, doc_from, forge, sync};
 
@@ -389,6 +389,89 @@ fn illegal_steps_are_refused_as_forged_changes() -> Result<()> {
         },
         Rejection::IllegalTransition("not a legal change of this offer"),
     )?;
+    Ok(())
+}
+
+/// One bundle holding a request's legal steps, a refused step, and a step
+/// built on the refused one: a device that judges it whole (its changes
+/// applied to the document together before they are judged) keeps exactly
+/// what a device given the changes one at a time keeps, and so does a relay.
+#[test]
+fn a_refused_step_inside_a_bundle_leaves_the_legal_ones() -> Result<()> {
+    let mut s = Street::new()?;
+    let id = s.id;
+    let req = s
+        .alice
+        .k
+        .community(id)?
+        .post_request(&draft("Walk my dog", Urgency::Medium), at(10))?;
+    s.sync_all(11)?;
+    let offer = s.bob.k.community(id)?.offer_help(req, "Happy to", at(12))?;
+    // Carol, offline: retitles Alice's request (refused), then offers on
+    // top of her own edit (it waits for the refused change forever).
+    let keys = Keypair::import_secret(&s.carol.k.export_secret())?;
+    let carol = s.carol.k.member_id();
+    let c = s.carol.k.community(id)?;
+    let all = c.changes_since(&Heads::empty())?;
+    let auth = c.heads()?.auth;
+    let doc_id = DocId::Request(req);
+    let mut doc = doc_from(&all, &doc_id)?;
+    let bad = forge(id, &doc_id, &mut doc, auth.clone(), &keys, |tx| {
+        tx.put(ROOT, "title", "Carol's now")
+    })?;
+    let on_top = forge(id, &doc_id, &mut doc, auth, &keys, |tx| {
+        let obj = tx.put_object(
+            ROOT,
+            format!("offer:{carol}.0102030405060708"),
+            automerge::ObjType::Map,
+        )?;
+        tx.put(&obj, "created_at", 1_i64)
+    })?;
+    let mut bundle = s.bob.k.community(id)?.changes_since(&Heads::empty())?;
+    bundle.changes.extend([bad.clone(), on_top.clone()]);
+
+    let mut whole = Device::new()?;
+    let report = whole.k.receive(&bundle, at(20))?;
+    assert_eq!(report.reasons(), vec![&Rejection::NotRequester]);
+    assert_eq!(
+        report.pending,
+        vec![karmyq_core::Item::Change {
+            doc: on_top.envelope.doc.clone(),
+            hash: on_top.envelope.change_hash,
+        }]
+    );
+    let mut relay = Device::new_relay()?;
+    assert_eq!(relay.k.receive(&bundle, at(20))?, report);
+
+    let mut apart = Device::new()?;
+    let mut ops = bundle.clone();
+    ops.changes.clear();
+    apart.k.receive(&ops, at(20))?;
+    let mut refused = Vec::new();
+    for change in &bundle.changes {
+        let r = apart
+            .k
+            .receive(&bundle_of(id, vec![change.clone()]), at(20))?;
+        refused.extend(r.rejected.into_iter().map(|(_, reason)| reason));
+    }
+    assert_eq!(refused, vec![Rejection::NotRequester]);
+
+    let heads = whole.k.community(id)?.heads()?;
+    assert_eq!(apart.k.community(id)?.heads()?, heads);
+    assert_eq!(relay.k.community(id)?.heads()?, heads);
+    assert_eq!(whole.rows(id, "pending_changes")?, 1);
+    assert_eq!(apart.rows(id, "pending_changes")?, 1);
+    let c = whole.k.community(id)?;
+    let view = c.request(req, at(20))?;
+    assert_eq!(view.request.draft.title, "Walk my dog");
+    assert_eq!(
+        view.offers.iter().map(|(o, _)| o.id).collect::<Vec<_>>(),
+        vec![offer]
+    );
+    let dump = c.projection_dump()?;
+    c.rebuild_projections()?;
+    assert_eq!(c.projection_dump()?, dump);
+    assert_eq!(apart.k.community(id)?.projection_dump()?, dump);
     Ok(())
 }
 

@@ -22,6 +22,13 @@ pub(super) fn item_of(signed: &SignedChange) -> Item {
     }
 }
 
+/// Below this many signatures to check, a batch checks them on its own
+/// thread (starting threads would cost more than it saves).
+const PARALLEL_VERIFY: usize = 32;
+
+/// Most threads that check a batch's signatures.
+const MAX_VERIFY_THREADS: usize = 8;
+
 /// Finds the authority state a change cites.
 pub(super) struct Judge<'a> {
     pub(super) log: &'a AuthorityLog,
@@ -110,35 +117,114 @@ impl Batch {
             by_hash.insert((&c.doc, c.change.hash().0), i);
             groups.entry((&c.doc, c.author())).or_default().push(i);
         }
-        let mut trust = std::mem::take(&mut self.trust);
-        for ((doc, author), mut members) in groups {
+        let mut groups: Vec<_> = groups.into_iter().collect();
+        for (_, members) in &mut groups {
             members.sort_by_key(|&i| std::cmp::Reverse(self.changes[i].change.seq()));
+        }
+        // The signatures this will check if they all hold (each group's
+        // newest, and nothing it vouches for), checked at once on every
+        // core; a failure below checks the others it then needs one by one.
+        let mut checked = self.tips_if_all_hold(&groups, &by_hash);
+        let mut trust = std::mem::take(&mut self.trust);
+        for ((doc, author), members) in groups {
             for tip in members {
                 if trust[tip] != Trust::Unknown || self.verdicts[tip] != Verdict::Undecided {
                     continue;
                 }
-                if let Err(reason) = self.changes[tip].verify_signature() {
+                let verified = checked
+                    .remove(&tip)
+                    .unwrap_or_else(|| self.changes[tip].verify_signature());
+                if let Err(reason) = verified {
                     self.verdicts[tip] = Verdict::Rejected(reason);
                     continue;
                 }
                 trust[tip] = Trust::Verified;
-                let mut stack: Vec<ChangeHash> = self.changes[tip].change.deps().to_vec();
-                let mut walked = HashSet::new();
-                while let Some(h) = stack.pop() {
-                    let Some(&j) = by_hash.get(&(doc, h.0)) else {
-                        continue;
-                    };
-                    if !walked.insert(j) {
-                        continue;
-                    }
-                    if self.changes[j].author() == author && trust[j] == Trust::Unknown {
+                for j in self.vouched_by(tip, doc, author, &by_hash) {
+                    if trust[j] == Trust::Unknown {
                         trust[j] = Trust::Vouched(tip);
                     }
-                    stack.extend(self.changes[j].change.deps().iter().copied());
                 }
             }
         }
         self.trust = trust;
+    }
+
+    /// The changes by `author` in `doc` that `tip` descends from, within
+    /// the batch.
+    fn vouched_by(
+        &self,
+        tip: usize,
+        doc: &DocId,
+        author: MemberId,
+        by_hash: &HashMap<(&DocId, [u8; 32]), usize>,
+    ) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut stack: Vec<ChangeHash> = self.changes[tip].change.deps().to_vec();
+        let mut walked = HashSet::new();
+        while let Some(h) = stack.pop() {
+            let Some(&j) = by_hash.get(&(doc, h.0)) else {
+                continue;
+            };
+            if !walked.insert(j) {
+                continue;
+            }
+            if self.changes[j].author() == author {
+                out.push(j);
+            }
+            stack.extend(self.changes[j].change.deps().iter().copied());
+        }
+        out
+    }
+
+    /// Verifies, in parallel, the signatures [`Batch::vouch`] checks when
+    /// every one of them holds.
+    fn tips_if_all_hold(
+        &self,
+        groups: &[((&DocId, MemberId), Vec<usize>)],
+        by_hash: &HashMap<(&DocId, [u8; 32]), usize>,
+    ) -> HashMap<usize, std::result::Result<(), Rejection>> {
+        let mut tips = Vec::new();
+        let mut covered = vec![false; self.changes.len()];
+        for ((doc, author), members) in groups {
+            for &tip in members {
+                if covered[tip] || self.trust[tip] != Trust::Unknown {
+                    continue;
+                }
+                if self.verdicts[tip] != Verdict::Undecided {
+                    continue;
+                }
+                tips.push(tip);
+                for j in self.vouched_by(tip, doc, *author, by_hash) {
+                    covered[j] = true;
+                }
+            }
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(MAX_VERIFY_THREADS);
+        if tips.len() < PARALLEL_VERIFY || threads < 2 {
+            return HashMap::new();
+        }
+        let changes = &self.changes;
+        let per_thread = tips.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = tips
+                .chunks(per_thread)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|&i| (i, changes[i].verify_signature()))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                // A panic in a verifier: those are checked again below.
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        })
     }
 
     /// Decides every change: accepted (valid, everything it needs here),
@@ -200,6 +286,12 @@ impl Batch {
         // Per document, the changes accepted in this call and not applied
         // yet, in order of acceptance.
         let mut unapplied: HashMap<DocId, Vec<usize>> = HashMap::new();
+        let ahead = self.apply_ahead(tx, docs, actor)?;
+        let ahead_hashes: HashSet<[u8; 32]> = ahead
+            .values()
+            .flatten()
+            .map(|&j| self.changes[j].change.hash().0)
+            .collect();
         loop {
             let mut moved = false;
             for i in 0..self.changes.len() {
@@ -211,8 +303,16 @@ impl Batch {
                 };
                 let doc_id = self.changes[i].doc.clone();
                 let loaded = load_doc_tx(tx, docs, &doc_id, actor)?;
-                let missing = loaded.doc.get_missing_deps(self.changes[i].change.deps());
+                let deps = self.changes[i].change.deps();
+                let missing = loaded.doc.get_missing_deps(deps);
                 if !missing.iter().all(|d| accepted.contains(&d.0)) {
+                    continue;
+                }
+                // Applied ahead is not accepted: those it needs must be.
+                if deps
+                    .iter()
+                    .any(|d| ahead_hashes.contains(&d.0) && !accepted.contains(&d.0))
+                {
                     continue;
                 }
                 if !missing.is_empty() && matches!(doc_id, DocId::Request(_)) {
@@ -231,7 +331,9 @@ impl Batch {
                     continue;
                 }
                 accepted.insert(change.change.hash().0);
-                if matches!(doc_id, DocId::Request(_)) {
+                if matches!(doc_id, DocId::Request(_))
+                    && !ahead_hashes.contains(&change.change.hash().0)
+                {
                     unapplied.entry(doc_id).or_default().push(i);
                 }
                 self.verdicts[i] = Verdict::Accepted;
@@ -239,20 +341,101 @@ impl Batch {
                 moved = true;
             }
             if !moved {
-                return Ok(());
+                break;
             }
         }
+        // A document applied ahead stays loaded only if everything applied
+        // to it was accepted; else it is read again from the file, and the
+        // accepted changes are applied to it afresh after deciding.
+        for (doc_id, indices) in ahead {
+            if indices
+                .iter()
+                .all(|&j| self.verdicts[j] == Verdict::Accepted)
+            {
+                self.applied.extend(indices);
+            } else {
+                docs.remove(&doc_id);
+                self.applied.retain(|&j| self.changes[j].doc != doc_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies to each request document, in one call, every undecided
+    /// change of the batch that it can take (its dependencies are in the
+    /// document or among them), before they are judged: one Automerge call
+    /// per document instead of one per change. A request's rules read the
+    /// document at each change's dependencies, so what else it holds does
+    /// not change a verdict. Returns the changes applied, per document.
+    fn apply_ahead(
+        &self,
+        tx: &Transaction<'_>,
+        docs: &mut HashMap<DocId, Loaded>,
+        actor: &automerge::ActorId,
+    ) -> Result<HashMap<DocId, Vec<usize>>> {
+        let mut by_doc: HashMap<&DocId, Vec<usize>> = HashMap::new();
+        for (i, c) in self.changes.iter().enumerate() {
+            if self.verdicts[i] == Verdict::Undecided && matches!(c.doc, DocId::Request(_)) {
+                by_doc.entry(&c.doc).or_default().push(i);
+            }
+        }
+        let mut ahead = HashMap::new();
+        for (doc_id, candidates) in by_doc {
+            if candidates.len() < 2 {
+                continue;
+            }
+            let loaded = load_doc_tx(tx, docs, doc_id, actor)?;
+            // Those whose dependencies are in the document or taken.
+            let mut taken: Vec<usize> = Vec::new();
+            let mut hashes: HashSet<[u8; 32]> = HashSet::new();
+            loop {
+                let before = taken.len();
+                for &i in &candidates {
+                    let change = &self.changes[i].change;
+                    if hashes.contains(&change.hash().0) {
+                        continue;
+                    }
+                    let ready = change.deps().iter().all(|d| {
+                        hashes.contains(&d.0) || loaded.doc.get_change_by_hash(d).is_some()
+                    });
+                    if ready {
+                        hashes.insert(change.hash().0);
+                        taken.push(i);
+                    }
+                }
+                if taken.len() == before {
+                    break;
+                }
+            }
+            if taken.len() < 2 {
+                continue;
+            }
+            let applied = loaded
+                .doc
+                .apply_changes(taken.iter().map(|&i| self.changes[i].change.clone()));
+            if applied.is_err() {
+                // Judged one by one instead, from the file's state.
+                docs.remove(doc_id);
+                continue;
+            }
+            ahead.insert(doc_id.clone(), taken);
+        }
+        Ok(ahead)
     }
 
     /// The accepted changes per document, dependencies first, each with
     /// whether it is already applied to its document.
     pub(super) fn accepted_by_doc(&self) -> Vec<(DocId, Vec<(&Authentic, bool)>)> {
         let mut out: Vec<(DocId, Vec<(&Authentic, bool)>)> = Vec::new();
+        let mut index: HashMap<&DocId, usize> = HashMap::new();
         for &i in &self.order {
             let change = (&self.changes[i], self.applied.contains(&i));
-            match out.iter_mut().find(|(d, _)| *d == change.0.doc) {
-                Some((_, list)) => list.push(change),
-                None => out.push((change.0.doc.clone(), vec![change])),
+            match index.get(&change.0.doc) {
+                Some(&k) => out[k].1.push(change),
+                None => {
+                    index.insert(&change.0.doc, out.len());
+                    out.push((change.0.doc.clone(), vec![change]));
+                }
             }
         }
         out
