@@ -253,6 +253,9 @@ impl Worker {
     async fn connect(&mut self) -> Result<Ended> {
         self.status(SyncStatus::Connecting);
         let heads = self.local_heads()?;
+        // A community this device does not hold yet: its whole catch-up is
+        // history, no news (`Karmyq::receive` makes only a first bundle quiet).
+        let fresh = heads.auth.is_empty();
         self.last_seen = heads.clone();
         let blocked = self.with_client(|k| k.blocked())?;
         let mut session =
@@ -299,7 +302,7 @@ impl Worker {
                             .unwrap_or_else(PoisonError::into_inner) = requests;
                     }
                     DeviceAction::Apply(bundle) => {
-                        let local = self.apply(&bundle)?;
+                        let local = self.apply(&bundle, fresh && !session.is_live())?;
                         if session.is_live() {
                             // Before the actions queued after this one (a Subscribe
                             // must follow the upload it waits for).
@@ -358,13 +361,19 @@ impl Worker {
 
     /// Applies a bundle from the server; returns what was written locally
     /// since the last look (to upload), computed in the same section so
-    /// nothing written meanwhile is missed.
-    fn apply(&mut self, bundle: &Bundle) -> Result<Bundle> {
+    /// nothing written meanwhile is missed. `quiet`: part of the first
+    /// catch-up of a community new to this device (no notifications).
+    fn apply(&mut self, bundle: &Bundle, quiet: bool) -> Result<Bundle> {
         let (id, since) = (self.community, self.last_seen.clone());
         let (local, heads) = self.with_client(|k| {
             let me = k.member_id();
             let local = match k.community(id) {
-                Ok(c) => c.changes_since_for(&since, &me)?,
+                Ok(c) => {
+                    if quiet {
+                        c.catch_up_quietly();
+                    }
+                    c.changes_since_for(&since, &me)?
+                }
                 Err(_) => Bundle::new(id),
             };
             let report = k.receive(bundle, Timestamp::now())?;
