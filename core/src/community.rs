@@ -47,6 +47,7 @@ pub use requests::{
     MatchSummary, OfferSummary, RequestQuery, RequestSort, RequestSummary, RequestView,
 };
 
+pub use batch::Prepared;
 use batch::{Batch, Judge, item_of, stored};
 use persist::{
     Loaded, load_doc, load_doc_tx, load_heads, load_log, load_pending, save_heads, save_snapshot,
@@ -958,13 +959,24 @@ impl Community {
     /// only if valid (or parked if it waits for something), and the whole
     /// bundle is one SQLite transaction.
     pub fn apply(&mut self, bundle: &Bundle, now: Timestamp) -> Result<Report> {
+        self.apply_prepared(bundle, Prepared::default(), now)
+    }
+
+    /// [`Community::apply`], with the bundle's changes decoded and their
+    /// signatures checked ahead ([`Prepared::new`], on another thread).
+    pub fn apply_prepared(
+        &mut self,
+        bundle: &Bundle,
+        prepared: Prepared,
+        now: Timestamp,
+    ) -> Result<Report> {
         if bundle.community != self.id {
             return Err(Rejection::WrongCommunity.into());
         }
         let span = tracing::debug_span!("apply", community = %self.id.fmt_short());
         let _entered = span.enter();
         self.trim_cache();
-        let result = self.apply_inner(bundle);
+        let result = self.apply_inner(bundle, prepared);
         match &result {
             Ok(report) => {
                 for (item, reason) in &report.rejected {
@@ -988,7 +1000,7 @@ impl Community {
         result
     }
 
-    fn apply_inner(&mut self, bundle: &Bundle) -> Result<Report> {
+    fn apply_inner(&mut self, bundle: &Bundle, mut prepared: Prepared) -> Result<Report> {
         let mut report = Report::default();
         // Authority ops first, on a copy of the log until the file has them.
         let mut log = self.log.clone();
@@ -1069,6 +1081,10 @@ impl Community {
                 let item = item_of(&signed);
                 if !seen.insert(signed.envelope.change_hash) || stored(tx, &signed)? {
                     report.duplicates += usize::from(i < fresh);
+                    continue;
+                }
+                if let Some((change, checked)) = prepared.take(*id, &signed) {
+                    batch.push_checked(change, item, i < fresh, checked);
                     continue;
                 }
                 match signed.decode(*id) {

@@ -62,7 +62,7 @@ pub use bundle::{Bundle, Heads, Item, Report};
 pub use client::{CommunitySummary, Karmyq, MATCHED_ELSEWHERE};
 pub use community::{
     Community, CommunityInfo, ConversationView, DEFAULT_COMPACT_EVERY, MatchSummary, MemberView,
-    MessageView, OfferSummary, ProposalView, RequestQuery, RequestSort, RequestSummary,
+    MessageView, OfferSummary, Prepared, ProposalView, RequestQuery, RequestSort, RequestSummary,
     RequestView,
 };
 pub use conversation::{ConversationId, MAX_MESSAGE_CHARS, MessageId};

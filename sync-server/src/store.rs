@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use karmyq_core::sync::{Ack, Frame, JoinDecline, JoinRequest};
 use karmyq_core::{
-    Bundle, CommunityId, DocId, Heads, Item, Karmyq, MemberId, OpBody, Rejection, Report, Resolved,
-    Role, Signature, SignedChange, SignedOp, Timestamp, Visibility, offers_created,
+    Bundle, CommunityId, DocId, Heads, Item, Karmyq, MemberId, OpBody, Prepared, Rejection, Report,
+    Resolved, Role, Signature, SignedChange, SignedOp, Timestamp, Visibility, offers_created,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -107,6 +107,8 @@ enum Cmd {
         uploader: MemberId,
         conn: u64,
         bundle: Bundle,
+        /// Its changes decoded and newest signatures checked, off this thread.
+        prepared: Prepared,
         reply: Reply<Ack>,
     },
     Directory {
@@ -198,11 +200,20 @@ impl Store {
         bundle: Bundle,
     ) -> Result<Pending<Ack>, StoreError> {
         let (reply, answer) = oneshot::channel();
+        // Decoding and signatures need no replica: done here, on a thread
+        // of the blocking pool, so the store thread only judges and stores.
+        let (bundle, prepared) = tokio::task::spawn_blocking(move || {
+            let prepared = Prepared::new(&bundle);
+            (bundle, prepared)
+        })
+        .await
+        .map_err(|_| StoreError::Stopped)?;
         self.tx
             .send(Cmd::Ingest {
                 uploader,
                 conn,
                 bundle,
+                prepared,
                 reply,
             })
             .await
@@ -332,10 +343,11 @@ impl Worker {
                     uploader,
                     conn,
                     bundle,
+                    prepared,
                     reply,
                 } => {
                     let started = Instant::now();
-                    let result = self.ingest(uploader, conn, &bundle);
+                    let result = self.ingest(uploader, conn, &bundle, prepared);
                     self.metrics.observe_ingest(started.elapsed());
                     let _ = reply.send(result);
                 }
@@ -555,6 +567,7 @@ impl Worker {
         uploader: MemberId,
         conn: u64,
         bundle: &Bundle,
+        prepared: Prepared,
     ) -> Result<Ack, StoreError> {
         let id = bundle.community;
         let now = Timestamp::now();
@@ -698,7 +711,10 @@ impl Worker {
             }
         }
         if !kept.changes.is_empty() {
-            merge(&mut report, self.karmyq.receive(&kept, now)?);
+            merge(
+                &mut report,
+                self.karmyq.receive_prepared(&kept, prepared, now)?,
+            );
         }
 
         self.metrics.accepted.fetch_add(

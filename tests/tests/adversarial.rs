@@ -93,7 +93,10 @@ impl World {
         );
         let before = self.alice_state()?;
         let report = self.alice.k.receive(bundle, at(30))?;
-        let relayed = match self.relay.k.receive(bundle, at(30)) {
+        // The relay takes it as the server does: decoded and its
+        // signatures checked ahead.
+        let prepared = karmyq_core::Prepared::new(bundle);
+        let relayed = match self.relay.k.receive_prepared(bundle, prepared, at(30)) {
             Ok(r) => r,
             Err(e) => panic!("the relay failed where the device did not: {e}"),
         };

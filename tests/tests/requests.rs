@@ -441,7 +441,8 @@ fn a_refused_step_inside_a_bundle_leaves_the_legal_ones() -> Result<()> {
         }]
     );
     let mut relay = Device::new_relay()?;
-    assert_eq!(relay.k.receive(&bundle, at(20))?, report);
+    let prepared = karmyq_core::Prepared::new(&bundle);
+    assert_eq!(relay.k.receive_prepared(&bundle, prepared, at(20))?, report);
 
     let mut apart = Device::new()?;
     let mut ops = bundle.clone();

@@ -59,12 +59,64 @@ impl Judge<'_> {
     }
 }
 
+/// The batch's changes by document and author, newest first, and an index
+/// of them by hash.
+#[allow(clippy::type_complexity)]
+fn groups(
+    changes: &[Authentic],
+) -> (
+    Vec<((&DocId, MemberId), Vec<usize>)>,
+    HashMap<(&DocId, [u8; 32]), usize>,
+) {
+    let mut by_hash: HashMap<(&DocId, [u8; 32]), usize> = HashMap::new();
+    let mut groups: HashMap<(&DocId, MemberId), Vec<usize>> = HashMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        by_hash.insert((&c.doc, c.change.hash().0), i);
+        groups.entry((&c.doc, c.author())).or_default().push(i);
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    for (_, members) in &mut groups {
+        members.sort_by_key(|&i| std::cmp::Reverse(changes[i].change.seq()));
+    }
+    (groups, by_hash)
+}
+
+/// The changes by `author` in `doc` that `tip` descends from, within the
+/// batch.
+fn vouched_by(
+    changes: &[Authentic],
+    tip: usize,
+    doc: &DocId,
+    author: MemberId,
+    by_hash: &HashMap<(&DocId, [u8; 32]), usize>,
+) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut stack: Vec<ChangeHash> = changes[tip].change.deps().to_vec();
+    let mut walked = HashSet::new();
+    while let Some(h) = stack.pop() {
+        let Some(&j) = by_hash.get(&(doc, h.0)) else {
+            continue;
+        };
+        if !walked.insert(j) {
+            continue;
+        }
+        if changes[j].author() == author {
+            out.push(j);
+        }
+        stack.extend(changes[j].change.deps().iter().copied());
+    }
+    out
+}
+
 /// Whether a change is already stored.
 pub(super) fn stored(tx: &Transaction<'_>, signed: &SignedChange) -> Result<bool> {
     Ok(tx
         .prepare_cached("SELECT 1 FROM changes WHERE hash = ?1")?
         .exists([signed.envelope.change_hash.as_slice()])?)
 }
+
+/// A signature's verdict, when it was checked.
+type Checked = Option<std::result::Result<(), Rejection>>;
 
 /// Why a change's signature can be trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,9 +149,75 @@ pub(super) struct Batch {
     order: Vec<usize>,
     /// Accepted changes already applied to their document while deciding.
     applied: HashSet<usize>,
+    /// Signatures checked before the batch was made ([`Prepared`]).
+    known: HashMap<usize, std::result::Result<(), Rejection>>,
+}
+
+/// A bundle's changes decoded, and the signatures a replica will check
+/// (each author's newest in each document) checked, ahead of
+/// [`crate::Karmyq::receive_prepared`] and on another thread: the part of
+/// receiving that needs no replica state. A change is taken from it only
+/// if it is byte for byte the change received, decoded for the same
+/// community; anything else is decoded and checked as usual, so a
+/// `Prepared` changes no verdict, only where the work is done.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    community: Option<crate::authority::CommunityId>,
+    changes: HashMap<[u8; 32], (Authentic, Checked)>,
+}
+
+impl Prepared {
+    /// Decodes `bundle`'s changes and checks their newest signatures.
+    pub fn new(bundle: &crate::bundle::Bundle) -> Self {
+        let mut batch = Batch::default();
+        for signed in &bundle.changes {
+            if let Ok(change) = signed.decode(bundle.community) {
+                batch.push(change, item_of(signed), true);
+            }
+        }
+        let mut checked = batch.check_tips(0);
+        let changes = batch
+            .changes
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (c.signed.envelope.change_hash, (c, checked.remove(&i))))
+            .collect();
+        Prepared {
+            community: Some(bundle.community),
+            changes,
+        }
+    }
+
+    /// The decoded change and its checked signature, if this is the change
+    /// prepared.
+    pub(super) fn take(
+        &mut self,
+        community: crate::authority::CommunityId,
+        signed: &SignedChange,
+    ) -> Option<(Authentic, Checked)> {
+        if self.community != Some(community) {
+            return None;
+        }
+        let (change, checked) = self.changes.remove(&signed.envelope.change_hash)?;
+        (change.signed == *signed).then_some((change, checked))
+    }
 }
 
 impl Batch {
+    /// Adds a change whose signature was checked already (`Some`).
+    pub(super) fn push_checked(
+        &mut self,
+        change: Authentic,
+        item: Item,
+        fresh: bool,
+        checked: Checked,
+    ) {
+        if let Some(checked) = checked {
+            self.known.insert(self.changes.len(), checked);
+        }
+        self.push(change, item, fresh);
+    }
+
     pub(super) fn push(&mut self, change: Authentic, item: Item, fresh: bool) {
         self.changes.push(change);
         self.items.push(item);
@@ -108,23 +226,23 @@ impl Batch {
         self.verdicts.push(Verdict::Undecided);
     }
 
+    /// Checks (on every core if there are many) the signatures
+    /// [`Batch::vouch`] checks when every one of them holds, if there are at
+    /// least `at_least` of them (else none).
+    fn check_tips(&self, at_least: usize) -> HashMap<usize, std::result::Result<(), Rejection>> {
+        let (groups, by_hash) = groups(&self.changes);
+        self.tips_if_all_hold(&groups, &by_hash, at_least)
+    }
+
     /// Signatures: each author's newest change in a document is verified;
     /// the older ones it descends from are vouched for by it.
     fn vouch(&mut self) {
-        let mut by_hash: HashMap<(&DocId, [u8; 32]), usize> = HashMap::new();
-        let mut groups: HashMap<(&DocId, MemberId), Vec<usize>> = HashMap::new();
-        for (i, c) in self.changes.iter().enumerate() {
-            by_hash.insert((&c.doc, c.change.hash().0), i);
-            groups.entry((&c.doc, c.author())).or_default().push(i);
-        }
-        let mut groups: Vec<_> = groups.into_iter().collect();
-        for (_, members) in &mut groups {
-            members.sort_by_key(|&i| std::cmp::Reverse(self.changes[i].change.seq()));
-        }
+        let (groups, by_hash) = groups(&self.changes);
         // The signatures this will check if they all hold (each group's
         // newest, and nothing it vouches for), checked at once on every
         // core; a failure below checks the others it then needs one by one.
-        let mut checked = self.tips_if_all_hold(&groups, &by_hash);
+        let mut checked = self.tips_if_all_hold(&groups, &by_hash, PARALLEL_VERIFY);
+        checked.extend(self.known.drain());
         let mut trust = std::mem::take(&mut self.trust);
         for ((doc, author), members) in groups {
             for tip in members {
@@ -139,7 +257,7 @@ impl Batch {
                     continue;
                 }
                 trust[tip] = Trust::Verified;
-                for j in self.vouched_by(tip, doc, author, &by_hash) {
+                for j in vouched_by(&self.changes, tip, doc, author, &by_hash) {
                     if trust[j] == Trust::Unknown {
                         trust[j] = Trust::Vouched(tip);
                     }
@@ -149,39 +267,13 @@ impl Batch {
         self.trust = trust;
     }
 
-    /// The changes by `author` in `doc` that `tip` descends from, within
-    /// the batch.
-    fn vouched_by(
-        &self,
-        tip: usize,
-        doc: &DocId,
-        author: MemberId,
-        by_hash: &HashMap<(&DocId, [u8; 32]), usize>,
-    ) -> Vec<usize> {
-        let mut out = Vec::new();
-        let mut stack: Vec<ChangeHash> = self.changes[tip].change.deps().to_vec();
-        let mut walked = HashSet::new();
-        while let Some(h) = stack.pop() {
-            let Some(&j) = by_hash.get(&(doc, h.0)) else {
-                continue;
-            };
-            if !walked.insert(j) {
-                continue;
-            }
-            if self.changes[j].author() == author {
-                out.push(j);
-            }
-            stack.extend(self.changes[j].change.deps().iter().copied());
-        }
-        out
-    }
-
     /// Verifies, in parallel, the signatures [`Batch::vouch`] checks when
     /// every one of them holds.
     fn tips_if_all_hold(
         &self,
         groups: &[((&DocId, MemberId), Vec<usize>)],
         by_hash: &HashMap<(&DocId, [u8; 32]), usize>,
+        at_least: usize,
     ) -> HashMap<usize, std::result::Result<(), Rejection>> {
         let mut tips = Vec::new();
         let mut covered = vec![false; self.changes.len()];
@@ -193,8 +285,10 @@ impl Batch {
                 if self.verdicts[tip] != Verdict::Undecided {
                     continue;
                 }
-                tips.push(tip);
-                for j in self.vouched_by(tip, doc, *author, by_hash) {
+                if !self.known.contains_key(&tip) {
+                    tips.push(tip);
+                }
+                for j in vouched_by(&self.changes, tip, doc, *author, by_hash) {
                     covered[j] = true;
                 }
             }
@@ -202,8 +296,14 @@ impl Batch {
         let threads = std::thread::available_parallelism()
             .map_or(1, std::num::NonZeroUsize::get)
             .min(MAX_VERIFY_THREADS);
-        if tips.len() < PARALLEL_VERIFY || threads < 2 {
+        if tips.len() < at_least {
             return HashMap::new();
+        }
+        if threads < 2 || tips.len() < PARALLEL_VERIFY {
+            return tips
+                .into_iter()
+                .map(|i| (i, self.changes[i].verify_signature()))
+                .collect();
         }
         let changes = &self.changes;
         let per_thread = tips.len().div_ceil(threads);
