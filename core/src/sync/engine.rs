@@ -13,13 +13,14 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::authority::CommunityId;
 use crate::bundle::{Bundle, Heads};
 use crate::client::Karmyq;
+use crate::community::Prepared;
 use crate::error::{Error, Result};
 use crate::identity::Keypair;
 use crate::sync::device::{DeviceAction, DeviceSession, SyncStatus};
@@ -173,6 +174,24 @@ struct Worker {
     last_status: Option<SyncStatus>,
 }
 
+/// Starts decoding, and checking the signatures of, the bundle of each
+/// `Apply` among `actions` on a thread of its own (without a thread, the
+/// apply does it itself).
+fn prepare(
+    actions: &[DeviceAction],
+    preparing: &mut VecDeque<Option<std::thread::JoinHandle<Prepared>>>,
+) {
+    for action in actions {
+        if let DeviceAction::Apply(bundle) = action {
+            let bundle = bundle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("karmyq-prepare".into())
+                .spawn(move || Prepared::new(&bundle));
+            preparing.push_back(spawned.ok());
+        }
+    }
+}
+
 fn jitter(max: Duration) -> Duration {
     let mut b = [0u8; 4];
     if getrandom::getrandom(&mut b).is_err() {
@@ -274,6 +293,9 @@ impl Worker {
         };
         let mut reached = false;
         let mut queue: VecDeque<DeviceAction> = session.start().into();
+        // Each `Apply` in the queue, in order, being decoded and its
+        // signatures checked on a thread of its own meanwhile.
+        let mut preparing: VecDeque<Option<std::thread::JoinHandle<Prepared>>> = VecDeque::new();
         let mut tick = tokio::time::interval(self.options.poll);
         loop {
             while let Some(action) = queue.pop_front() {
@@ -302,7 +324,31 @@ impl Worker {
                             .unwrap_or_else(PoisonError::into_inner) = requests;
                     }
                     DeviceAction::Apply(bundle) => {
-                        let local = self.apply(&bundle, fresh && !session.is_live())?;
+                        // Frames already here are read now, so that their
+                        // bundles are prepared while this one is applied.
+                        while let Some(msg) = ws.next().now_or_never() {
+                            match msg {
+                                Some(Ok(Message::Binary(bytes))) => {
+                                    let actions = session.receive(&bytes);
+                                    prepare(&actions, &mut preparing);
+                                    queue.extend(actions);
+                                }
+                                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                                    return Ok(Ended::Lost {
+                                        reached,
+                                        quiet: false,
+                                        soon: true,
+                                    });
+                                }
+                                Some(Ok(_)) => {}
+                            }
+                        }
+                        let prepared = preparing
+                            .pop_front()
+                            .flatten()
+                            .and_then(|p| p.join().ok())
+                            .unwrap_or_default();
+                        let local = self.apply(&bundle, prepared, fresh && !session.is_live())?;
                         if session.is_live() {
                             // Before the actions queued after this one (a Subscribe
                             // must follow the upload it waits for).
@@ -331,7 +377,11 @@ impl Worker {
             }
             tokio::select! {
                 msg = ws.next() => match msg {
-                    Some(Ok(Message::Binary(bytes))) => queue.extend(session.receive(&bytes)),
+                    Some(Ok(Message::Binary(bytes))) => {
+                        let actions = session.receive(&bytes);
+                        prepare(&actions, &mut preparing);
+                        queue.extend(actions);
+                    }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                         return Ok(Ended::Lost { reached, quiet: false, soon: true });
                     }
@@ -363,7 +413,7 @@ impl Worker {
     /// since the last look (to upload), computed in the same section so
     /// nothing written meanwhile is missed. `quiet`: part of the first
     /// catch-up of a community new to this device (no notifications).
-    fn apply(&mut self, bundle: &Bundle, quiet: bool) -> Result<Bundle> {
+    fn apply(&mut self, bundle: &Bundle, prepared: Prepared, quiet: bool) -> Result<Bundle> {
         let (id, since) = (self.community, self.last_seen.clone());
         let (local, heads) = self.with_client(|k| {
             let me = k.member_id();
@@ -376,7 +426,7 @@ impl Worker {
                 }
                 Err(_) => Bundle::new(id),
             };
-            let report = k.receive(bundle, Timestamp::now())?;
+            let report = k.receive_prepared(bundle, prepared, Timestamp::now())?;
             if !report.rejected.is_empty() {
                 tracing::debug!(
                     rejected = report.rejected.len(),
