@@ -321,14 +321,27 @@ pub(super) fn community_of(tx: &Transaction<'_>) -> Result<CommunityId> {
 /// offers' stored states, and its match.
 struct Before {
     existed: bool,
+    /// Its row: rowid, title and description (what its FTS row holds).
+    row: Option<(i64, String, String)>,
     offers: HashMap<String, String>,
     matched: Option<(String, bool, bool, bool)>,
 }
 
 fn before(tx: &Transaction<'_>, request_id: &str) -> Result<Before> {
-    let existed = tx
-        .prepare_cached("SELECT 1 FROM requests WHERE request_id = ?1")?
-        .exists([request_id])?;
+    let row: Option<(i64, String, String)> = tx
+        .prepare_cached("SELECT rowid, title, description FROM requests WHERE request_id = ?1")?
+        .query_row([request_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let existed = row.is_some();
+    if !existed {
+        // A request's offers and match are written only with it.
+        return Ok(Before {
+            existed,
+            row,
+            offers: HashMap::new(),
+            matched: None,
+        });
+    }
     let mut offers = HashMap::new();
     {
         let mut stmt =
@@ -351,6 +364,7 @@ fn before(tx: &Transaction<'_>, request_id: &str) -> Result<Before> {
         .optional()?;
     Ok(Before {
         existed,
+        row,
         offers,
         matched,
     })
@@ -483,15 +497,29 @@ fn project_request(
         stored_state(&state),
         state.hidden,
     ])?;
-    let rowid: i64 = tx
-        .prepare_cached("SELECT rowid FROM requests WHERE request_id = ?1")?
-        .query_row([&request_id], |r| r.get(0))?;
-    tx.prepare_cached("DELETE FROM requests_fts WHERE rowid = ?1")?
-        .execute([rowid])?;
-    tx.prepare_cached("INSERT INTO requests_fts (rowid, title, description) VALUES (?1, ?2, ?3)")?
+    // A new row, or the text changed: its full-text row follows; a new
+    // request has no full-text row, offers or match to delete.
+    let rowid = match &was.row {
+        Some((rowid, ..)) => *rowid,
+        None => tx.last_insert_rowid(),
+    };
+    let same_text = was.row.as_ref().is_some_and(|(_, title, description)| {
+        *title == state.draft.title && *description == state.draft.description
+    });
+    if !same_text {
+        if was.existed {
+            tx.prepare_cached("DELETE FROM requests_fts WHERE rowid = ?1")?
+                .execute([rowid])?;
+        }
+        tx.prepare_cached(
+            "INSERT INTO requests_fts (rowid, title, description) VALUES (?1, ?2, ?3)",
+        )?
         .execute(params![rowid, state.draft.title, state.draft.description])?;
-    tx.prepare_cached("DELETE FROM offers WHERE request_id = ?1")?
-        .execute([&request_id])?;
+    }
+    if was.existed {
+        tx.prepare_cached("DELETE FROM offers WHERE request_id = ?1")?
+            .execute([&request_id])?;
+    }
     let never = Timestamp::from_millis(i64::MIN);
     let mut stored_states = Vec::new();
     for offer in state.offers.values() {
@@ -513,8 +541,10 @@ fn project_request(
             stored,
         ])?;
     }
-    tx.prepare_cached("DELETE FROM matches WHERE request_id = ?1")?
-        .execute([&request_id])?;
+    if was.existed {
+        tx.prepare_cached("DELETE FROM matches WHERE request_id = ?1")?
+            .execute([&request_id])?;
+    }
     if let Some(m) = state.active_match(never) {
         tx.prepare_cached(
             "INSERT INTO matches (request_id, offer_id, requester, responder, accepted_at,
