@@ -236,7 +236,7 @@ fn catch_up() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if full() { 2_000 } else { 20 });
     let runs = if full() { 3 } else { 1 };
-    let (requesters, helpers) = (50, 200);
+    let (requesters, helpers) = if full() { (50, 200) } else { (2, 6) };
     let (_dir, mut founder, id) = large_community(requesters + helpers);
     let auth = founder.community(id).unwrap().authority().heads.clone();
     let rk: Vec<Keypair> = (1..=requesters as u64).map(key).collect();
