@@ -5747,7 +5747,8 @@ class _UniffiFfiConverterTypeTrustScore(_UniffiConverterRustBuffer):
 class ApiError(Exception):
     """
     Why a call failed. Match on the variant for the category and on `code`
-    for the precise reason; `message` is for logs and developers.
+    for the precise reason; `detail` is for logs and developers (named so
+    because Kotlin exceptions already have a `message`).
 """
     pass
 
@@ -5756,7 +5757,8 @@ _UniffiTempApiError = ApiError
 class ApiError:  # type: ignore
     """
     Why a call failed. Match on the variant for the category and on `code`
-    for the precise reason; `message` is for logs and developers.
+    for the precise reason; `detail` is for logs and developers (named so
+    because Kotlin exceptions already have a `message`).
 """
     
     class InvalidInput(_UniffiTempApiError):
@@ -5764,13 +5766,13 @@ class ApiError:  # type: ignore
         An argument or input could not be used.
 """
         
-        def __init__(self, code, message):
+        def __init__(self, code, detail):
             super().__init__(", ".join([
                 "code={!r}".format(code),
-                "message={!r}".format(message),
+                "detail={!r}".format(detail),
             ]))
             self.code = code
-            self.message = message
+            self.detail = detail
 
         def __repr__(self):
             return "ApiError.InvalidInput({})".format(str(self))
@@ -5780,13 +5782,13 @@ class ApiError:  # type: ignore
         A rule of the community refused the call.
 """
         
-        def __init__(self, code, message):
+        def __init__(self, code, detail):
             super().__init__(", ".join([
                 "code={!r}".format(code),
-                "message={!r}".format(message),
+                "detail={!r}".format(detail),
             ]))
             self.code = code
-            self.message = message
+            self.detail = detail
 
         def __repr__(self):
             return "ApiError.Rejected({})".format(str(self))
@@ -5796,13 +5798,13 @@ class ApiError:  # type: ignore
         Something named does not exist on this device.
 """
         
-        def __init__(self, code, message):
+        def __init__(self, code, detail):
             super().__init__(", ".join([
                 "code={!r}".format(code),
-                "message={!r}".format(message),
+                "detail={!r}".format(detail),
             ]))
             self.code = code
-            self.message = message
+            self.detail = detail
 
         def __repr__(self):
             return "ApiError.NotFound({})".format(str(self))
@@ -5812,13 +5814,13 @@ class ApiError:  # type: ignore
         Storage failed; nothing already stored was changed.
 """
         
-        def __init__(self, code, message):
+        def __init__(self, code, detail):
             super().__init__(", ".join([
                 "code={!r}".format(code),
-                "message={!r}".format(message),
+                "detail={!r}".format(detail),
             ]))
             self.code = code
-            self.message = message
+            self.detail = detail
 
         def __repr__(self):
             return "ApiError.Storage({})".format(str(self))
@@ -5828,13 +5830,13 @@ class ApiError:  # type: ignore
         A signature, randomness or decryption failed.
 """
         
-        def __init__(self, code, message):
+        def __init__(self, code, detail):
             super().__init__(", ".join([
                 "code={!r}".format(code),
-                "message={!r}".format(message),
+                "detail={!r}".format(detail),
             ]))
             self.code = code
-            self.message = message
+            self.detail = detail
 
         def __repr__(self):
             return "ApiError.Crypto({})".format(str(self))
@@ -5844,13 +5846,13 @@ class ApiError:  # type: ignore
         The client was closed.
 """
         
-        def __init__(self, code, message):
+        def __init__(self, code, detail):
             super().__init__(", ".join([
                 "code={!r}".format(code),
-                "message={!r}".format(message),
+                "detail={!r}".format(detail),
             ]))
             self.code = code
-            self.message = message
+            self.detail = detail
 
         def __repr__(self):
             return "ApiError.Closed({})".format(str(self))
@@ -5900,27 +5902,27 @@ class _UniffiFfiConverterTypeApiError(_UniffiConverterRustBuffer):
     def check_lower(value):
         if isinstance(value, ApiError.InvalidInput):
             _UniffiFfiConverterString.check_lower(value.code)
-            _UniffiFfiConverterString.check_lower(value.message)
+            _UniffiFfiConverterString.check_lower(value.detail)
             return
         if isinstance(value, ApiError.Rejected):
             _UniffiFfiConverterString.check_lower(value.code)
-            _UniffiFfiConverterString.check_lower(value.message)
+            _UniffiFfiConverterString.check_lower(value.detail)
             return
         if isinstance(value, ApiError.NotFound):
             _UniffiFfiConverterString.check_lower(value.code)
-            _UniffiFfiConverterString.check_lower(value.message)
+            _UniffiFfiConverterString.check_lower(value.detail)
             return
         if isinstance(value, ApiError.Storage):
             _UniffiFfiConverterString.check_lower(value.code)
-            _UniffiFfiConverterString.check_lower(value.message)
+            _UniffiFfiConverterString.check_lower(value.detail)
             return
         if isinstance(value, ApiError.Crypto):
             _UniffiFfiConverterString.check_lower(value.code)
-            _UniffiFfiConverterString.check_lower(value.message)
+            _UniffiFfiConverterString.check_lower(value.detail)
             return
         if isinstance(value, ApiError.Closed):
             _UniffiFfiConverterString.check_lower(value.code)
-            _UniffiFfiConverterString.check_lower(value.message)
+            _UniffiFfiConverterString.check_lower(value.detail)
             return
 
     @staticmethod
@@ -5928,27 +5930,27 @@ class _UniffiFfiConverterTypeApiError(_UniffiConverterRustBuffer):
         if isinstance(value, ApiError.InvalidInput):
             buf.write_i32(1)
             _UniffiFfiConverterString.write(value.code, buf)
-            _UniffiFfiConverterString.write(value.message, buf)
+            _UniffiFfiConverterString.write(value.detail, buf)
         if isinstance(value, ApiError.Rejected):
             buf.write_i32(2)
             _UniffiFfiConverterString.write(value.code, buf)
-            _UniffiFfiConverterString.write(value.message, buf)
+            _UniffiFfiConverterString.write(value.detail, buf)
         if isinstance(value, ApiError.NotFound):
             buf.write_i32(3)
             _UniffiFfiConverterString.write(value.code, buf)
-            _UniffiFfiConverterString.write(value.message, buf)
+            _UniffiFfiConverterString.write(value.detail, buf)
         if isinstance(value, ApiError.Storage):
             buf.write_i32(4)
             _UniffiFfiConverterString.write(value.code, buf)
-            _UniffiFfiConverterString.write(value.message, buf)
+            _UniffiFfiConverterString.write(value.detail, buf)
         if isinstance(value, ApiError.Crypto):
             buf.write_i32(5)
             _UniffiFfiConverterString.write(value.code, buf)
-            _UniffiFfiConverterString.write(value.message, buf)
+            _UniffiFfiConverterString.write(value.detail, buf)
         if isinstance(value, ApiError.Closed):
             buf.write_i32(6)
             _UniffiFfiConverterString.write(value.code, buf)
-            _UniffiFfiConverterString.write(value.message, buf)
+            _UniffiFfiConverterString.write(value.detail, buf)
 
 
 

@@ -5004,7 +5004,8 @@ public func FfiConverterTypeTrustScore_lower(_ value: TrustScore) -> RustBuffer 
 
 /**
  * Why a call failed. Match on the variant for the category and on `code`
- * for the precise reason; `message` is for logs and developers.
+ * for the precise reason; `detail` is for logs and developers (named so
+ * because Kotlin exceptions already have a `message`).
  */
 public enum ApiError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
 
@@ -5019,7 +5020,7 @@ public enum ApiError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErro
          */code: String, 
         /**
          * What was wrong.
-         */message: String
+         */detail: String
     )
     /**
      * A rule of the community refused the call.
@@ -5030,7 +5031,7 @@ public enum ApiError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErro
          */code: String, 
         /**
          * What was refused.
-         */message: String
+         */detail: String
     )
     /**
      * Something named does not exist on this device.
@@ -5041,7 +5042,7 @@ public enum ApiError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErro
          */code: String, 
         /**
          * What was missing.
-         */message: String
+         */detail: String
     )
     /**
      * Storage failed; nothing already stored was changed.
@@ -5052,7 +5053,7 @@ public enum ApiError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErro
          */code: String, 
         /**
          * What failed.
-         */message: String
+         */detail: String
     )
     /**
      * A signature, randomness or decryption failed.
@@ -5063,7 +5064,7 @@ public enum ApiError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErro
          */code: String, 
         /**
          * What failed.
-         */message: String
+         */detail: String
     )
     /**
      * The client was closed.
@@ -5074,7 +5075,7 @@ public enum ApiError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErro
          */code: String, 
         /**
          * What was called.
-         */message: String
+         */detail: String
     )
 
     
@@ -5107,27 +5108,27 @@ public struct FfiConverterTypeApiError: FfiConverterRustBuffer {
         
         case 1: return .InvalidInput(
             code: try FfiConverterString.read(from: &buf), 
-            message: try FfiConverterString.read(from: &buf)
+            detail: try FfiConverterString.read(from: &buf)
             )
         case 2: return .Rejected(
             code: try FfiConverterString.read(from: &buf), 
-            message: try FfiConverterString.read(from: &buf)
+            detail: try FfiConverterString.read(from: &buf)
             )
         case 3: return .NotFound(
             code: try FfiConverterString.read(from: &buf), 
-            message: try FfiConverterString.read(from: &buf)
+            detail: try FfiConverterString.read(from: &buf)
             )
         case 4: return .Storage(
             code: try FfiConverterString.read(from: &buf), 
-            message: try FfiConverterString.read(from: &buf)
+            detail: try FfiConverterString.read(from: &buf)
             )
         case 5: return .Crypto(
             code: try FfiConverterString.read(from: &buf), 
-            message: try FfiConverterString.read(from: &buf)
+            detail: try FfiConverterString.read(from: &buf)
             )
         case 6: return .Closed(
             code: try FfiConverterString.read(from: &buf), 
-            message: try FfiConverterString.read(from: &buf)
+            detail: try FfiConverterString.read(from: &buf)
             )
 
          default: throw UniffiInternalError.unexpectedEnumCase
@@ -5141,40 +5142,40 @@ public struct FfiConverterTypeApiError: FfiConverterRustBuffer {
 
         
         
-        case let .InvalidInput(code,message):
+        case let .InvalidInput(code,detail):
             writeInt(&buf, Int32(1))
             FfiConverterString.write(code, into: &buf)
-            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
             
         
-        case let .Rejected(code,message):
+        case let .Rejected(code,detail):
             writeInt(&buf, Int32(2))
             FfiConverterString.write(code, into: &buf)
-            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
             
         
-        case let .NotFound(code,message):
+        case let .NotFound(code,detail):
             writeInt(&buf, Int32(3))
             FfiConverterString.write(code, into: &buf)
-            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
             
         
-        case let .Storage(code,message):
+        case let .Storage(code,detail):
             writeInt(&buf, Int32(4))
             FfiConverterString.write(code, into: &buf)
-            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
             
         
-        case let .Crypto(code,message):
+        case let .Crypto(code,detail):
             writeInt(&buf, Int32(5))
             FfiConverterString.write(code, into: &buf)
-            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
             
         
-        case let .Closed(code,message):
+        case let .Closed(code,detail):
             writeInt(&buf, Int32(6))
             FfiConverterString.write(code, into: &buf)
-            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(detail, into: &buf)
             
         }
     }

@@ -6,7 +6,7 @@
 //! | `InvalidInput` | `invalid_id` | an id string is not the form it should be |
 //! | | `invalid_key` | a member key is not a valid ed25519 public key |
 //! | | `invalid_secret` | a secret backup could not be read |
-//! | | `invalid_argument` | an argument is out of range or malformed (the message says which) |
+//! | | `invalid_argument` | an argument is out of range or malformed (the detail says which) |
 //! | | `invalid_invite` | an invite link could not be read |
 //! | | `malformed` | bytes given to `receive` could not be decoded |
 //! | `Rejected` | a rule's code, below | a rule of the community refused the call |
@@ -35,57 +35,58 @@
 use karmyq_core::Error;
 
 /// Why a call failed. Match on the variant for the category and on `code`
-/// for the precise reason; `message` is for logs and developers.
+/// for the precise reason; `detail` is for logs and developers (named so
+/// because Kotlin exceptions already have a `message`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
 #[non_exhaustive]
 pub enum ApiError {
     /// An argument or input could not be used.
-    #[error("{code}: {message}")]
+    #[error("{code}: {detail}")]
     InvalidInput {
         /// Stable code.
         code: String,
         /// What was wrong.
-        message: String,
+        detail: String,
     },
     /// A rule of the community refused the call.
-    #[error("{code}: {message}")]
+    #[error("{code}: {detail}")]
     Rejected {
         /// Stable code: the rule.
         code: String,
         /// What was refused.
-        message: String,
+        detail: String,
     },
     /// Something named does not exist on this device.
-    #[error("{code}: {message}")]
+    #[error("{code}: {detail}")]
     NotFound {
         /// Stable code.
         code: String,
         /// What was missing.
-        message: String,
+        detail: String,
     },
     /// Storage failed; nothing already stored was changed.
-    #[error("{code}: {message}")]
+    #[error("{code}: {detail}")]
     Storage {
         /// Stable code.
         code: String,
         /// What failed.
-        message: String,
+        detail: String,
     },
     /// A signature, randomness or decryption failed.
-    #[error("{code}: {message}")]
+    #[error("{code}: {detail}")]
     Crypto {
         /// Stable code.
         code: String,
         /// What failed.
-        message: String,
+        detail: String,
     },
     /// The client was closed.
-    #[error("{code}: {message}")]
+    #[error("{code}: {detail}")]
     Closed {
         /// Always `closed`.
         code: String,
         /// What was called.
-        message: String,
+        detail: String,
     },
 }
 
@@ -102,24 +103,24 @@ impl ApiError {
         }
     }
 
-    pub(crate) fn invalid(code: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(code: &str, detail: impl Into<String>) -> Self {
         ApiError::InvalidInput {
             code: code.to_owned(),
-            message: message.into(),
+            detail: detail.into(),
         }
     }
 
     pub(crate) fn closed() -> Self {
         ApiError::Closed {
             code: "closed".to_owned(),
-            message: "the client was closed".to_owned(),
+            detail: "the client was closed".to_owned(),
         }
     }
 
     pub(crate) fn no_sync() -> Self {
         ApiError::NotFound {
             code: "no_sync".to_owned(),
-            message: "no sync is running for this community".to_owned(),
+            detail: "no sync is running for this community".to_owned(),
         }
     }
 }
@@ -128,7 +129,7 @@ impl ApiError {
 /// no secret or personal data, so they pass through.
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        let message = e.to_string();
+        let detail = e.to_string();
         let (make, code): (fn(String, String) -> ApiError, &str) = match &e {
             Error::InvalidKey => (invalid_input, "invalid_key"),
             Error::InvalidId => (invalid_input, "invalid_id"),
@@ -149,28 +150,28 @@ impl From<Error> for ApiError {
             // given a code of its own here.
             _ => (storage, "internal"),
         };
-        make(code.to_owned(), message)
+        make(code.to_owned(), detail)
     }
 }
 
-fn invalid_input(code: String, message: String) -> ApiError {
-    ApiError::InvalidInput { code, message }
+fn invalid_input(code: String, detail: String) -> ApiError {
+    ApiError::InvalidInput { code, detail }
 }
 
-fn rejected(code: String, message: String) -> ApiError {
-    ApiError::Rejected { code, message }
+fn rejected(code: String, detail: String) -> ApiError {
+    ApiError::Rejected { code, detail }
 }
 
-fn not_found(code: String, message: String) -> ApiError {
-    ApiError::NotFound { code, message }
+fn not_found(code: String, detail: String) -> ApiError {
+    ApiError::NotFound { code, detail }
 }
 
-fn storage(code: String, message: String) -> ApiError {
-    ApiError::Storage { code, message }
+fn storage(code: String, detail: String) -> ApiError {
+    ApiError::Storage { code, detail }
 }
 
-fn crypto(code: String, message: String) -> ApiError {
-    ApiError::Crypto { code, message }
+fn crypto(code: String, detail: String) -> ApiError {
+    ApiError::Crypto { code, detail }
 }
 
 /// What exported calls return.

@@ -258,8 +258,20 @@ fn join_requests_are_signed_for_the_app_to_post() -> TestResult {
     let server = TestServer::start()?;
     let (alice, _a) = device()?;
     let (eve, _e) = device()?;
+    let (_events, rx) = listen(&alice)?;
     let id = alice.create_community("Quiet Court".into(), "".into(), Visibility::Private)?;
     alice.start_sync(server.url(), id)?;
+    // The server answers a request for a community it does not hold as
+    // for any other (and keeps nothing): wait until it holds this one.
+    expect(&rx, "alice up to date", |e| {
+        matches!(
+            e,
+            KarmyqEvent::SyncStatusChanged {
+                status: SyncState::UpToDate,
+                ..
+            }
+        )
+    })?;
 
     let ask = eve.sign_join_request(id, "I moved in at number 4".into())?;
     let answer = server.post(&ask.path, &ask.body)?;

@@ -3448,12 +3448,13 @@ export enum ApiError_Tags {
 }
 /**
  * Why a call failed. Match on the variant for the category and on `code`
- * for the precise reason; `message` is for logs and developers.
+ * for the precise reason; `detail` is for logs and developers (named so
+ * because Kotlin exceptions already have a `message`).
  */
 export const ApiError = (() => {
   type InvalidInput__interface = {
     tag: ApiError_Tags.InvalidInput;
-    inner: Readonly<{ code: string; message: string }>;
+    inner: Readonly<{ code: string; detail: string }>;
   };
   /**
    * An argument or input could not be used.
@@ -3465,13 +3466,13 @@ export const ApiError = (() => {
      */
     readonly [uniffiTypeNameSymbol] = "ApiError";
     readonly tag = ApiError_Tags.InvalidInput;
-    readonly inner: Readonly<{ code: string; message: string }>;
-    constructor(inner: { code: string; message: string }) {
+    readonly inner: Readonly<{ code: string; detail: string }>;
+    constructor(inner: { code: string; detail: string }) {
       super("ApiError", "InvalidInput");
 
       this.inner = Object.freeze(inner);
     }
-    static new(inner: { code: string; message: string }): InvalidInput_ {
+    static new(inner: { code: string; detail: string }): InvalidInput_ {
       return new InvalidInput_(inner);
     }
 
@@ -3484,14 +3485,14 @@ export const ApiError = (() => {
 
     static getInner(
       obj: InvalidInput_,
-    ): Readonly<{ code: string; message: string }> {
+    ): Readonly<{ code: string; detail: string }> {
       return obj.inner;
     }
   }
 
   type Rejected__interface = {
     tag: ApiError_Tags.Rejected;
-    inner: Readonly<{ code: string; message: string }>;
+    inner: Readonly<{ code: string; detail: string }>;
   };
   /**
    * A rule of the community refused the call.
@@ -3503,13 +3504,13 @@ export const ApiError = (() => {
      */
     readonly [uniffiTypeNameSymbol] = "ApiError";
     readonly tag = ApiError_Tags.Rejected;
-    readonly inner: Readonly<{ code: string; message: string }>;
-    constructor(inner: { code: string; message: string }) {
+    readonly inner: Readonly<{ code: string; detail: string }>;
+    constructor(inner: { code: string; detail: string }) {
       super("ApiError", "Rejected");
 
       this.inner = Object.freeze(inner);
     }
-    static new(inner: { code: string; message: string }): Rejected_ {
+    static new(inner: { code: string; detail: string }): Rejected_ {
       return new Rejected_(inner);
     }
 
@@ -3522,14 +3523,14 @@ export const ApiError = (() => {
 
     static getInner(
       obj: Rejected_,
-    ): Readonly<{ code: string; message: string }> {
+    ): Readonly<{ code: string; detail: string }> {
       return obj.inner;
     }
   }
 
   type NotFound__interface = {
     tag: ApiError_Tags.NotFound;
-    inner: Readonly<{ code: string; message: string }>;
+    inner: Readonly<{ code: string; detail: string }>;
   };
   /**
    * Something named does not exist on this device.
@@ -3541,13 +3542,13 @@ export const ApiError = (() => {
      */
     readonly [uniffiTypeNameSymbol] = "ApiError";
     readonly tag = ApiError_Tags.NotFound;
-    readonly inner: Readonly<{ code: string; message: string }>;
-    constructor(inner: { code: string; message: string }) {
+    readonly inner: Readonly<{ code: string; detail: string }>;
+    constructor(inner: { code: string; detail: string }) {
       super("ApiError", "NotFound");
 
       this.inner = Object.freeze(inner);
     }
-    static new(inner: { code: string; message: string }): NotFound_ {
+    static new(inner: { code: string; detail: string }): NotFound_ {
       return new NotFound_(inner);
     }
 
@@ -3560,14 +3561,14 @@ export const ApiError = (() => {
 
     static getInner(
       obj: NotFound_,
-    ): Readonly<{ code: string; message: string }> {
+    ): Readonly<{ code: string; detail: string }> {
       return obj.inner;
     }
   }
 
   type Storage__interface = {
     tag: ApiError_Tags.Storage;
-    inner: Readonly<{ code: string; message: string }>;
+    inner: Readonly<{ code: string; detail: string }>;
   };
   /**
    * Storage failed; nothing already stored was changed.
@@ -3579,13 +3580,13 @@ export const ApiError = (() => {
      */
     readonly [uniffiTypeNameSymbol] = "ApiError";
     readonly tag = ApiError_Tags.Storage;
-    readonly inner: Readonly<{ code: string; message: string }>;
-    constructor(inner: { code: string; message: string }) {
+    readonly inner: Readonly<{ code: string; detail: string }>;
+    constructor(inner: { code: string; detail: string }) {
       super("ApiError", "Storage");
 
       this.inner = Object.freeze(inner);
     }
-    static new(inner: { code: string; message: string }): Storage_ {
+    static new(inner: { code: string; detail: string }): Storage_ {
       return new Storage_(inner);
     }
 
@@ -3596,16 +3597,14 @@ export const ApiError = (() => {
       return Storage_.instanceOf(obj);
     }
 
-    static getInner(
-      obj: Storage_,
-    ): Readonly<{ code: string; message: string }> {
+    static getInner(obj: Storage_): Readonly<{ code: string; detail: string }> {
       return obj.inner;
     }
   }
 
   type Crypto__interface = {
     tag: ApiError_Tags.Crypto;
-    inner: Readonly<{ code: string; message: string }>;
+    inner: Readonly<{ code: string; detail: string }>;
   };
   /**
    * A signature, randomness or decryption failed.
@@ -3617,13 +3616,13 @@ export const ApiError = (() => {
      */
     readonly [uniffiTypeNameSymbol] = "ApiError";
     readonly tag = ApiError_Tags.Crypto;
-    readonly inner: Readonly<{ code: string; message: string }>;
-    constructor(inner: { code: string; message: string }) {
+    readonly inner: Readonly<{ code: string; detail: string }>;
+    constructor(inner: { code: string; detail: string }) {
       super("ApiError", "Crypto");
 
       this.inner = Object.freeze(inner);
     }
-    static new(inner: { code: string; message: string }): Crypto_ {
+    static new(inner: { code: string; detail: string }): Crypto_ {
       return new Crypto_(inner);
     }
 
@@ -3634,14 +3633,14 @@ export const ApiError = (() => {
       return Crypto_.instanceOf(obj);
     }
 
-    static getInner(obj: Crypto_): Readonly<{ code: string; message: string }> {
+    static getInner(obj: Crypto_): Readonly<{ code: string; detail: string }> {
       return obj.inner;
     }
   }
 
   type Closed__interface = {
     tag: ApiError_Tags.Closed;
-    inner: Readonly<{ code: string; message: string }>;
+    inner: Readonly<{ code: string; detail: string }>;
   };
   /**
    * The client was closed.
@@ -3653,13 +3652,13 @@ export const ApiError = (() => {
      */
     readonly [uniffiTypeNameSymbol] = "ApiError";
     readonly tag = ApiError_Tags.Closed;
-    readonly inner: Readonly<{ code: string; message: string }>;
-    constructor(inner: { code: string; message: string }) {
+    readonly inner: Readonly<{ code: string; detail: string }>;
+    constructor(inner: { code: string; detail: string }) {
       super("ApiError", "Closed");
 
       this.inner = Object.freeze(inner);
     }
-    static new(inner: { code: string; message: string }): Closed_ {
+    static new(inner: { code: string; detail: string }): Closed_ {
       return new Closed_(inner);
     }
 
@@ -3670,7 +3669,7 @@ export const ApiError = (() => {
       return Closed_.instanceOf(obj);
     }
 
-    static getInner(obj: Closed_): Readonly<{ code: string; message: string }> {
+    static getInner(obj: Closed_): Readonly<{ code: string; detail: string }> {
       return obj.inner;
     }
   }
@@ -3691,7 +3690,8 @@ export const ApiError = (() => {
 })();
 /**
  * Why a call failed. Match on the variant for the category and on `code`
- * for the precise reason; `message` is for logs and developers.
+ * for the precise reason; `detail` is for logs and developers (named so
+ * because Kotlin exceptions already have a `message`).
  */
 export type ApiError = InstanceType<
   (typeof ApiError)[
@@ -3707,32 +3707,32 @@ const FfiConverterTypeApiError = (() => {
         case 1:
           return new ApiError.InvalidInput({
             code: FfiConverterString.readFromCursor(c),
-            message: FfiConverterString.readFromCursor(c),
+            detail: FfiConverterString.readFromCursor(c),
           });
         case 2:
           return new ApiError.Rejected({
             code: FfiConverterString.readFromCursor(c),
-            message: FfiConverterString.readFromCursor(c),
+            detail: FfiConverterString.readFromCursor(c),
           });
         case 3:
           return new ApiError.NotFound({
             code: FfiConverterString.readFromCursor(c),
-            message: FfiConverterString.readFromCursor(c),
+            detail: FfiConverterString.readFromCursor(c),
           });
         case 4:
           return new ApiError.Storage({
             code: FfiConverterString.readFromCursor(c),
-            message: FfiConverterString.readFromCursor(c),
+            detail: FfiConverterString.readFromCursor(c),
           });
         case 5:
           return new ApiError.Crypto({
             code: FfiConverterString.readFromCursor(c),
-            message: FfiConverterString.readFromCursor(c),
+            detail: FfiConverterString.readFromCursor(c),
           });
         case 6:
           return new ApiError.Closed({
             code: FfiConverterString.readFromCursor(c),
-            message: FfiConverterString.readFromCursor(c),
+            detail: FfiConverterString.readFromCursor(c),
           });
         default:
           throw new UniffiInternalError.UnexpectedEnumCase();
@@ -3744,42 +3744,42 @@ const FfiConverterTypeApiError = (() => {
           c.writeI32(1);
           const inner = value.inner;
           FfiConverterString.writeIntoCursor(inner.code, c);
-          FfiConverterString.writeIntoCursor(inner.message, c);
+          FfiConverterString.writeIntoCursor(inner.detail, c);
           return;
         }
         case ApiError_Tags.Rejected: {
           c.writeI32(2);
           const inner = value.inner;
           FfiConverterString.writeIntoCursor(inner.code, c);
-          FfiConverterString.writeIntoCursor(inner.message, c);
+          FfiConverterString.writeIntoCursor(inner.detail, c);
           return;
         }
         case ApiError_Tags.NotFound: {
           c.writeI32(3);
           const inner = value.inner;
           FfiConverterString.writeIntoCursor(inner.code, c);
-          FfiConverterString.writeIntoCursor(inner.message, c);
+          FfiConverterString.writeIntoCursor(inner.detail, c);
           return;
         }
         case ApiError_Tags.Storage: {
           c.writeI32(4);
           const inner = value.inner;
           FfiConverterString.writeIntoCursor(inner.code, c);
-          FfiConverterString.writeIntoCursor(inner.message, c);
+          FfiConverterString.writeIntoCursor(inner.detail, c);
           return;
         }
         case ApiError_Tags.Crypto: {
           c.writeI32(5);
           const inner = value.inner;
           FfiConverterString.writeIntoCursor(inner.code, c);
-          FfiConverterString.writeIntoCursor(inner.message, c);
+          FfiConverterString.writeIntoCursor(inner.detail, c);
           return;
         }
         case ApiError_Tags.Closed: {
           c.writeI32(6);
           const inner = value.inner;
           FfiConverterString.writeIntoCursor(inner.code, c);
-          FfiConverterString.writeIntoCursor(inner.message, c);
+          FfiConverterString.writeIntoCursor(inner.detail, c);
           return;
         }
         default:
@@ -3793,42 +3793,42 @@ const FfiConverterTypeApiError = (() => {
           const inner = value.inner;
           let size = 4;
           size += FfiConverterString.allocationSize(inner.code);
-          size += FfiConverterString.allocationSize(inner.message);
+          size += FfiConverterString.allocationSize(inner.detail);
           return size;
         }
         case ApiError_Tags.Rejected: {
           const inner = value.inner;
           let size = 4;
           size += FfiConverterString.allocationSize(inner.code);
-          size += FfiConverterString.allocationSize(inner.message);
+          size += FfiConverterString.allocationSize(inner.detail);
           return size;
         }
         case ApiError_Tags.NotFound: {
           const inner = value.inner;
           let size = 4;
           size += FfiConverterString.allocationSize(inner.code);
-          size += FfiConverterString.allocationSize(inner.message);
+          size += FfiConverterString.allocationSize(inner.detail);
           return size;
         }
         case ApiError_Tags.Storage: {
           const inner = value.inner;
           let size = 4;
           size += FfiConverterString.allocationSize(inner.code);
-          size += FfiConverterString.allocationSize(inner.message);
+          size += FfiConverterString.allocationSize(inner.detail);
           return size;
         }
         case ApiError_Tags.Crypto: {
           const inner = value.inner;
           let size = 4;
           size += FfiConverterString.allocationSize(inner.code);
-          size += FfiConverterString.allocationSize(inner.message);
+          size += FfiConverterString.allocationSize(inner.detail);
           return size;
         }
         case ApiError_Tags.Closed: {
           const inner = value.inner;
           let size = 4;
           size += FfiConverterString.allocationSize(inner.code);
-          size += FfiConverterString.allocationSize(inner.message);
+          size += FfiConverterString.allocationSize(inner.detail);
           return size;
         }
         default:

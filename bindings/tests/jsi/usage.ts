@@ -52,7 +52,7 @@ export function story(dataDir: string, url: string): ListenerHandleLike {
   } catch (e) {
     if (ApiError.Rejected.instanceOf(e)) {
       const code: string = e.inner.code;
-      seen.push(code, e.inner.message);
+      seen.push(code, e.inner.detail);
     }
   }
   client.setClock(client.now() + 1000n);

@@ -224,7 +224,7 @@ test("failures carry their category and code", () => {
   const own = failure(() => client.offerHelp(community, request, "me"));
   assert.ok(ApiError.Rejected.instanceOf(own));
   assert.equal(own.inner.code, "illegal_transition");
-  assert.ok(own.inner.message.length > 0);
+  assert.ok(own.inner.detail.length > 0);
 
   const badId = failure(() => client.communityInfo("not-an-id"));
   assert.ok(ApiError.InvalidInput.instanceOf(badId));

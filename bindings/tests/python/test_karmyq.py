@@ -143,7 +143,7 @@ def test_failures_carry_their_category_and_code(karmyq, device):
     with pytest.raises(ApiError.Rejected) as own:
         client.offer_help(community, request, "me")
     assert own.value.code == "illegal_transition"
-    assert own.value.message
+    assert own.value.detail
 
     with pytest.raises(ApiError.InvalidInput) as bad_id:
         client.community_info("not-an-id")

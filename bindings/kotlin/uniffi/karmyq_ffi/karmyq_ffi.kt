@@ -6217,7 +6217,8 @@ public object FfiConverterTypeTrustScore: FfiConverterRustBuffer<TrustScore> {
 
 /**
  * Why a call failed. Match on the variant for the category and on `code`
- * for the precise reason; `message` is for logs and developers.
+ * for the precise reason; `detail` is for logs and developers (named so
+ * because Kotlin exceptions already have a `message`).
  */
 sealed class ApiException: kotlin.Exception() {
     
@@ -6237,7 +6238,7 @@ sealed class ApiException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : ApiException() {
         override val message
-            get() = "code=${ `code` }, message=${ `detail` }"
+            get() = "code=${ `code` }, detail=${ `detail` }"
     }
     
     /**
@@ -6256,7 +6257,7 @@ sealed class ApiException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : ApiException() {
         override val message
-            get() = "code=${ `code` }, message=${ `detail` }"
+            get() = "code=${ `code` }, detail=${ `detail` }"
     }
     
     /**
@@ -6275,7 +6276,7 @@ sealed class ApiException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : ApiException() {
         override val message
-            get() = "code=${ `code` }, message=${ `detail` }"
+            get() = "code=${ `code` }, detail=${ `detail` }"
     }
     
     /**
@@ -6294,7 +6295,7 @@ sealed class ApiException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : ApiException() {
         override val message
-            get() = "code=${ `code` }, message=${ `detail` }"
+            get() = "code=${ `code` }, detail=${ `detail` }"
     }
     
     /**
@@ -6313,7 +6314,7 @@ sealed class ApiException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : ApiException() {
         override val message
-            get() = "code=${ `code` }, message=${ `detail` }"
+            get() = "code=${ `code` }, detail=${ `detail` }"
     }
     
     /**
@@ -6332,7 +6333,7 @@ sealed class ApiException: kotlin.Exception() {
         val `detail`: kotlin.String
         ) : ApiException() {
         override val message
-            get() = "code=${ `code` }, message=${ `detail` }"
+            get() = "code=${ `code` }, detail=${ `detail` }"
     }
     
 
