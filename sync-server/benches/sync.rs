@@ -928,24 +928,31 @@ fn fanout() {
         }
         Err(_) => (receivers, rate, seconds),
     };
+    // The changes come from members writing at the server's default rate
+    // limit (50 frames/s each), as many as that takes: 10 for 500/s.
+    // KQB_WRITERS=1 has one member write them all (its limit raised).
+    let writers = match std::env::var("KQB_WRITERS") {
+        Ok(v) => v.parse().unwrap(),
+        Err(_) => rate.div_ceil(50).max(1),
+    };
     let t = Instant::now();
-    // Members 1..=receivers read; member receivers + 1 writes.
-    let (_founder_dir, mut founder, id) = community(receivers + 1);
+    // Members 1..=receivers read; members receivers + 1.. write.
+    let (_founder_dir, mut founder, id) = community(receivers + writers);
     let dir = seed(&mut founder, id, []);
     println!(
         "fan-out: community of {} members seeded in {:.1} s",
-        receivers + 2,
+        receivers + writers + 1,
         t.elapsed().as_secs_f64()
     );
-    // The writer uploads each change in its own frame as it is written
-    // (batch 1), or every 5 changes (an upload every 10 ms at 500/s; the
-    // latency still counts from when each change was written).
+    // Each writer uploads each change in its own frame as it is written
+    // (batch 1), or every 5 changes (the latency still counts from when
+    // each change was written).
     let batches: Vec<usize> = match std::env::var("KQB_BATCHES") {
         Ok(v) => v.split(',').map(|x| x.parse().unwrap()).collect(),
-        Err(_) => vec![1, 5],
+        Err(_) => vec![1],
     };
     for batch in batches {
-        fanout_with(&dir, id, receivers, rate, seconds, batch);
+        fanout_with(&dir, id, receivers, writers, rate, seconds, batch);
     }
 }
 
@@ -953,16 +960,18 @@ fn fanout_with(
     dir: &TempDir,
     id: CommunityId,
     receivers: usize,
+    writers: usize,
     rate: usize,
     seconds: usize,
     batch: usize,
 ) {
     let p99 = median_of(2, |run| {
-        // One frame per change is more than the default rate limit (50
-        // frames/s, burst 200): the writer's is raised.
+        let per_writer = rate.div_ceil(writers) as u32;
         let server = Server::start(copy_dir(dir), |c| {
-            c.rate_burst = 2 * rate as u32;
-            c.rate_per_second = 2 * rate as u32;
+            // One writer for the whole rate is more than the default limit
+            // (50 frames/s, burst 200): its limit is raised.
+            c.rate_burst = c.rate_burst.max(2 * per_writer);
+            c.rate_per_second = c.rate_per_second.max(per_writer);
             // For exploring: KQB_PUSH_MS=<push interval>.
             if let Ok(ms) = std::env::var("KQB_PUSH_MS") {
                 c.push_interval = Duration::from_millis(ms.parse().unwrap());
@@ -974,6 +983,7 @@ fn fanout_with(
                 ("KQB_URL", server.url()),
                 ("KQB_COMMUNITY", id.to_string()),
                 ("KQB_COUNT", receivers.to_string()),
+                ("KQB_WRITERS", writers.to_string()),
                 ("KQB_RATE", rate.to_string()),
                 ("KQB_SECONDS", seconds.to_string()),
                 ("KQB_RUN", (batch * 10 + run).to_string()),
@@ -1011,8 +1021,8 @@ fn fanout_with(
         v[4] / 1e3
     });
     println!(
-        "fan-out: {receivers} subscribers, {rate} changes/s by one member, uploaded {batch} \
-         at a time: p99 {p99:.1} ms (target ≤ 50 ms: {})",
+        "fan-out: {receivers} subscribers, {rate} changes/s by {writers} member(s), uploaded \
+         {batch} at a time: p99 {p99:.1} ms (target ≤ 50 ms: {})",
         verdict(p99 <= 50.0)
     );
 }
@@ -1044,24 +1054,31 @@ fn fanout_clients() {
     let url = env_of("KQB_URL");
     let id = CommunityId::from_hex(&env_of("KQB_COMMUNITY")).unwrap();
     let n = env_num("KQB_COUNT");
+    let writers = env_num("KQB_WRITERS");
     let rate = env_num("KQB_RATE");
     let seconds = env_num("KQB_SECONDS");
     let run = env_num("KQB_RUN");
     let batch = env_num("KQB_BATCH") as usize;
     let total = (rate * seconds) as usize;
     let period = Duration::from_secs(1) / rate as u32;
-    let writer = key(n + 1);
     let rt = client_runtime();
     let line = rt.block_on(async move {
-        let (w, got) = member(&url, &writer, id, Heads::empty()).await;
-        let heads = got.heads;
-        // The writer's changes, crafted before the clock starts.
+        // Writer w writes changes w, w + writers, w + 2 writers...
+        let mut writer_conns = Vec::new();
+        let mut heads = Heads::empty();
+        for w in 0..writers {
+            let keys = key(n + 1 + w);
+            let (ws, got) = member(&url, &keys, id, Heads::empty()).await;
+            heads = got.heads;
+            writer_conns.push((keys, ws));
+        }
+        // The writers' changes, crafted before the clock starts.
         let changes: Vec<SignedChange> = (0..total)
             .map(|i| {
                 let nonce = (run << 40) | i as u64;
                 post(
                     id,
-                    &writer,
+                    &writer_conns[i % writers as usize].0,
                     nonce,
                     &heads.auth,
                     at(Timestamp::DAY + i as i64),
@@ -1111,43 +1128,58 @@ fn fanout_clients() {
                 }));
             }
         }
-        // The writer: change i is written at t0 + i * period and uploaded
-        // at once, in its own frame.
-        let (mut sink, mut stream) = w.split();
-        let acks = tokio::spawn(async move {
-            let mut accepted = 0;
-            while accepted < total {
-                match stream.next().await {
-                    Some(Ok(Message::Binary(b))) => {
-                        if let Ok(Frame::Ack(ack)) = Frame::decode(&b) {
-                            assert!(ack.rejected.is_empty(), "refused: {:?}", ack.rejected);
-                            accepted += ack.accepted as usize;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    _ => panic!("writer's connection closed"),
-                }
-            }
-        });
+        // The writers: change i is written at t0 + i * period by writer
+        // i % writers, which uploads every `batch` of its changes, when the
+        // last of them is written.
         let t0 = Instant::now() + Duration::from_millis(100);
-        start_tx.send(Some(t0)).unwrap();
-        // Change i is written at t0 + i * period; the writer uploads every
-        // `batch` changes, when the last of them is written.
-        for (k, piece) in changes.chunks(batch).enumerate() {
-            let last = k * batch + piece.len() - 1;
-            tokio::time::sleep_until((t0 + period * last as u32).into()).await;
-            let bundle = Bundle {
-                changes: piece.to_vec(),
-                ..Bundle::new(id)
-            };
-            let frame = Frame::Bundle {
-                bytes: bundle.encode(),
-            };
-            sink.send(Message::Binary(frame.encode().into()))
-                .await
-                .unwrap();
+        let writers = writers as usize;
+        let changes = Arc::new(changes);
+        let mut acks = Vec::new();
+        let mut uploads = Vec::new();
+        for (w, (_, ws)) in writer_conns.into_iter().enumerate() {
+            let (mut sink, mut stream) = ws.split();
+            let mine: Vec<usize> = (w..total).step_by(writers).collect();
+            let expected = mine.len();
+            acks.push(tokio::spawn(async move {
+                let mut accepted = 0;
+                while accepted < expected {
+                    match stream.next().await {
+                        Some(Ok(Message::Binary(b))) => {
+                            if let Ok(Frame::Ack(ack)) = Frame::decode(&b) {
+                                assert!(ack.rejected.is_empty(), "refused: {:?}", ack.rejected);
+                                accepted += ack.accepted as usize;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => panic!("writer's connection closed"),
+                    }
+                }
+            }));
+            let changes = changes.clone();
+            uploads.push(tokio::spawn(async move {
+                for piece in mine.chunks(batch) {
+                    let last = *piece.last().expect("a change");
+                    tokio::time::sleep_until((t0 + period * last as u32).into()).await;
+                    let bundle = Bundle {
+                        changes: piece.iter().map(|&i| changes[i].clone()).collect(),
+                        ..Bundle::new(id)
+                    };
+                    let frame = Frame::Bundle {
+                        bytes: bundle.encode(),
+                    };
+                    sink.send(Message::Binary(frame.encode().into()))
+                        .await
+                        .unwrap();
+                }
+            }));
         }
-        tokio::time::timeout(PATIENCE, acks).await.unwrap().unwrap();
+        start_tx.send(Some(t0)).unwrap();
+        for u in uploads {
+            u.await.unwrap();
+        }
+        for a in acks {
+            tokio::time::timeout(PATIENCE, a).await.unwrap().unwrap();
+        }
         let mut all = Vec::with_capacity(total * n as usize);
         for t in tasks {
             all.extend(tokio::time::timeout(PATIENCE, t).await.unwrap().unwrap());

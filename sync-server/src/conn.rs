@@ -384,10 +384,10 @@ impl Conn {
             Ok(member) => member,
             Err(flow) => return flow,
         };
-        if self.acks.len() >= IN_FLIGHT {
-            if let Some((community, answer)) = self.acks.next().await {
-                self.answered(community, answer).await?;
-            }
+        if self.acks.len() >= IN_FLIGHT
+            && let Some((community, answer)) = self.acks.next().await
+        {
+            self.answered(community, answer).await?;
         }
         match self.state.store.submit(member, self.id, bundle).await {
             Ok(pending) => {
