@@ -79,7 +79,7 @@ impl Config {
             rate_per_second: 50,
             drain_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(10),
-            push_interval: Duration::from_millis(10),
+            push_interval: Duration::from_millis(30),
         }
     }
 }

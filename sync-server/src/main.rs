@@ -54,7 +54,7 @@ struct Args {
     login_seconds: u64,
     /// Shortest interval between two live pushes to a subscriber, in
     /// milliseconds: changes within it go out merged in one frame.
-    #[arg(long, env = "KARMYQ_PUSH_INTERVAL_MS", default_value_t = 10)]
+    #[arg(long, env = "KARMYQ_PUSH_INTERVAL_MS", default_value_t = 30)]
     push_interval_ms: u64,
 }
 
