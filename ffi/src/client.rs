@@ -93,28 +93,28 @@ impl KarmyqClient {
         f: impl FnOnce(&mut Community, Timestamp) -> core::Result<T>,
     ) -> ApiResult<T> {
         let out = self.read(community, f)?;
-        self.nudge(&[community]);
+        self.nudge(community);
         Ok(out)
     }
 
-    /// A write through the client (cross-posting, reconciliation) that
-    /// may touch several communities.
+    /// A write through the client that may touch several communities
+    /// (cross-posting, and the reconciliation of a cross-posted match's
+    /// copies that core runs after it): every running sync is told, which
+    /// costs a channel send each and saves finding out which were touched.
     pub(crate) fn write_across<T>(
         &self,
-        communities: &[CommunityId],
         f: impl FnOnce(&mut Karmyq, Timestamp) -> core::Result<T>,
     ) -> ApiResult<T> {
         let out = self.with(f)?;
-        self.nudge(communities);
+        for engine in lock(&self.engines).values() {
+            engine.nudge();
+        }
         Ok(out)
     }
 
-    fn nudge(&self, communities: &[CommunityId]) {
-        let engines = lock(&self.engines);
-        for id in communities {
-            if let Some(engine) = engines.get(id) {
-                engine.nudge();
-            }
+    fn nudge(&self, community: CommunityId) {
+        if let Some(engine) = lock(&self.engines).get(&community) {
+            engine.nudge();
         }
     }
 
@@ -231,7 +231,7 @@ impl KarmyqClient {
     /// are reported, not raised; bytes that are not a bundle are an error.
     pub fn receive(&self, bundle: Vec<u8>) -> ApiResult<ReceiveReport> {
         let bundle = Bundle::decode(&bundle)?;
-        let report = self.write_across(&[bundle.community], |k, now| k.receive(&bundle, now))?;
+        let report = self.write_across(|k, now| k.receive(&bundle, now))?;
         Ok(ReceiveReport {
             community: bundle.community,
             accepted: count(report.accepted.len()),

@@ -17,9 +17,7 @@ impl KarmyqClient {
         draft: RequestDraft,
     ) -> ApiResult<RequestId> {
         let draft = core::RequestDraft::try_from(draft)?;
-        self.write_across(&communities, |k, now| {
-            k.post_request(&communities, &draft, now)
-        })
+        self.write_across(|k, now| k.post_request(&communities, &draft, now))
     }
 
     /// A request with its offers and match, as of now.
@@ -108,10 +106,7 @@ impl KarmyqClient {
         request: RequestId,
         offer: OfferId,
     ) -> ApiResult<()> {
-        let all = self.posted_to(community, request)?;
-        self.write_across(&all, |k, now| {
-            k.accept_offer(community, request, offer, now)
-        })
+        self.write_across(|k, now| k.accept_offer(community, request, offer, now))
     }
 
     /// Declines an offer on one's request.
@@ -131,10 +126,7 @@ impl KarmyqClient {
         request: RequestId,
         note: Option<String>,
     ) -> ApiResult<()> {
-        let all = self.posted_to(community, request)?;
-        self.write_across(&all, |k, now| {
-            k.confirm_match(community, request, note.as_deref(), now)
-        })
+        self.write_across(|k, now| k.confirm_match(community, request, note.as_deref(), now))
     }
 
     /// Cancels the match (either party); the request opens again.
@@ -144,10 +136,7 @@ impl KarmyqClient {
         request: RequestId,
         reason: String,
     ) -> ApiResult<()> {
-        let all = self.posted_to(community, request)?;
-        self.write_across(&all, |k, now| {
-            k.cancel_match(community, request, &reason, now)
-        })
+        self.write_across(|k, now| k.cancel_match(community, request, &reason, now))
     }
 
     /// This member's requests, newest first, with statuses as of now.
@@ -237,17 +226,5 @@ impl KarmyqClient {
     /// A member's trust score (0–100) in a community, with its parts.
     pub fn trust(&self, community: CommunityId, member: MemberId) -> ApiResult<core::TrustScore> {
         self.read(community, |c, now| c.trust(&member, now))
-    }
-}
-
-impl KarmyqClient {
-    /// Every community a request was posted to, for nudging their syncs.
-    fn posted_to(&self, community: CommunityId, request: RequestId) -> ApiResult<Vec<CommunityId>> {
-        let view = self.read(community, |c, now| c.request(request, now))?;
-        let mut all = view.request.posted_to;
-        if !all.contains(&community) {
-            all.push(community);
-        }
-        Ok(all)
     }
 }
