@@ -4,7 +4,8 @@
 //! - **relay ingest:** a relay (`Karmyq::open_relay`, as the sync server
 //!   opens its directory) of a community of 50 members receives one upload
 //!   of 600 changes from each (200 new requests, each edited twice), one
-//!   bundle per member, as the server's store thread does;
+//!   bundle per member, as the server's store thread does; then 60 changes
+//!   from each, each in its own upload (a connected device's writes);
 //! - **device catch-up:** a fresh device receives a community of
 //!   `KQB_REQUESTS` requests (2,000 by default; each posted, offered three
 //!   times, and four in five accepted and confirmed by both), cut in 1 MiB
@@ -30,27 +31,13 @@ use karmyq_core::{
 };
 
 mod support;
-use support::{at, key, large_community, signed_change};
+use support::{at, cpu_seconds, key, large_community, signed_change};
 
 const MINUTE: i64 = 60 * Timestamp::SECOND;
 const HOUR: i64 = 60 * MINUTE;
 
 fn full() -> bool {
     std::env::args().any(|a| a == "--bench")
-}
-
-/// CPU time of this process so far (all threads), in seconds.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which ends with ')'): utime is the
-    // 12th, stime the 13th, in clock ticks (100 a second here).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(u), Some(s)) => (u + s) / 100.0,
-        _ => 0.0,
-    }
 }
 
 /// Runs `f`, returns (wall seconds, CPU seconds).
@@ -110,7 +97,18 @@ fn post(
 }
 
 fn ingest() {
-    let (devices, requests, runs) = if full() { (50, 200, 3) } else { (3, 2, 1) };
+    let (devices, runs) = if full() { (50, 3) } else { (3, 1) };
+    // Whole uploads as a device sends what it wrote offline, then each
+    // change in its own upload, as a connected device sends each write.
+    // For exploring: KQB_PER_UPLOAD=n runs only 60 changes each, n an upload.
+    if let Ok(n) = std::env::var("KQB_PER_UPLOAD") {
+        return ingest_with(devices, 20, runs, n.parse().unwrap());
+    }
+    ingest_with(devices, if full() { 200 } else { 2 }, runs, usize::MAX);
+    ingest_with(devices, if full() { 20 } else { 1 }, runs, 1);
+}
+
+fn ingest_with(devices: usize, requests: usize, runs: usize, per_upload: usize) {
     let (_dir, mut founder, id) = large_community(devices);
     let auth = founder.community(id).unwrap().authority().heads.clone();
     let log = founder
@@ -144,6 +142,15 @@ fn ingest() {
                 }
                 b
             })
+            .flat_map(|b: Bundle| {
+                b.changes
+                    .chunks(per_upload)
+                    .map(|piece| Bundle {
+                        changes: piece.to_vec(),
+                        ..Bundle::new(id)
+                    })
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let total: usize = uploads.iter().map(|b| b.changes.len()).sum();
         let dir = tempfile::tempdir().unwrap();
@@ -165,8 +172,14 @@ fn ingest() {
         cpu_rates.push(total as f64 / cpu);
     }
     println!(
-        "relay ingest, {devices} uploads of {} changes: {:.0} changes/s wall, {:.0} changes/s of CPU (medians)",
+        "relay ingest, {devices} members' {} changes each, {}: {:.0} changes/s wall, {:.0} \
+         changes/s of CPU (medians)",
         requests * 3,
+        match per_upload {
+            1 => "each in its own upload".to_string(),
+            usize::MAX => "in one upload".to_string(),
+            n => format!("{n} an upload"),
+        },
         median(rates),
         median(cpu_rates)
     );

@@ -40,6 +40,7 @@ pub struct Bundle {
     /// The community.
     pub community: CommunityId,
     /// Encoded signed authority ops (each decoded, and refused, on its own).
+    #[serde(with = "crate::codec::byte_strings")]
     pub ops: Vec<Vec<u8>>,
     /// Signed content changes.
     pub changes: Vec<SignedChange>,
@@ -114,5 +115,61 @@ impl Report {
     /// The reasons of every refusal, in order.
     pub fn reasons(&self) -> Vec<&Rejection> {
         self.rejected.iter().map(|(_, r)| r).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docs::Envelope;
+    use crate::identity::{MemberId, Signature};
+
+    /// The same shapes with serde's default encoding of byte vectors (one
+    /// element at a time): the format before byte strings were read and
+    /// written in one copy.
+    #[derive(Serialize)]
+    struct PlainBundle {
+        version: u16,
+        community: CommunityId,
+        ops: Vec<Vec<u8>>,
+        changes: Vec<PlainChange>,
+    }
+
+    #[derive(Serialize)]
+    struct PlainChange {
+        envelope: Envelope,
+        bytes: Vec<u8>,
+    }
+
+    #[test]
+    fn byte_strings_keep_the_encoding_of_byte_sequences() {
+        let community = CommunityId::from_bytes([3; 32]);
+        let envelope = Envelope {
+            community,
+            doc: "request/x".into(),
+            change_hash: [9; 32],
+            author: MemberId::from_stored([5; 32]),
+            signature: Signature::from_bytes([7; 64]),
+        };
+        let bundle = Bundle {
+            ops: vec![vec![], vec![1, 2, 3], vec![0xff; 300]],
+            changes: vec![SignedChange {
+                envelope: envelope.clone(),
+                bytes: (0..=255).collect(),
+            }],
+            ..Bundle::new(community)
+        };
+        let plain = PlainBundle {
+            version: Bundle::VERSION,
+            community,
+            ops: bundle.ops.clone(),
+            changes: vec![PlainChange {
+                envelope,
+                bytes: (0..=255).collect(),
+            }],
+        };
+        let bytes = bundle.encode();
+        assert_eq!(bytes, codec::encode(&plain));
+        assert_eq!(Bundle::decode(&bytes).ok(), Some(bundle));
     }
 }

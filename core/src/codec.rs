@@ -22,6 +22,24 @@ pub fn decode<T: Serialize + DeserializeOwned>(bytes: &[u8], what: &'static str)
     Ok(value)
 }
 
+/// Serde helpers for a list of byte strings (`Vec<Vec<u8>>`), each read
+/// and written as bytes, in one copy. The encoding is the same as serde's
+/// default for it (postcard writes a `u8` as one byte, so a sequence of
+/// bytes and a byte string look alike); only the speed differs.
+pub(crate) mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(items: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(items.iter().map(|i| Bytes::new(i)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let items = Vec::<ByteBuf>::deserialize(d)?;
+        Ok(items.into_iter().map(ByteBuf::into_vec).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

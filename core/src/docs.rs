@@ -196,6 +196,7 @@ pub struct SignedChange {
     /// The signed facts.
     pub envelope: Envelope,
     /// The Automerge change bytes.
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
 

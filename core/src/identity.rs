@@ -177,8 +177,9 @@ mod sig_bytes {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let v = Vec::<u8>::deserialize(d)?;
-        v.try_into()
+        let v = serde_bytes::ByteBuf::deserialize(d)?;
+        v.into_vec()
+            .try_into()
             .map_err(|_| D::Error::custom("signature must be 64 bytes"))
     }
 }

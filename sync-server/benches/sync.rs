@@ -50,7 +50,7 @@ use karmyq_core::{
     RequestKind, Settings, SignedChange, SigningTag, Timestamp, Urgency,
 };
 use karmyq_sync_server::Config;
-use support::{at, key, large_community, signed_change};
+use support::{at, cpu_seconds, key, large_community, signed_change};
 
 use tempfile::TempDir;
 use tokio::net::TcpStream;
@@ -990,6 +990,14 @@ fn fanout_with(
                 ("KQB_BATCH", batch.to_string()),
             ],
         );
+        // The child says "start" when its clock starts, "end" when every
+        // subscriber has every change, then its result.
+        let started = lines.next().expect("child output").unwrap();
+        assert_eq!(started, "start", "child said {started}");
+        let (server_cpu, wall) = (cpu_seconds(), Instant::now());
+        let ended = lines.next().expect("child output").unwrap();
+        assert_eq!(ended, "end", "child said {ended}");
+        let (server_cpu, wall) = (cpu_seconds() - server_cpu, wall.elapsed().as_secs_f64());
         let result = lines.next().expect("child output").unwrap();
         assert!(child.wait().unwrap().success());
         let addr = server.addr.to_string();
@@ -1001,6 +1009,7 @@ fn fanout_with(
         );
         server.stop();
         // "latency <samples> <expected> <p50> <p90> <p99> <p99.9> <max>" (µs)
+        // "<client CPU s>"
         let v: Vec<f64> = result
             .strip_prefix("latency ")
             .unwrap_or_else(|| panic!("child said {result}"))
@@ -1008,6 +1017,11 @@ fn fanout_with(
             .map(|x| x.parse().unwrap())
             .collect();
         assert_eq!(v[0], v[1], "every change reached every subscriber");
+        println!(
+            "  fan-out run {run}: CPU over {wall:.1} s: server {:.0}%, clients {:.0}% (of one core)",
+            server_cpu / wall * 100.0,
+            v[7] / wall * 100.0
+        );
         println!(
             "  fan-out run {run}: {} deliveries: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, \
              p99.9 {:.1} ms, max {:.1} ms",
@@ -1047,6 +1061,25 @@ fn copy_dir(from: &TempDir) -> TempDir {
     to
 }
 
+/// The wire form of a bundle frame.
+fn bundle_frame(bundle: Bundle) -> Vec<u8> {
+    Frame::Bundle {
+        bytes: bundle.encode(),
+    }
+    .encode()
+}
+
+/// How a bundle whose last change is `change` ends on the wire.
+fn codec_tail(change: &SignedChange) -> Vec<u8> {
+    let mut alone = Bundle::new(CommunityId::from_bytes([0; 32]));
+    let before = alone.encode().len();
+    alone.changes.push(change.clone());
+    let bytes = alone.encode();
+    // The count (a one-byte varint) went from 0 to 1; what follows it is
+    // the change's own encoding.
+    bytes[before..].to_vec()
+}
+
 /// Child: `KQB_COUNT` subscribers and one writer posting `KQB_RATE`
 /// requests a second for `KQB_SECONDS`, each in its own frame; prints the
 /// delivery latencies.
@@ -1072,13 +1105,15 @@ fn fanout_clients() {
             heads = got.heads;
             writer_conns.push((keys, ws));
         }
-        // The writers' changes, crafted before the clock starts.
-        let changes: Vec<SignedChange> = (0..total)
+        // The writers' changes, crafted before the clock starts, and one
+        // more from writer 0, uploaded once every other change is
+        // acknowledged: it is the last change each subscriber receives.
+        let changes: Vec<SignedChange> = (0..=total)
             .map(|i| {
                 let nonce = (run << 40) | i as u64;
                 post(
                     id,
-                    &writer_conns[i % writers as usize].0,
+                    &writer_conns[if i == total { 0 } else { i % writers as usize }].0,
                     nonce,
                     &heads.auth,
                     at(Timestamp::DAY + i as i64),
@@ -1093,6 +1128,9 @@ fn fanout_clients() {
                 .map(|(i, c)| (c.envelope.change_hash, i))
                 .collect(),
         );
+        // A frame ends with the encoding of the last change of its bundle.
+        let last = changes[total].clone();
+        let marker: Arc<[u8]> = codec_tail(&last).into();
         let (start_tx, start_rx) = tokio::sync::watch::channel(None::<Instant>);
         let mut tasks = Vec::new();
         let keys: Vec<u64> = (1..=n).collect();
@@ -1106,25 +1144,27 @@ fn fanout_clients() {
                 .collect();
             for s in subs {
                 let mut ws = s.await.unwrap();
-                let (index, mut start) = (index.clone(), start_rx.clone());
+                let (marker, mut start) = (marker.clone(), start_rx.clone());
+                // Each frame is kept with the moment it was read off the
+                // socket, and decoded after the run: on these two cores the
+                // thousand subscribers' decoding (a thousand phones' work)
+                // would otherwise compete with the server being measured.
                 tasks.push(tokio::spawn(async move {
-                    let t0 = *start.wait_for(Option::is_some).await.unwrap();
-                    let t0 = t0.expect("start");
-                    let mut latencies = Vec::with_capacity(total);
-                    while latencies.len() < total {
-                        let Frame::Bundle { bytes } = recv(&mut ws).await.0 else {
-                            continue;
-                        };
-                        let now = Instant::now();
-                        let bundle = Bundle::decode(&bytes).unwrap();
-                        for c in &bundle.changes {
-                            let i = index[&c.envelope.change_hash];
-                            let written = t0 + period * i as u32;
-                            latencies
-                                .push(now.saturating_duration_since(written).as_micros() as u32);
+                    start.wait_for(Option::is_some).await.unwrap();
+                    let mut frames = Vec::new();
+                    loop {
+                        match tokio::time::timeout(PATIENCE, ws.next()).await {
+                            Ok(Some(Ok(Message::Binary(b)))) => {
+                                let end = b.ends_with(&marker);
+                                frames.push((Instant::now(), b));
+                                if end {
+                                    break frames;
+                                }
+                            }
+                            Ok(Some(Ok(_))) => {}
+                            _ => panic!("a subscriber's connection closed or went quiet"),
                         }
                     }
-                    latencies
                 }));
             }
         }
@@ -1140,21 +1180,35 @@ fn fanout_clients() {
             let (mut sink, mut stream) = ws.split();
             let mine: Vec<usize> = (w..total).step_by(writers).collect();
             let expected = mine.len();
-            acks.push(tokio::spawn(async move {
-                let mut accepted = 0;
-                while accepted < expected {
-                    match stream.next().await {
-                        Some(Ok(Message::Binary(b))) => {
-                            if let Ok(Frame::Ack(ack)) = Frame::decode(&b) {
-                                assert!(ack.rejected.is_empty(), "refused: {:?}", ack.rejected);
-                                accepted += ack.accepted as usize;
-                            }
+            // Writer 0 also uploads the last change, later.
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            acks.push((
+                done_rx,
+                tokio::spawn(async move {
+                    let mut accepted = 0;
+                    let mut done_tx = Some(done_tx);
+                    while accepted < expected + usize::from(w == 0) {
+                        if accepted >= expected
+                            && let Some(tx) = done_tx.take()
+                        {
+                            let _ = tx.send(());
                         }
-                        Some(Ok(_)) => {}
-                        _ => panic!("writer's connection closed"),
+                        match stream.next().await {
+                            Some(Ok(Message::Binary(b))) => {
+                                if let Ok(Frame::Ack(ack)) = Frame::decode(&b) {
+                                    assert!(ack.rejected.is_empty(), "refused: {:?}", ack.rejected);
+                                    accepted += ack.accepted as usize;
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            _ => panic!("writer's connection closed"),
+                        }
                     }
-                }
-            }));
+                    if let Some(tx) = done_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }),
+            ));
             let changes = changes.clone();
             uploads.push(tokio::spawn(async move {
                 for piece in mine.chunks(batch) {
@@ -1164,25 +1218,62 @@ fn fanout_clients() {
                         changes: piece.iter().map(|&i| changes[i].clone()).collect(),
                         ..Bundle::new(id)
                     };
-                    let frame = Frame::Bundle {
-                        bytes: bundle.encode(),
-                    };
-                    sink.send(Message::Binary(frame.encode().into()))
+                    sink.send(Message::Binary(bundle_frame(bundle).into()))
                         .await
                         .unwrap();
                 }
+                sink
             }));
         }
         start_tx.send(Some(t0)).unwrap();
+        println!("start");
+        let cpu = cpu_seconds();
+        let mut sinks = Vec::new();
         for u in uploads {
-            u.await.unwrap();
+            sinks.push(u.await.unwrap());
         }
-        for a in acks {
+        let mut ack_tasks = Vec::new();
+        for (done, task) in acks {
+            tokio::time::timeout(PATIENCE, done).await.unwrap().unwrap();
+            ack_tasks.push(task);
+        }
+        let end = Bundle {
+            changes: vec![changes[total].clone()],
+            ..Bundle::new(id)
+        };
+        sinks[0]
+            .send(Message::Binary(bundle_frame(end).into()))
+            .await
+            .unwrap();
+        for a in ack_tasks {
             tokio::time::timeout(PATIENCE, a).await.unwrap().unwrap();
         }
-        let mut all = Vec::with_capacity(total * n as usize);
+        let mut received = Vec::with_capacity(tasks.len());
         for t in tasks {
-            all.extend(tokio::time::timeout(PATIENCE, t).await.unwrap().unwrap());
+            received.push(tokio::time::timeout(PATIENCE, t).await.unwrap().unwrap());
+        }
+        let cpu = cpu_seconds() - cpu;
+        println!("end");
+        // Off the clock: decode every frame; each subscriber must have
+        // every change exactly once.
+        let mut all = Vec::with_capacity(total * n as usize);
+        for frames in received {
+            let mut seen = vec![false; total];
+            for (arrived, bytes) in frames {
+                let Ok(Frame::Bundle { bytes }) = Frame::decode(&bytes) else {
+                    continue;
+                };
+                for c in Bundle::decode(&bytes).unwrap().changes {
+                    let i = index[&c.envelope.change_hash];
+                    if i == total {
+                        continue;
+                    }
+                    assert!(!seen[i], "change {i} delivered twice");
+                    seen[i] = true;
+                    let written = t0 + period * i as u32;
+                    all.push(arrived.saturating_duration_since(written).as_micros() as u32);
+                }
+            }
         }
         all.sort_unstable();
         let pct = |p: f64| {
@@ -1190,14 +1281,15 @@ fn fanout_clients() {
             all[rank.clamp(1, all.len()) - 1]
         };
         format!(
-            "latency {} {} {} {} {} {} {}",
+            "latency {} {} {} {} {} {} {} {}",
             all.len(),
             total * n as usize,
             pct(50.0),
             pct(90.0),
             pct(99.0),
             pct(99.9),
-            pct(100.0)
+            pct(100.0),
+            cpu
         )
     });
     println!("{line}");

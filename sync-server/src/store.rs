@@ -103,18 +103,27 @@ enum Cmd {
         blocked: Vec<MemberId>,
         reply: Reply<()>,
     },
-    Ingest {
-        uploader: MemberId,
-        conn: u64,
-        bundle: Bundle,
-        /// Its changes decoded and newest signatures checked, off this thread.
-        prepared: Prepared,
-        reply: Reply<Ack>,
-    },
+    Ingest(Upload),
     Directory {
         reply: Reply<Vec<DirectoryEntry>>,
     },
 }
+
+/// An uploaded bundle waiting for the store thread.
+struct Upload {
+    uploader: MemberId,
+    conn: u64,
+    bundle: Bundle,
+    /// Its changes decoded and newest signatures checked, off this thread.
+    prepared: Prepared,
+    reply: Reply<Ack>,
+}
+
+/// Most uploads stored in one transaction.
+const GROUP_UPLOADS: usize = 64;
+
+/// Most changes stored in one transaction of several uploads.
+const GROUP_CHANGES: usize = 2_000;
 
 /// A handle to the store thread.
 #[derive(Debug, Clone)]
@@ -126,7 +135,7 @@ impl std::fmt::Debug for Cmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Cmd::Subscribe { .. } => "Subscribe",
-            Cmd::Ingest { .. } => "Ingest",
+            Cmd::Ingest(_) => "Ingest",
             Cmd::Directory { .. } => "Directory",
             Cmd::Join { .. } => "Join",
             Cmd::Decline { .. } => "Decline",
@@ -209,13 +218,13 @@ impl Store {
         .await
         .map_err(|_| StoreError::Stopped)?;
         self.tx
-            .send(Cmd::Ingest {
+            .send(Cmd::Ingest(Upload {
                 uploader,
                 conn,
                 bundle,
                 prepared,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| StoreError::Stopped)?;
         Ok(Pending(answer))
@@ -319,6 +328,64 @@ fn refusal(state: Option<&Resolved>, author: MemberId) -> Rejection {
     }
 }
 
+/// Whether `who` may write changes: current members only.
+fn author_verdict(auth: Option<&Resolved>, who: &MemberId) -> Option<Rejection> {
+    if auth.is_some_and(|s| s.members.contains_key(who)) {
+        None
+    } else {
+        Some(refusal(auth, *who))
+    }
+}
+
+/// One upload's share of the report on a group of uploads stored
+/// together: what was refused before storing (`rejected`), and what became
+/// of the changes it `kept`. Shares are taken in upload order: a change
+/// stored or parked for an earlier upload of the group is, for a later one
+/// that carries it too, already held (`claimed`), as if stored alone.
+fn share(
+    group: &Report,
+    rejected: Vec<(Item, Rejection)>,
+    kept: &Bundle,
+    claimed: &mut BTreeSet<[u8; 32]>,
+) -> Report {
+    let hashes: BTreeSet<[u8; 32]> = kept
+        .changes
+        .iter()
+        .map(|c| c.envelope.change_hash)
+        .collect();
+    let carried = |item: &Item| matches!(item, Item::Change { hash, .. } if hashes.contains(hash));
+    let first = |item: &Item| matches!(item, Item::Change { hash, .. } if !claimed.contains(hash));
+    let mut report = Report {
+        rejected,
+        ..Report::default()
+    };
+    report.accepted = group
+        .accepted
+        .iter()
+        .filter(|i| carried(i) && first(i))
+        .cloned()
+        .collect();
+    report.pending = group
+        .pending
+        .iter()
+        .filter(|i| carried(i) && first(i))
+        .cloned()
+        .collect();
+    claimed.extend(hashes.iter().copied());
+    let refused: Vec<(Item, Rejection)> = group
+        .rejected
+        .iter()
+        .filter(|(i, _)| carried(i))
+        .cloned()
+        .collect();
+    report.duplicates = kept
+        .changes
+        .len()
+        .saturating_sub(report.accepted.len() + report.pending.len() + refused.len());
+    report.rejected.extend(refused);
+    report
+}
+
 fn merge(into: &mut Report, from: Report) {
     into.accepted.extend(from.accepted);
     into.rejected.extend(from.rejected);
@@ -328,7 +395,8 @@ fn merge(into: &mut Report, from: Report) {
 
 impl Worker {
     fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
-        while let Some(cmd) = rx.blocking_recv() {
+        let mut next = None;
+        while let Some(cmd) = next.take().or_else(|| rx.blocking_recv()) {
             match cmd {
                 Cmd::Subscribe {
                     community,
@@ -339,17 +407,30 @@ impl Worker {
                 } => {
                     let _ = reply.send(self.subscribe(community, &heads, conn, sub));
                 }
-                Cmd::Ingest {
-                    uploader,
-                    conn,
-                    bundle,
-                    prepared,
-                    reply,
-                } => {
-                    let started = Instant::now();
-                    let result = self.ingest(uploader, conn, &bundle, prepared);
-                    self.metrics.observe_ingest(started.elapsed());
-                    let _ = reply.send(result);
+                Cmd::Ingest(upload) => {
+                    // Uploads of changes to the same community queued
+                    // behind this one are stored with it.
+                    let groupable = |u: &Upload, first: &Upload, changes: usize| {
+                        u.bundle.ops.is_empty()
+                            && u.bundle.community == first.bundle.community
+                            && changes + u.bundle.changes.len() <= GROUP_CHANGES
+                    };
+                    let mut group = vec![upload];
+                    let mut changes = group[0].bundle.changes.len();
+                    while group[0].bundle.ops.is_empty() && group.len() < GROUP_UPLOADS {
+                        match rx.try_recv() {
+                            Ok(Cmd::Ingest(u)) if groupable(&u, &group[0], changes) => {
+                                changes += u.bundle.changes.len();
+                                group.push(u);
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.ingest_group(group);
                 }
                 Cmd::Directory { reply } => {
                     let _ = reply.send(self.directory());
@@ -562,6 +643,103 @@ impl Worker {
         Ok(())
     }
 
+    /// Validates, stores and relays one upload, and answers it.
+    fn ingest_one(&mut self, upload: Upload) {
+        let started = Instant::now();
+        let result = self.ingest(
+            upload.uploader,
+            upload.conn,
+            &upload.bundle,
+            upload.prepared,
+        );
+        self.metrics.observe_ingest(started.elapsed());
+        let _ = upload.reply.send(result);
+    }
+
+    /// Validates, stores and relays uploads of changes (no ops) to one
+    /// community in one transaction, and answers each with its share of
+    /// the report: one commit instead of one each (an upload of a single
+    /// change costs about six times a change in a large one, most of it
+    /// the commit). Changes alone move no one in or out, so one verdict per
+    /// author holds for the whole group. Anything unusual (an upload by a
+    /// non-member, changes parked from before, a failed transaction) goes
+    /// the one-upload way.
+    fn ingest_group(&mut self, group: Vec<Upload>) {
+        let started = Instant::now();
+        let id = group[0].bundle.community;
+        let quiet =
+            matches!(self.karmyq.community(id), Ok(c) if c.has_pending().ok() == Some(false));
+        if group.len() == 1 || !quiet {
+            for upload in group {
+                self.ingest_one(upload);
+            }
+            return;
+        }
+        let verdicts: BTreeMap<MemberId, Option<Rejection>> = {
+            let auth = self.karmyq.community(id).ok().map(|c| c.authority());
+            group
+                .iter()
+                .flat_map(|u| {
+                    std::iter::once(u.uploader)
+                        .chain(u.bundle.changes.iter().map(|c| c.envelope.author))
+                })
+                .map(|who| (who, author_verdict(auth, &who)))
+                .collect()
+        };
+        let refused = |who: &MemberId| verdicts.get(who).cloned().flatten();
+        let mut members = Vec::with_capacity(group.len());
+        let mut merged = Bundle::new(id);
+        let mut prepared = Prepared::default();
+        for mut upload in group {
+            if refused(&upload.uploader).is_some() {
+                self.ingest_one(upload);
+                continue;
+            }
+            let mut rejected = Vec::new();
+            match self.screen(&upload.bundle, &refused, &mut rejected) {
+                Ok(kept) => {
+                    merged.changes.extend(kept.changes.iter().cloned());
+                    prepared.absorb(std::mem::take(&mut upload.prepared));
+                    members.push((upload, rejected, kept));
+                }
+                Err(e) => {
+                    self.metrics.observe_ingest(started.elapsed());
+                    let _ = upload.reply.send(Err(e));
+                }
+            }
+        }
+        let now = Timestamp::now();
+        let report = if merged.changes.is_empty() {
+            Ok(Report::default())
+        } else {
+            self.karmyq.receive_prepared(&merged, prepared, now)
+        };
+        let report = match report {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::warn!(community = %id.fmt_short(), error = %e, uploads = members.len(), "grouped uploads failed: storing them one by one");
+                for (upload, _, _) in members {
+                    self.ingest_one(upload);
+                }
+                return;
+            }
+        };
+        let mut claimed = BTreeSet::new();
+        for (upload, rejected, kept) in members {
+            let result = self.finish(
+                id,
+                upload.uploader,
+                upload.conn,
+                &upload.bundle,
+                share(&report, rejected, &kept, &mut claimed),
+                None,
+                None,
+            );
+            self.metrics.observe_ingest(started.elapsed());
+            let _ = upload.reply.send(result);
+        }
+    }
+
     fn ingest(
         &mut self,
         uploader: MemberId,
@@ -621,21 +799,17 @@ impl Worker {
         authors.push(uploader);
         authors.sort_unstable();
         authors.dedup();
-        let verdict = |auth: Option<&Resolved>, who: &MemberId| {
-            if auth.is_some_and(|s| s.members.contains_key(who)) {
-                None
-            } else {
-                Some(refusal(auth, *who))
-            }
-        };
         let verdicts: BTreeMap<MemberId, Option<Rejection>> = if has_ops {
             authors
                 .iter()
-                .map(|a| (*a, verdict(state.as_ref(), a)))
+                .map(|a| (*a, author_verdict(state.as_ref(), a)))
                 .collect()
         } else {
             let auth = self.karmyq.community(id).ok().map(|c| c.authority());
-            authors.iter().map(|a| (*a, verdict(auth, a))).collect()
+            authors
+                .iter()
+                .map(|a| (*a, author_verdict(auth, a)))
+                .collect()
         };
         let refused = |who: &MemberId| verdicts.get(who).cloned().flatten();
         let is_member = refused(&uploader).is_none();
@@ -688,35 +862,66 @@ impl Worker {
             report.rejected.push((item, reason));
         }
 
-        let mut kept = Bundle::new(id);
-        for change in &bundle.changes {
-            if let Some(reason) = refused(&change.envelope.author) {
-                report.rejected.push((
-                    Item::Change {
-                        doc: change.envelope.doc.clone(),
-                        hash: change.envelope.change_hash,
-                    },
-                    reason,
-                ));
-            } else if self.offer_across_block(change)? {
-                report.rejected.push((
-                    Item::Change {
-                        doc: change.envelope.doc.clone(),
-                        hash: change.envelope.change_hash,
-                    },
-                    Rejection::Blocked,
-                ));
-            } else {
-                kept.changes.push(change.clone());
-            }
-        }
+        let kept = self.screen(bundle, &refused, &mut report.rejected)?;
         if !kept.changes.is_empty() {
             merge(
                 &mut report,
                 self.karmyq.receive_prepared(&kept, prepared, now)?,
             );
         }
+        self.finish(
+            id,
+            uploader,
+            conn,
+            bundle,
+            report,
+            before_state.as_ref(),
+            before_heads,
+        )
+    }
 
+    /// The changes of `bundle` to store: not those by someone `refused`,
+    /// nor offers across a block, which go to `rejected` with the reason.
+    fn screen(
+        &self,
+        bundle: &Bundle,
+        refused: &impl Fn(&MemberId) -> Option<Rejection>,
+        rejected: &mut Vec<(Item, Rejection)>,
+    ) -> Result<Bundle, StoreError> {
+        let mut kept = Bundle::new(bundle.community);
+        for change in &bundle.changes {
+            let reason = match refused(&change.envelope.author) {
+                Some(reason) => Some(reason),
+                None if self.offer_across_block(change)? => Some(Rejection::Blocked),
+                None => None,
+            };
+            match reason {
+                Some(reason) => rejected.push((
+                    Item::Change {
+                        doc: change.envelope.doc.clone(),
+                        hash: change.envelope.change_hash,
+                    },
+                    reason,
+                )),
+                None => kept.changes.push(change.clone()),
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Counts and logs what became of an upload, relays what it added,
+    /// and sums it up for the uploader.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        id: CommunityId,
+        uploader: MemberId,
+        conn: u64,
+        bundle: &Bundle,
+        report: Report,
+        before_state: Option<&Resolved>,
+        before_heads: Option<Heads>,
+    ) -> Result<Ack, StoreError> {
         self.metrics.accepted.fetch_add(
             u64::try_from(report.accepted.len()).unwrap_or(u64::MAX),
             std::sync::atomic::Ordering::Relaxed,
@@ -732,14 +937,7 @@ impl Worker {
             );
         }
         if !report.accepted.is_empty() {
-            self.after_accept(
-                id,
-                conn,
-                bundle,
-                &report,
-                before_state.as_ref(),
-                before_heads,
-            )?;
+            self.after_accept(id, conn, bundle, &report, before_state, before_heads)?;
         }
         Ok(Ack::of(id, &report))
     }
@@ -820,27 +1018,35 @@ impl Worker {
         // is just the accepted changes of the upload, in its order: no need
         // to ask the store (`changes_since` walks the whole authority log
         // and every document's heads: ~7 ms an upload with 1,000 members).
+        // Without heads from before (an upload of changes when nothing was
+        // parked), nothing but the upload can have been stored.
+        let uploaded_hashes: BTreeSet<[u8; 32]> = uploaded
+            .changes
+            .iter()
+            .map(|c| c.envelope.change_hash)
+            .collect();
         let only_uploaded = uploaded.ops.is_empty()
             && report.accepted.len() == accepted.len()
-            && accepted.len()
-                == uploaded
+            && accepted.is_subset(&uploaded_hashes);
+        let delta = match before_heads {
+            Some(heads) if !only_uploaded => self.karmyq.community(id)?.changes_since(&heads)?,
+            _ => {
+                let mut delta = Bundle::new(id);
+                let mut seen = BTreeSet::new();
+                delta.changes = uploaded
                     .changes
                     .iter()
-                    .filter(|c| accepted.contains(&c.envelope.change_hash))
-                    .count();
-        let delta = if only_uploaded {
-            let mut delta = Bundle::new(id);
-            delta.changes = uploaded
-                .changes
-                .iter()
-                .filter(|c| accepted.contains(&c.envelope.change_hash))
-                .filter(|c| !DocId::parse_stored(&c.envelope.doc).is_some_and(|d| d.is_private()))
-                .cloned()
-                .collect();
-            delta
-        } else {
-            let community = self.karmyq.community(id)?;
-            community.changes_since(&before_heads.unwrap_or_default())?
+                    .filter(|c| {
+                        accepted.contains(&c.envelope.change_hash)
+                            && seen.insert(c.envelope.change_hash)
+                    })
+                    .filter(|c| {
+                        !DocId::parse_stored(&c.envelope.doc).is_some_and(|d| d.is_private())
+                    })
+                    .cloned()
+                    .collect();
+                delta
+            }
         };
         // Accepted changes were validated: their names need no second check.
         let private: Vec<(DocId, &SignedChange)> = uploaded
@@ -901,5 +1107,203 @@ impl Worker {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use karmyq_core::{Category, Keypair, RequestDraft, RequestKind, Urgency};
+    use tempfile::TempDir;
+
+    type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+    fn draft(title: &str) -> RequestDraft {
+        RequestDraft {
+            title: title.into(),
+            description: "Two boxes and a sofa".into(),
+            category: Category::Moving,
+            urgency: Urgency::Medium,
+            kind: RequestKind::Generic,
+            location: None,
+            when: None,
+        }
+    }
+
+    /// A store thread's worker over a fresh relay that holds `log`, with
+    /// one subscriber (connection 99) so that it relays, and the fan-out
+    /// queue's receiving end.
+    fn worker(log: &Bundle) -> TestResult<(TempDir, Worker, mpsc::Receiver<Relay>)> {
+        let dir = tempfile::tempdir()?;
+        let mut karmyq = Karmyq::open_relay(dir.path())?;
+        karmyq.receive(log, Timestamp::now())?;
+        let db = open_server_db(&dir.path().join("server.sqlite3"))?;
+        let (relays, relayed) = mpsc::channel(64);
+        let hub = Arc::new(Hub::default());
+        let (tx, _) = mpsc::channel(8);
+        let watcher = Subscriber {
+            member: Keypair::generate()?.member_id(),
+            blocked: Arc::default(),
+            tx,
+            kick: Arc::default(),
+        };
+        hub.subscribe(log.community, 99, watcher);
+        let worker = Worker {
+            karmyq,
+            db,
+            hub,
+            relays,
+            metrics: Arc::default(),
+        };
+        Ok((dir, worker, relayed))
+    }
+
+    /// What a device wrote since `before`.
+    fn news(k: &mut Karmyq, id: CommunityId, before: &Heads) -> TestResult<Bundle> {
+        Ok(k.community(id)?.changes_since(before)?)
+    }
+
+    type Answer = oneshot::Receiver<Result<Ack, StoreError>>;
+
+    fn upload(uploader: MemberId, conn: u64, bundle: &Bundle) -> (Upload, Answer) {
+        let (reply, answer) = oneshot::channel();
+        let upload = Upload {
+            uploader,
+            conn,
+            prepared: Prepared::new(bundle),
+            bundle: bundle.clone(),
+            reply,
+        };
+        (upload, answer)
+    }
+
+    /// Each answer: the ack, or `None` for "not a member".
+    fn answers(answers: Vec<Answer>) -> Vec<Option<Ack>> {
+        answers
+            .into_iter()
+            .map(|mut a| match a.try_recv() {
+                Ok(Ok(ack)) => Some(ack),
+                Ok(Err(StoreError::NotMember)) => None,
+                other => panic!("unexpected answer {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn uploads_stored_together_get_the_answers_and_relays_of_uploads_stored_alone() -> TestResult {
+        let (_a, _b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let mut alice = Karmyq::open(_a.path())?;
+        let mut bob = Karmyq::open(_b.path())?;
+        let now = Timestamp::now();
+        let id = alice.create_community("Elm Street", "", Visibility::Public, now)?;
+        bob.receive(&news(&mut alice, id, &Heads::empty())?, now)?;
+        bob.community(id)?.join(now)?;
+        let heads = alice.community(id)?.heads()?;
+        alice.receive(&news(&mut bob, id, &heads)?, now)?;
+        let log = news(&mut alice, id, &Heads::empty())?;
+        bob.receive(&log, now)?;
+        let mallory = Keypair::generate()?.member_id();
+
+        // Alice posts; Bob posts; Mallory (no member) uploads Bob's post;
+        // Alice edits hers and sends her post again with the edit; Bob's
+        // next post arrives with a broken signature.
+        let before = alice.community(id)?.heads()?;
+        let r1 = alice.community(id)?.post_request(&draft("Sofa"), now)?;
+        let u1 = news(&mut alice, id, &before)?;
+        let before_bob = bob.community(id)?.heads()?;
+        bob.community(id)?.post_request(&draft("Groceries"), now)?;
+        let u2 = news(&mut bob, id, &before_bob)?;
+        alice
+            .community(id)?
+            .edit_request(r1, &draft("Sofa, two floors"), now)?;
+        let u4 = news(&mut alice, id, &before)?;
+        let before_bob = bob.community(id)?.heads()?;
+        bob.community(id)?.post_request(&draft("Ladder"), now)?;
+        let mut u5 = news(&mut bob, id, &before_bob)?;
+        u5.changes[0].envelope.signature = Signature::from_bytes([1; 64]);
+        assert_eq!(
+            (u1.changes.len(), u2.changes.len(), u4.changes.len()),
+            (1, 1, 2)
+        );
+        let uploads = [
+            (alice.member_id(), 1, &u1),
+            (bob.member_id(), 2, &u2),
+            (mallory, 3, &u2),
+            (alice.member_id(), 4, &u4),
+            (bob.member_id(), 5, &u5),
+        ];
+
+        // One by one.
+        let (_d1, mut alone, mut alone_relays) = worker(&log)?;
+        let mut alone_answers = Vec::new();
+        for (who, conn, bundle) in uploads {
+            let (u, answer) = upload(who, conn, bundle);
+            alone.ingest_one(u);
+            alone_answers.push(answer);
+        }
+        // As one group.
+        let (_d2, mut grouped, mut grouped_relays) = worker(&log)?;
+        let (group, group_answers): (Vec<_>, Vec<_>) = uploads
+            .iter()
+            .map(|(who, conn, bundle)| upload(*who, *conn, bundle))
+            .unzip();
+        grouped.ingest_group(group);
+
+        let alone_answers = answers(alone_answers);
+        let group_answers = answers(group_answers);
+        assert_eq!(group_answers, alone_answers);
+        let accepted: Vec<Option<(u32, u32, usize)>> = group_answers
+            .iter()
+            .map(|a| {
+                a.as_ref()
+                    .map(|a| (a.accepted, a.duplicates, a.rejected.len()))
+            })
+            .collect();
+        assert_eq!(
+            accepted,
+            vec![
+                Some((1, 0, 0)),
+                Some((1, 0, 0)),
+                None,
+                Some((1, 1, 0)),
+                Some((0, 0, 1))
+            ]
+        );
+        assert_eq!(
+            grouped.karmyq.community(id)?.heads()?,
+            alone.karmyq.community(id)?.heads()?
+        );
+        // The same relays: each upload's accepted changes, for everyone
+        // but its uploader.
+        let relays = |rx: &mut mpsc::Receiver<Relay>| {
+            let mut out = Vec::new();
+            while let Ok(r) = rx.try_recv() {
+                let hashes: Vec<[u8; 32]> = r
+                    .delta
+                    .changes
+                    .iter()
+                    .map(|c| c.envelope.change_hash)
+                    .collect();
+                out.push((r.except, hashes));
+            }
+            out
+        };
+        let relayed = relays(&mut grouped_relays);
+        assert_eq!(relayed, relays(&mut alone_relays));
+        assert_eq!(
+            relayed
+                .iter()
+                .map(|(conn, h)| (*conn, h.len()))
+                .collect::<Vec<_>>(),
+            vec![(1, 1), (2, 1), (4, 1)]
+        );
+        assert_eq!(
+            grouped
+                .metrics
+                .accepted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+        Ok(())
     }
 }

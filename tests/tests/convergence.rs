@@ -163,8 +163,20 @@ fn send(
             "honest changes refused: {report:?}"
         );
         if to == 0 {
-            // As the server takes it: decoded and signatures checked ahead.
-            let prepared = karmyq_core::Prepared::new(&part);
+            // As the server takes it: decoded and signatures checked ahead,
+            // in two uploads whose preparations it merges (as it does when
+            // several uploads wait for one transaction).
+            let half = part.changes.len() / 2;
+            let first = Bundle {
+                changes: part.changes[..half].to_vec(),
+                ..Bundle::new(id)
+            };
+            let second = Bundle {
+                changes: part.changes[half..].to_vec(),
+                ..Bundle::new(id)
+            };
+            let mut prepared = karmyq_core::Prepared::new(&first);
+            prepared.absorb(karmyq_core::Prepared::new(&second));
             let relayed = relay.k.receive_prepared(&part, prepared, at(100))?;
             assert_eq!(relayed, report, "the relay differs");
         }

@@ -188,6 +188,18 @@ impl Prepared {
         }
     }
 
+    /// Adds what `other` prepared (for a bundle of the same community) to
+    /// this, to receive their bundles as one; if the communities differ,
+    /// `other`'s changes are left to be decoded and checked as usual.
+    pub fn absorb(&mut self, other: Prepared) {
+        if self.changes.is_empty() && self.community.is_none() {
+            self.community = other.community;
+        }
+        if self.community == other.community {
+            self.changes.extend(other.changes);
+        }
+    }
+
     /// The decoded change and its checked signature, if this is the change
     /// prepared.
     pub(super) fn take(

@@ -72,6 +72,7 @@ pub enum Frame {
     /// Either way: a [`crate::Bundle`] in its canonical bytes.
     Bundle {
         /// `Bundle::encode` output.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Server -> device: what applying an uploaded bundle did.
