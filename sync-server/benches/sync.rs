@@ -1004,7 +1004,8 @@ fn fanout_with(
         let ingest = metric(&addr, "karmyq_ingest_seconds_sum")
             / metric(&addr, "karmyq_ingest_seconds_count");
         println!(
-            "  fan-out: the store spent {:.2} ms per upload (validate, store, relay)",
+            "  fan-out: an upload spent {:.2} ms in the store on average (validate, store, \
+             relay; uploads queued together are stored together)",
             ingest * 1e3
         );
         server.stop();
