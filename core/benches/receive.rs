@@ -98,12 +98,12 @@ fn post(
 
 fn ingest() {
     let (devices, runs) = if full() { (50, 3) } else { (3, 1) };
-    // Whole uploads as a device sends what it wrote offline, then each
-    // change in its own upload, as a connected device sends each write.
     // For exploring: KQB_PER_UPLOAD=n runs only 60 changes each, n an upload.
     if let Ok(n) = std::env::var("KQB_PER_UPLOAD") {
         return ingest_with(devices, 20, runs, n.parse().unwrap());
     }
+    // Whole uploads as a device sends what it wrote offline, then each
+    // change in its own upload, as a connected device sends each write.
     ingest_with(devices, if full() { 200 } else { 2 }, runs, usize::MAX);
     ingest_with(devices, if full() { 20 } else { 1 }, runs, 1);
 }

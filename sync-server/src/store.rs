@@ -359,18 +359,15 @@ fn share(
         rejected,
         ..Report::default()
     };
-    report.accepted = group
-        .accepted
-        .iter()
-        .filter(|i| carried(i) && first(i))
-        .cloned()
-        .collect();
-    report.pending = group
-        .pending
-        .iter()
-        .filter(|i| carried(i) && first(i))
-        .cloned()
-        .collect();
+    let fresh = |items: &[Item]| -> Vec<Item> {
+        items
+            .iter()
+            .filter(|i| carried(i) && first(i))
+            .cloned()
+            .collect()
+    };
+    report.accepted = fresh(&group.accepted);
+    report.pending = fresh(&group.pending);
     claimed.extend(hashes.iter().copied());
     let refused: Vec<(Item, Rejection)> = group
         .rejected
@@ -667,25 +664,20 @@ impl Worker {
     fn ingest_group(&mut self, group: Vec<Upload>) {
         let started = Instant::now();
         let id = group[0].bundle.community;
-        let quiet =
-            matches!(self.karmyq.community(id), Ok(c) if c.has_pending().ok() == Some(false));
-        if group.len() == 1 || !quiet {
+        let quiet = |k: &mut Karmyq| matches!(k.community(id), Ok(c) if c.has_pending().ok() == Some(false));
+        if group.len() == 1 || !quiet(&mut self.karmyq) {
             for upload in group {
                 self.ingest_one(upload);
             }
             return;
         }
-        let verdicts: BTreeMap<MemberId, Option<Rejection>> = {
-            let auth = self.karmyq.community(id).ok().map(|c| c.authority());
-            group
-                .iter()
-                .flat_map(|u| {
-                    std::iter::once(u.uploader)
-                        .chain(u.bundle.changes.iter().map(|c| c.envelope.author))
-                })
-                .map(|who| (who, author_verdict(auth, &who)))
-                .collect()
-        };
+        let verdicts = self.current_verdicts(
+            id,
+            group.iter().flat_map(|u| {
+                std::iter::once(u.uploader)
+                    .chain(u.bundle.changes.iter().map(|c| c.envelope.author))
+            }),
+        );
         let refused = |who: &MemberId| verdicts.get(who).cloned().flatten();
         let mut members = Vec::with_capacity(group.len());
         let mut merged = Bundle::new(id);
@@ -805,11 +797,7 @@ impl Worker {
                 .map(|a| (*a, author_verdict(state.as_ref(), a)))
                 .collect()
         } else {
-            let auth = self.karmyq.community(id).ok().map(|c| c.authority());
-            authors
-                .iter()
-                .map(|a| (*a, author_verdict(auth, a)))
-                .collect()
+            self.current_verdicts(id, authors)
         };
         let refused = |who: &MemberId| verdicts.get(who).cloned().flatten();
         let is_member = refused(&uploader).is_none();
@@ -878,6 +866,19 @@ impl Worker {
             before_state.as_ref(),
             before_heads,
         )
+    }
+
+    /// Whether each of `who` may write changes to `id` now (see
+    /// [`author_verdict`]).
+    fn current_verdicts(
+        &mut self,
+        id: CommunityId,
+        who: impl IntoIterator<Item = MemberId>,
+    ) -> BTreeMap<MemberId, Option<Rejection>> {
+        let auth = self.karmyq.community(id).ok().map(|c| c.authority());
+        who.into_iter()
+            .map(|w| (w, author_verdict(auth, &w)))
+            .collect()
     }
 
     /// The changes of `bundle` to store: not those by someone `refused`,

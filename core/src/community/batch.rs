@@ -192,7 +192,7 @@ impl Prepared {
     /// this, to receive their bundles as one; if the communities differ,
     /// `other`'s changes are left to be decoded and checked as usual.
     pub fn absorb(&mut self, other: Prepared) {
-        if self.changes.is_empty() && self.community.is_none() {
+        if self.community.is_none() {
             self.community = other.community;
         }
         if self.community == other.community {
