@@ -7,7 +7,9 @@
 
 pub mod schema;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
@@ -32,10 +34,12 @@ pub struct Schema {
 #[derive(Debug)]
 pub struct Db {
     conn: Connection,
-    /// The write-ahead log's path (`None` in memory).
-    wal: Option<std::path::PathBuf>,
+    /// The file's path and its write-ahead log's (`None` in memory).
+    paths: Option<(PathBuf, PathBuf)>,
     /// Commits since the write-ahead log was last checkpointed.
     commits: std::cell::Cell<u32>,
+    /// A checkpoint of this file is queued on the checkpoint thread.
+    queued: Arc<AtomicBool>,
     /// Write transactions committed since the file was opened: what is
     /// derived from the file and kept in memory is valid while it holds.
     generation: u64,
@@ -64,7 +68,7 @@ impl Db {
         let mut db = Self::setup(conn, schema, true)?;
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
-        db.wal = Some(wal.into());
+        db.paths = Some((path.to_path_buf(), wal.into()));
         Ok(db)
     }
 
@@ -85,14 +89,15 @@ impl Db {
         }
         conn.execute_batch(
             "PRAGMA synchronous=NORMAL; PRAGMA temp_store=2; PRAGMA foreign_keys=ON;
-             PRAGMA mmap_size=268435456;
+             PRAGMA mmap_size=268435456; PRAGMA cache_size=-16384;
              PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=8388608;",
         )?;
         conn.set_prepared_statement_cache_capacity(64);
         let mut db = Db {
             conn,
-            wal: None,
+            paths: None,
             commits: std::cell::Cell::new(0),
+            queued: Arc::default(),
             generation: 0,
         };
         db.migrate(schema)?;
@@ -140,13 +145,13 @@ impl Db {
         self.generation += 1;
         self.commits.set(self.commits.get() + 1);
         let big = || {
-            self.wal
+            self.paths
                 .as_ref()
-                .and_then(|w| std::fs::metadata(w).ok())
+                .and_then(|(_, wal)| std::fs::metadata(wal).ok())
                 .is_some_and(|m| m.len() > CHECKPOINT_WAL_BYTES)
         };
         if self.commits.get() >= CHECKPOINT_EVERY || big() {
-            self.checkpoint()?;
+            self.checkpoint_soon()?;
         }
         Ok(out)
     }
@@ -160,6 +165,31 @@ impl Db {
         Ok(())
     }
 
+    /// [`Db::checkpoint`] on the checkpoint thread, through a connection
+    /// of its own, so that the copy and its fsyncs are off the writer's
+    /// path; here if that thread cannot run. A checkpoint already queued
+    /// for this file is not queued again.
+    fn checkpoint_soon(&self) -> Result<()> {
+        self.commits.set(0);
+        let Some((path, _)) = &self.paths else {
+            return self.checkpoint();
+        };
+        if self.queued.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if !checkpointer::queue(path, &self.queued) {
+            self.queued.store(false, Ordering::Release);
+            return self.checkpoint();
+        }
+        Ok(())
+    }
+
+    /// Whether a checkpoint is queued on the checkpoint thread (for tests).
+    #[cfg(test)]
+    fn checkpoint_queued(&self) -> bool {
+        self.queued.load(Ordering::Acquire)
+    }
+
     /// Write transactions committed so far (see the field).
     pub fn generation(&self) -> u64 {
         self.generation
@@ -168,5 +198,56 @@ impl Db {
     /// The connection, for queries outside a transaction.
     pub fn conn(&self) -> &Connection {
         &self.conn
+    }
+}
+
+/// One thread for the process that checkpoints write-ahead logs for
+/// [`Db::checkpoint_soon`], each through a connection opened for it (so it
+/// never shares a connection with a writer, and holds no file open in
+/// between).
+mod checkpointer {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::{Sender, channel};
+    use std::sync::{Arc, OnceLock};
+    use std::time::Duration;
+
+    use rusqlite::{Connection, OpenFlags};
+
+    type Job = (PathBuf, Arc<AtomicBool>);
+
+    static QUEUE: OnceLock<Option<Sender<Job>>> = OnceLock::new();
+
+    /// Queues a checkpoint of the file at `path`; `queued` is cleared once
+    /// it ran (or failed). `false` if the thread could not start.
+    pub(super) fn queue(path: &Path, queued: &Arc<AtomicBool>) -> bool {
+        let queue = QUEUE.get_or_init(|| {
+            let (tx, rx) = channel::<Job>();
+            std::thread::Builder::new()
+                .name("karmyq-checkpoint".into())
+                .spawn(move || {
+                    for (path, queued) in rx {
+                        if let Err(error) = checkpoint(&path) {
+                            tracing::debug!(%error, path = %path.display(), "checkpoint failed");
+                        }
+                        queued.store(false, Ordering::Release);
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        });
+        queue
+            .as_ref()
+            .is_some_and(|tx| tx.send((path.to_path_buf(), queued.clone())).is_ok())
+    }
+
+    fn checkpoint(path: &Path) -> rusqlite::Result<()> {
+        // Never creates a file: one deleted since is left alone.
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
     }
 }

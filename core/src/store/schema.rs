@@ -78,7 +78,7 @@ pub static ACCOUNT: Schema = Schema {
 /// `communities/<id>.sqlite3`: one community's log, documents and projections.
 pub static COMMUNITY: Schema = Schema {
     name: "community",
-    version: 5,
+    version: 6,
     create: COMMUNITY_CURRENT,
     upgrade_from: community_upgrade_from,
 };
@@ -289,6 +289,15 @@ CREATE INDEX messages_sent_at ON messages (sent_at);
     };
 }
 
+/// Version 6: no index of changes by author. No query read it, and each
+/// stored change paid an insert at a random place in it (a tenth of a
+/// community file's size).
+macro_rules! no_author_index {
+    () => {
+        "DROP INDEX changes_author;"
+    };
+}
+
 #[cfg(test)]
 pub(crate) const COMMUNITY_V1: &str = community_v1!();
 
@@ -297,7 +306,8 @@ const COMMUNITY_CURRENT: &str = concat!(
     norms_table!(),
     requests_tables!(),
     match_shares!(),
-    conversation_tables!()
+    conversation_tables!(),
+    no_author_index!()
 );
 
 fn community_upgrade_from(tx: &Transaction<'_>, from: u32) -> Result<()> {
@@ -310,10 +320,15 @@ fn community_upgrade_from(tx: &Transaction<'_>, from: u32) -> Result<()> {
         3 => match_shares!(),
         // Conversations.
         4 => conversation_tables!(),
+        // The unused index of changes by author goes.
+        5 => {
+            tx.execute_batch(no_author_index!())?;
+            return Ok(());
+        }
         _ => return Err(Error::Corrupt(format!("community: no upgrade from {from}"))),
     };
     tx.execute_batch(step)?;
-    // Every step adds projections: a rebuild on open fills them.
+    // Steps 1 to 4 add projections: a rebuild on open fills them.
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('rebuild_projections', x'01')
             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -369,6 +384,99 @@ mod tests {
             |r| r.get(0),
         )?;
         assert_eq!(flagged, 1, "a migration asks for a projection rebuild");
+        Ok(())
+    }
+
+    #[test]
+    fn version_5_loses_the_author_index_and_keeps_its_changes() -> Result<()> {
+        const V5: &str = concat!(
+            community_v1!(),
+            norms_table!(),
+            requests_tables!(),
+            match_shares!(),
+            conversation_tables!()
+        );
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("v5.sqlite3");
+        {
+            let conn = rusqlite::Connection::open(&path)?;
+            conn.execute_batch(V5)?;
+            conn.execute(
+                "INSERT INTO changes (doc_id, hash, author, actor_seq, envelope, bytes)
+                 VALUES ('profiles', x'01', x'02', 1, x'03', x'04')",
+                [],
+            )?;
+            conn.pragma_update(None, "user_version", 5)?;
+        }
+        let db = Db::open(&path, &COMMUNITY)?;
+        let indexes: Vec<String> = db
+            .conn()
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE tbl_name = 'changes' AND type = 'index'",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        assert!(indexes.iter().any(|i| i == "changes_doc"), "{indexes:?}");
+        assert!(
+            !indexes.iter().any(|i| i == "changes_author"),
+            "{indexes:?}"
+        );
+        let kept: Vec<u8> =
+            db.conn()
+                .query_row("SELECT bytes FROM changes WHERE hash = x'01'", [], |r| {
+                    r.get(0)
+                })?;
+        assert_eq!(kept, vec![4]);
+        let flagged: i64 = db.conn().query_row(
+            "SELECT count(*) FROM meta WHERE key = 'rebuild_projections'",
+            [],
+            |r| r.get(0),
+        )?;
+        assert_eq!(flagged, 0, "dropping an index needs no projection rebuild");
+        Ok(())
+    }
+
+    #[test]
+    fn the_checkpoint_thread_copies_the_log_into_the_file() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("c.sqlite3");
+        let mut db = Db::open(&path, &COMMUNITY)?;
+        let mut rows = 0;
+        loop {
+            db.write(|tx| {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, x'00')",
+                    [format!("row {rows}")],
+                )?;
+                Ok(())
+            })?;
+            rows += 1;
+            if db.commits.get() == 0 {
+                break; // a checkpoint was asked for after this commit
+            }
+            assert!(
+                rows <= super::super::CHECKPOINT_EVERY,
+                "no checkpoint asked for"
+            );
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while db.checkpoint_queued() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the checkpoint never ran"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // The database file alone, without its log, holds every row.
+        let copy = dir.path().join("copy.sqlite3");
+        std::fs::copy(&path, &copy)?;
+        let alone = rusqlite::Connection::open(&copy)?;
+        let held: u32 = alone.query_row(
+            "SELECT count(*) FROM meta WHERE key LIKE 'row %'",
+            [],
+            |r| r.get(0),
+        )?;
+        assert_eq!(held, rows);
         Ok(())
     }
 
