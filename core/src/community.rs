@@ -255,29 +255,29 @@ impl Community {
 
     /// Keeps memory bounded: past `MAX_LOADED_REQUESTS` loaded request
     /// documents, the longest loaded leave memory (they load again from
-    /// their snapshot and changes when next needed), one or two per
-    /// operation rather than all at once. Called only between operations,
-    /// never while a batch holds documents.
+    /// their snapshot and changes when next needed). Called only between
+    /// operations, never while a batch holds documents.
     fn trim_cache(&mut self) {
-        loop {
-            let mut requests = self.docs.iter().filter(|(d, _)| {
+        let mut evictable: Vec<(u64, DocId)> = self
+            .docs
+            .iter()
+            .filter(|(d, _)| {
                 matches!(
                     d,
                     DocId::Request(_) | DocId::Report(_) | DocId::Conversation(_)
                 )
-            });
-            let count = requests.clone().count();
-            if count <= MAX_LOADED_REQUESTS {
-                return;
-            }
-            let Some(oldest) = requests
-                .by_ref()
-                .min_by_key(|(_, l)| l.loaded)
-                .map(|(d, _)| d.clone())
-            else {
-                return;
-            };
-            self.docs.remove(&oldest);
+            })
+            .map(|(d, l)| (l.loaded, d.clone()))
+            .collect();
+        let Some(excess) = evictable.len().checked_sub(MAX_LOADED_REQUESTS) else {
+            return;
+        };
+        if excess == 0 {
+            return;
+        }
+        evictable.select_nth_unstable_by_key(excess - 1, |(loaded, _)| *loaded);
+        for (_, doc) in &evictable[..excess] {
+            self.docs.remove(doc);
         }
     }
 
@@ -1233,5 +1233,51 @@ impl Community {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Category, Karmyq, RequestDraft, RequestKind, Urgency, Visibility};
+
+    fn loaded_requests(c: &Community) -> Vec<DocId> {
+        c.docs
+            .keys()
+            .filter(|d| matches!(d, DocId::Request(_)))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn past_the_limit_the_longest_loaded_requests_leave_memory() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut k = Karmyq::open(dir.path())?;
+        let now = Timestamp::from_millis(Timestamp::DAY);
+        let id = k.create_community("Trim", "", Visibility::Public, now)?;
+        let c = k.community(id)?;
+        let mut posted = Vec::new();
+        for i in 0..MAX_LOADED_REQUESTS + 10 {
+            let draft = RequestDraft {
+                title: format!("Request {i}"),
+                description: String::new(),
+                category: Category::Errands,
+                urgency: Urgency::Low,
+                kind: RequestKind::Generic,
+                location: None,
+                when: None,
+            };
+            posted.push(c.post_request(&draft, now.plus_millis(i as i64))?);
+        }
+        c.trim_cache();
+        let loaded = loaded_requests(c);
+        assert_eq!(loaded.len(), MAX_LOADED_REQUESTS);
+        for (i, request) in posted.iter().enumerate() {
+            let held = loaded.contains(&DocId::Request(*request));
+            assert_eq!(held, i >= 10, "request {i} loaded: {held}");
+        }
+        // One that left memory reads back from the file.
+        assert_eq!(c.request(posted[0], now)?.request.draft.title, "Request 0");
+        Ok(())
     }
 }
