@@ -9,7 +9,7 @@
 //! misses nothing between its catch-up and the live push, and receives
 //! changes in the order they were stored.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -158,12 +158,15 @@ impl Store {
         let db = open_server_db(&dir.join("server.sqlite3"))
             .map_err(|e| karmyq_core::Error::Corrupt(format!("server.sqlite3: {e}")))?;
         let (tx, rx) = mpsc::channel(256);
+        let blocks = load_blocks(&db)
+            .map_err(|e| karmyq_core::Error::Corrupt(format!("server.sqlite3: {e}")))?;
         let worker = Worker {
             karmyq,
             db,
             relays: hub::start_fanout(hub.clone(), pacing),
             hub,
             metrics,
+            blocks,
         };
         let handle = std::thread::Builder::new()
             .name("karmyq-store".into())
@@ -308,6 +311,35 @@ struct Worker {
     /// The fan-out task's queue.
     relays: mpsc::Sender<Relay>,
     metrics: Arc<Metrics>,
+    /// The `blocks` table, (blocker, blocked), read once at start and kept
+    /// in step with it: ingest looks a pair up for every change to a
+    /// request.
+    blocks: HashSet<(MemberId, MemberId)>,
+}
+
+/// Every (blocker, blocked) pair the server stores.
+fn load_blocks(db: &rusqlite::Connection) -> rusqlite::Result<HashSet<(MemberId, MemberId)>> {
+    let member = |bytes: Vec<u8>| {
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .ok()
+            .and_then(|b| MemberId::from_bytes(b).ok())
+            .ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Blob,
+                    "not a member id".into(),
+                )
+            })
+    };
+    db.prepare("SELECT member_id, blocked FROM blocks")?
+        .query_map([], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?
+        .map(|row| {
+            let (by, blocked) = row?;
+            Ok((member(by)?, member(blocked)?))
+        })
+        .collect()
 }
 
 /// Whether the server lets this op in, given who is a member now: ops by
@@ -591,6 +623,8 @@ impl Worker {
             )?;
         }
         tx.commit()?;
+        self.blocks.retain(|(by, _)| *by != member);
+        self.blocks.extend(blocked.iter().map(|b| (member, *b)));
         Ok(())
     }
 
@@ -602,14 +636,9 @@ impl Worker {
         let Some(DocId::Request(request)) = DocId::parse_stored(&change.envelope.doc) else {
             return Ok(false);
         };
-        let author = change.envelope.author;
         let blocked = self
-            .db
-            .prepare_cached("SELECT 1 FROM blocks WHERE member_id = ?1 AND blocked = ?2")?
-            .exists([
-                request.requester.as_bytes().as_slice(),
-                author.as_bytes().as_slice(),
-            ])?;
+            .blocks
+            .contains(&(request.requester, change.envelope.author));
         Ok(blocked && !offers_created(&change.bytes).is_empty())
     }
 
@@ -1150,6 +1179,7 @@ mod tests {
         };
         hub.subscribe(log.community, 99, watcher);
         let worker = Worker {
+            blocks: load_blocks(&db)?,
             karmyq,
             db,
             hub,
@@ -1188,6 +1218,26 @@ mod tests {
                 other => panic!("unexpected answer {other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn blocks_kept_in_memory_match_the_file_and_outlive_the_thread() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let mut alice = Karmyq::open(dir.path())?;
+        let id = alice.create_community("Elm Street", "", Visibility::Public, Timestamp::now())?;
+        let log = news(&mut alice, id, &Heads::empty())?;
+        let (server_dir, mut worker, _relayed) = worker(&log)?;
+        let [a, b, c] = [(); 3].map(|()| Keypair::generate().map(|k| k.member_id()));
+        let (a, b, c) = (a?, b?, c?);
+        worker.set_blocks(a, &[b, c])?;
+        worker.set_blocks(b, &[a])?;
+        worker.set_blocks(a, &[c])?;
+        let expected: HashSet<_> = [(a, c), (b, a)].into();
+        assert_eq!(worker.blocks, expected);
+        drop(worker);
+        let reopened = open_server_db(&server_dir.path().join("server.sqlite3"))?;
+        assert_eq!(load_blocks(&reopened)?, expected);
+        Ok(())
     }
 
     #[test]
