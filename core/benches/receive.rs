@@ -9,7 +9,8 @@
 //! - **device catch-up:** a fresh device receives a community of
 //!   `KQB_REQUESTS` requests (2,000 by default; each posted, offered three
 //!   times, and four in five accepted and confirmed by both), cut in 1 MiB
-//!   bundles as the server sends them.
+//!   bundles as the server sends them (`KQB_BUNDLE_MIB=n`: n MiB bundles,
+//!   as an engine that receives several together applies them).
 //!
 //! Each prints wall time and the process's CPU time (user + system, all
 //! threads), per item: CPU time is the steadier figure on a machine shared
@@ -265,7 +266,11 @@ fn catch_up() {
         story(id, &rk, &hk, &auth, i, &mut everything.changes);
     }
     let items = everything.ops.len() + everything.changes.len();
-    let pieces = split(&everything, 1 << 20, usize::MAX);
+    let mib: usize = std::env::var("KQB_BUNDLE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let pieces = split(&everything, mib << 20, usize::MAX);
     let mut walls = Vec::new();
     let mut cpus = Vec::new();
     for run in 0..runs {

@@ -65,6 +65,24 @@ impl Bundle {
         self.ops.is_empty() && self.changes.is_empty()
     }
 
+    /// Items carried: ops and changes.
+    pub fn len(&self) -> usize {
+        self.ops.len() + self.changes.len()
+    }
+
+    /// Appends `other`'s ops and changes, to receive both bundles as one
+    /// (the order of items within a bundle does not matter to a receiver).
+    /// Refuses, and leaves this bundle as it was, if `other` is of
+    /// another community.
+    pub fn append(&mut self, other: Bundle) -> Result<()> {
+        if other.community != self.community {
+            return Err(Rejection::WrongCommunity.into());
+        }
+        self.ops.extend(other.ops);
+        self.changes.extend(other.changes);
+        Ok(())
+    }
+
     /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
         codec::encode(self)

@@ -174,20 +174,80 @@ struct Worker {
     last_status: Option<SyncStatus>,
 }
 
-/// Starts decoding, and checking the signatures of, the bundle of each
-/// `Apply` among `actions` on a thread of its own (without a thread, the
-/// apply does it itself).
-fn prepare(
-    actions: &[DeviceAction],
-    preparing: &mut VecDeque<Option<std::thread::JoinHandle<Prepared>>>,
-) {
-    for action in actions {
-        if let DeviceAction::Apply(bundle) = action {
-            let bundle = bundle.clone();
-            let spawned = std::thread::Builder::new()
-                .name("karmyq-prepare".into())
-                .spawn(move || Prepared::new(&bundle));
-            preparing.push_back(spawned.ok());
+/// Most items (ops and changes) the engine applies in one receive when
+/// several bundles from the server wait. A catch-up comes as bundles of
+/// up to a frame (4 MiB, ~7,000 items, by default), and each receive is a
+/// transaction whose commit writes every index page it touched: fewer,
+/// larger ones write less. The bound keeps each receive, during which the
+/// app waits for the client, around a second.
+const MERGE_ITEMS: usize = 16_384;
+
+/// Decodes, and checks the signatures of, the bundles the engine will
+/// apply, in order, on a thread of its own, while the engine applies the
+/// ones before them. Without that thread (it could not start), the apply
+/// does the work itself.
+struct Preparer {
+    to: Option<std::sync::mpsc::Sender<Bundle>>,
+    from: std::sync::mpsc::Receiver<Prepared>,
+    /// For each bundle handed over and not taken yet, in order: whether
+    /// the thread has it.
+    queued: VecDeque<bool>,
+    /// Prepared by the thread, not taken yet.
+    done: VecDeque<Prepared>,
+}
+
+impl Preparer {
+    fn start() -> Self {
+        let (to, bundles) = std::sync::mpsc::channel::<Bundle>();
+        let (results, from) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("karmyq-prepare".into())
+            .spawn(move || {
+                for bundle in bundles {
+                    if results.send(Prepared::new(&bundle)).is_err() {
+                        return;
+                    }
+                }
+            });
+        Preparer {
+            to: spawned.ok().map(|_| to),
+            from,
+            queued: VecDeque::new(),
+            done: VecDeque::new(),
+        }
+    }
+
+    /// Hands over the bundle of each `Apply` among `actions`.
+    fn push(&mut self, actions: &[DeviceAction]) {
+        for action in actions {
+            if let DeviceAction::Apply(bundle) = action {
+                let sent = self
+                    .to
+                    .as_ref()
+                    .is_some_and(|to| to.send(bundle.clone()).is_ok());
+                self.queued.push_back(sent);
+            }
+        }
+    }
+
+    /// Whether the next bundle's preparation is over (or never started).
+    fn ready(&mut self) -> bool {
+        self.done.extend(self.from.try_iter());
+        match self.queued.front() {
+            Some(true) => !self.done.is_empty(),
+            _ => true,
+        }
+    }
+
+    /// What was prepared for the next bundle, waiting for it if need be.
+    fn take(&mut self) -> Prepared {
+        match self.queued.pop_front() {
+            Some(true) => self
+                .done
+                .pop_front()
+                .or_else(|| self.from.recv().ok())
+                .unwrap_or_default(),
+            _ => Prepared::default(),
         }
     }
 }
@@ -295,7 +355,7 @@ impl Worker {
         let mut queue: VecDeque<DeviceAction> = session.start().into();
         // Each `Apply` in the queue, in order, being decoded and its
         // signatures checked on a thread of its own meanwhile.
-        let mut preparing: VecDeque<Option<std::thread::JoinHandle<Prepared>>> = VecDeque::new();
+        let mut preparer = Preparer::start();
         let mut tick = tokio::time::interval(self.options.poll);
         loop {
             while let Some(action) = queue.pop_front() {
@@ -323,14 +383,14 @@ impl Worker {
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner) = requests;
                     }
-                    DeviceAction::Apply(bundle) => {
+                    DeviceAction::Apply(mut bundle) => {
                         // Frames already here are read now, so that their
                         // bundles are prepared while this one is applied.
                         while let Some(msg) = ws.next().now_or_never() {
                             match msg {
                                 Some(Ok(Message::Binary(bytes))) => {
                                     let actions = session.receive(&bytes);
-                                    prepare(&actions, &mut preparing);
+                                    preparer.push(&actions);
                                     queue.extend(actions);
                                 }
                                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
@@ -343,11 +403,19 @@ impl Worker {
                                 Some(Ok(_)) => {}
                             }
                         }
-                        let prepared = preparing
-                            .pop_front()
-                            .flatten()
-                            .and_then(|p| p.join().ok())
-                            .unwrap_or_default();
+                        let mut prepared = preparer.take();
+                        // The bundles right behind this one that are
+                        // prepared already go with it, in one transaction.
+                        while let Some(DeviceAction::Apply(next)) = queue.front() {
+                            if bundle.len() + next.len() > MERGE_ITEMS || !preparer.ready() {
+                                break;
+                            }
+                            let Some(DeviceAction::Apply(next)) = queue.pop_front() else {
+                                break;
+                            };
+                            prepared.absorb(preparer.take());
+                            bundle.append(next)?;
+                        }
                         let local = self.apply(&bundle, prepared, fresh && !session.is_live())?;
                         if session.is_live() {
                             // Before the actions queued after this one (a Subscribe
@@ -379,7 +447,7 @@ impl Worker {
                 msg = ws.next() => match msg {
                     Some(Ok(Message::Binary(bytes))) => {
                         let actions = session.receive(&bytes);
-                        prepare(&actions, &mut preparing);
+                        preparer.push(&actions);
                         queue.extend(actions);
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
