@@ -306,9 +306,14 @@ impl Karmyq {
         if new {
             community.catch_up_quietly();
         }
+        let named = community.authority().name.clone();
         let report = community.apply_prepared(bundle, prepared, now)?;
         let name = community.authority().name.clone();
-        self.remember(id, &name, now)?;
+        // The account file's list changes only with a new community or a
+        // new name: no second commit for every bundle.
+        if new || name != named {
+            self.remember(id, &name, now)?;
+        }
         if !self.relay {
             // A relay's member is a party to no request.
             self.reconcile_received(id, &report, now)?;

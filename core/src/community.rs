@@ -1002,8 +1002,9 @@ impl Community {
 
     fn apply_inner(&mut self, bundle: &Bundle, mut prepared: Prepared) -> Result<Report> {
         let mut report = Report::default();
-        // Authority ops first, on a copy of the log until the file has them.
-        let mut log = self.log.clone();
+        // Authority ops first, on a copy of the log until the file has them
+        // (no copy for a bundle without ops: the common live change).
+        let mut log = std::borrow::Cow::Borrowed(&self.log);
         let mut added: Vec<OpHash> = Vec::new();
         let mut parked: Vec<(OpHash, Vec<u8>)> = Vec::new();
         for bytes in &bundle.ops {
@@ -1015,7 +1016,7 @@ impl Community {
                 }
             };
             let hash = op.hash();
-            match log.insert(op) {
+            match log.to_mut().insert(op) {
                 Ok(Inserted::Added(hashes)) => added.extend(hashes),
                 Ok(Inserted::Pending) => {
                     parked.push((hash, bytes.clone()));
@@ -1128,7 +1129,7 @@ impl Community {
             project_all_docs(tx, docs, &touched, auth_now, outbox)
         })?;
         if let Some(resolved) = resolved {
-            self.log = log;
+            self.log = log.into_owned();
             self.auth = resolved;
         }
         Ok(report)
