@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::{FuturesOrdered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use karmyq_core::sync::{Ack, ErrorCode, Frame, ServerAction, ServerSession, split};
 use karmyq_core::{CommunityId, MemberId};
@@ -59,7 +59,8 @@ pub(crate) async fn upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpg
 
 struct Conn {
     state: Arc<AppState>,
-    socket: WebSocket,
+    /// The writing half; the reading half is [`read_frames`]' task.
+    socket: SplitSink<WebSocket, Message>,
     id: u64,
     session: ServerSession,
     tx: mpsc::Sender<Outbound>,
@@ -96,6 +97,9 @@ async fn serve(state: Arc<AppState>, mut socket: WebSocket, permit: Option<Owned
     let (tx, mut rx) = mpsc::channel(INBOX);
     let session = ServerSession::new(nonce, &state.context, state.config.limits);
     let mut shutdown = state.shutdown.clone();
+    let (socket, stream) = socket.split();
+    let (frames_tx, mut incoming) = mpsc::channel(1);
+    let reader = tokio::spawn(read_frames(stream, frames_tx));
     let mut conn = Conn {
         state: state.clone(),
         socket,
@@ -112,7 +116,7 @@ async fn serve(state: Arc<AppState>, mut socket: WebSocket, permit: Option<Owned
     let kick = conn.kick.clone();
     loop {
         let flow = tokio::select! {
-            msg = conn.socket.recv() => match msg {
+            msg = incoming.recv() => match msg {
                 Some(Ok(Message::Binary(bytes))) => {
                     state.metrics.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     conn.on_frame(&bytes).await
@@ -150,7 +154,25 @@ async fn serve(state: Arc<AppState>, mut socket: WebSocket, permit: Option<Owned
     }
     state.hub.drop_connection(id);
     let _ = conn.socket.send(Message::Close(None)).await;
+    reader.abort();
     state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Reads the connection's frames on a task of its own, which runs only
+/// when the socket has something: polling the socket from the connection's
+/// loop made a read attempt (and the WebSocket layer zero-fills its read
+/// buffer first) every time a push woke it. One frame waits at most, so a
+/// client that sends faster than its frames are handled waits too. Ends
+/// with the connection (its receiver dropped) or the stream.
+async fn read_frames(
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    frames: mpsc::Sender<Result<Message, axum::Error>>,
+) {
+    while let Some(msg) = stream.next().await {
+        if frames.send(msg).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Conn {
