@@ -45,6 +45,10 @@ pub use store::DirectoryEntry;
 use hub::Hub;
 use store::{JoinOutcome, Store, StoreError};
 
+/// The default [`Config::push_interval`], in milliseconds: the best of 15,
+/// 20 and 30 ms in the fan-out bench (sync-server/BENCH.md).
+pub const DEFAULT_PUSH_INTERVAL_MS: u64 = 20;
+
 /// What a server needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -79,7 +83,7 @@ impl Config {
             rate_per_second: 50,
             drain_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(10),
-            push_interval: Duration::from_millis(30),
+            push_interval: Duration::from_millis(DEFAULT_PUSH_INTERVAL_MS),
         }
     }
 }

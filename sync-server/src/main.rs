@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use karmyq_core::sync::ServerLimits;
-use karmyq_sync_server::{Config, run};
+use karmyq_sync_server::{Config, DEFAULT_PUSH_INTERVAL_MS, run};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -54,7 +54,7 @@ struct Args {
     login_seconds: u64,
     /// Shortest interval between two live pushes to a subscriber, in
     /// milliseconds: changes within it go out merged in one frame.
-    #[arg(long, env = "KARMYQ_PUSH_INTERVAL_MS", default_value_t = 30)]
+    #[arg(long, env = "KARMYQ_PUSH_INTERVAL_MS", default_value_t = DEFAULT_PUSH_INTERVAL_MS)]
     push_interval_ms: u64,
 }
 
