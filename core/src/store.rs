@@ -40,21 +40,35 @@ pub struct Db {
     commits: std::cell::Cell<u32>,
     /// A checkpoint of this file is queued on the checkpoint thread.
     queued: Arc<AtomicBool>,
+    /// The write-ahead log's size when a checkpoint was last asked for
+    /// because of its size.
+    wal_asked: std::cell::Cell<u64>,
     /// Write transactions committed since the file was opened: what is
     /// derived from the file and kept in memory is valid while it holds.
     generation: u64,
 }
 
 /// Checkpoint the write-ahead log after this many commits, if nobody did
-/// sooner ([`Db::checkpoint`]). SQLite's own trigger (every 1,000 pages)
-/// fires every ~150 small writes and puts an fsync on their path; this
-/// one fires about once in 400 writes.
+/// sooner ([`Db::checkpoint`]), on the checkpoint thread. SQLite's own
+/// trigger (every 1,000 pages) fires every ~150 small writes and puts an
+/// fsync on their path; this one fires about once in 400 writes, off it.
 const CHECKPOINT_EVERY: u32 = 400;
 
-/// Checkpoint too once the write-ahead log passes this size: a few large
-/// transactions (a catch-up) would otherwise grow it for a long time. After
-/// a checkpoint SQLite cuts the file back to 8 MB (`journal_size_limit`).
+/// Checkpoint too, on the checkpoint thread, once the write-ahead log
+/// passes this size (a few large transactions, a catch-up, grow it fast),
+/// and again each time it grows by [`CHECKPOINT_WAL_STEP`]. After a
+/// checkpoint that finished, the next write starts the log over and SQLite
+/// cuts the file back to 8 MB (`journal_size_limit`).
 const CHECKPOINT_WAL_BYTES: u64 = 32 << 20;
+
+/// See [`CHECKPOINT_WAL_BYTES`].
+const CHECKPOINT_WAL_STEP: u64 = 8 << 20;
+
+/// Checkpoint on the writer's own connection past this size. A checkpoint
+/// from another connection while the writer keeps writing cannot finish,
+/// so SQLite never starts the log over: under unbroken writes it would
+/// grow for as long as they come. Between two writes it always finishes.
+const CHECKPOINT_WAL_LIMIT: u64 = 128 << 20;
 
 impl Db {
     /// Opens (creating if needed) and migrates a file.
@@ -98,6 +112,7 @@ impl Db {
             paths: None,
             commits: std::cell::Cell::new(0),
             queued: Arc::default(),
+            wal_asked: std::cell::Cell::new(0),
             generation: 0,
         };
         db.migrate(schema)?;
@@ -144,13 +159,20 @@ impl Db {
         tx.commit()?;
         self.generation += 1;
         self.commits.set(self.commits.get() + 1);
-        let big = || {
-            self.paths
-                .as_ref()
-                .and_then(|(_, wal)| std::fs::metadata(wal).ok())
-                .is_some_and(|m| m.len() > CHECKPOINT_WAL_BYTES)
-        };
-        if self.commits.get() >= CHECKPOINT_EVERY || big() {
+        let wal = self
+            .paths
+            .as_ref()
+            .and_then(|(_, wal)| std::fs::metadata(wal).ok())
+            .map_or(0, |m| m.len());
+        if wal > CHECKPOINT_WAL_LIMIT {
+            self.checkpoint()?;
+        } else if wal > CHECKPOINT_WAL_BYTES
+            && (wal < self.wal_asked.get() || wal >= self.wal_asked.get() + CHECKPOINT_WAL_STEP)
+        {
+            // Grown by a step since the last ask, or started over since.
+            self.wal_asked.set(wal);
+            self.checkpoint_soon()?;
+        } else if self.commits.get() >= CHECKPOINT_EVERY {
             self.checkpoint_soon()?;
         }
         Ok(out)
