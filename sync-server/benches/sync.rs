@@ -965,7 +965,7 @@ fn fanout_with(
     seconds: usize,
     batch: usize,
 ) {
-    let p99 = median_of(2, |run| {
+    let one = |run: usize| {
         let per_writer = rate.div_ceil(writers) as u32;
         let server = Server::start(copy_dir(dir), |c| {
             // One writer for the whole rate is more than the default limit
@@ -1034,7 +1034,17 @@ fn fanout_with(
             v[6] / 1e3
         );
         v[4] / 1e3
-    });
+    };
+    if full() {
+        // The first run in a process is slow: its store takes 1.7–3 ms an
+        // upload against 0.7–1 ms in every later run, with a fresh server
+        // and a fresh copy of the data each time (warm-up of the process,
+        // not of the server's data: flushing the seeded files first does
+        // not change it). A server that has run for a while is past it.
+        println!("  fan-out: a warm-up run (9), not counted:");
+        one(9);
+    }
+    let p99 = median_of(2, one);
     println!(
         "fan-out: {receivers} subscribers, {rate} changes/s by {writers} member(s), uploaded \
          {batch} at a time: p99 {p99:.1} ms (target ≤ 50 ms: {})",
