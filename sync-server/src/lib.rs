@@ -33,7 +33,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
-use karmyq_core::sync::{JoinDecline, JoinRequest, ServerLimits, TokenBucket};
+use karmyq_core::sync::{JoinDecline, JoinRequest, RateLimits, ServerLimits};
 use karmyq_core::{CommunityId, MemberId, Signature, Timestamp};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -109,10 +109,9 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     pub connections: Arc<Semaphore>,
     pub next_conn: AtomicU64,
-    /// Per-member token buckets. A std mutex: held for one map lookup,
-    /// never across an `.await`.
-    pub buckets:
-        std::sync::Mutex<std::collections::HashMap<MemberId, karmyq_core::sync::TokenBucket>>,
+    /// Per-member token buckets (those full again are forgotten now and
+    /// then). A std mutex: held for one lookup, never across an `.await`.
+    pub buckets: std::sync::Mutex<RateLimits<MemberId>>,
     /// Flips to `true` when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// Names this server in login challenges.
@@ -203,16 +202,10 @@ impl AppState {
     /// Whether the member may make one more request now (token bucket).
     pub(crate) fn allowed(&self, member: &MemberId) -> bool {
         let now = Timestamp::now().as_millis();
-        let mut buckets = self
-            .buckets
+        self.buckets
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        buckets
-            .entry(*member)
-            .or_insert_with(|| {
-                TokenBucket::new(self.config.rate_burst, self.config.rate_per_second, now)
-            })
-            .take(now)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .allow(*member, now)
     }
 }
 
@@ -420,7 +413,7 @@ pub async fn run(
         metrics,
         connections: connections.clone(),
         next_conn: AtomicU64::new(1),
-        buckets: std::sync::Mutex::default(),
+        buckets: std::sync::Mutex::new(RateLimits::new(config.rate_burst, config.rate_per_second)),
         shutdown: stop_rx,
     });
     let addr: Option<SocketAddr> = listener.local_addr().ok();

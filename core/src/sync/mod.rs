@@ -121,5 +121,5 @@ pub use device::{DeviceAction, DeviceSession, SyncStatus};
 pub use engine::{EngineOptions, SyncEngine};
 pub use frame::{Ack, DecodeError, ErrorCode, Frame, MAGIC, PROTOCOL_VERSION, login_message};
 pub use join::{JoinDecline, JoinRequest};
-pub use limit::TokenBucket;
+pub use limit::{RateLimits, TokenBucket};
 pub use server::{ServerAction, ServerLimits, ServerSession};
