@@ -269,9 +269,7 @@ impl Community {
             })
             .map(|(d, l)| (l.loaded, d.clone()))
             .collect();
-        let Some(excess) = evictable.len().checked_sub(MAX_LOADED_REQUESTS) else {
-            return;
-        };
+        let excess = evictable.len().saturating_sub(MAX_LOADED_REQUESTS);
         if excess == 0 {
             return;
         }

@@ -632,14 +632,13 @@ impl Worker {
     /// its author (DOMAIN.md: the server relays no offer across a block).
     /// The name is not checked here: core's validator judges the change
     /// after this, and the block lookup needs only the requester's bytes.
-    fn offer_across_block(&self, change: &SignedChange) -> Result<bool, StoreError> {
+    fn offer_across_block(&self, change: &SignedChange) -> bool {
         let Some(DocId::Request(request)) = DocId::parse_stored(&change.envelope.doc) else {
-            return Ok(false);
+            return false;
         };
-        let blocked = self
-            .blocks
-            .contains(&(request.requester, change.envelope.author));
-        Ok(blocked && !offers_created(&change.bytes).is_empty())
+        self.blocks
+            .contains(&(request.requester, change.envelope.author))
+            && !offers_created(&change.bytes).is_empty()
     }
 
     fn decline(&mut self, decline: JoinDecline) -> Result<(), StoreError> {
@@ -717,17 +716,10 @@ impl Worker {
                 continue;
             }
             let mut rejected = Vec::new();
-            match self.screen(&upload.bundle, &refused, &mut rejected) {
-                Ok(kept) => {
-                    merged.changes.extend(kept.changes.iter().cloned());
-                    prepared.absorb(std::mem::take(&mut upload.prepared));
-                    members.push((upload, rejected, kept));
-                }
-                Err(e) => {
-                    self.metrics.observe_ingest(started.elapsed());
-                    let _ = upload.reply.send(Err(e));
-                }
-            }
+            let kept = self.screen(&upload.bundle, &refused, &mut rejected);
+            merged.changes.extend(kept.changes.iter().cloned());
+            prepared.absorb(std::mem::take(&mut upload.prepared));
+            members.push((upload, rejected, kept));
         }
         let now = Timestamp::now();
         let report = if merged.changes.is_empty() {
@@ -879,7 +871,7 @@ impl Worker {
             report.rejected.push((item, reason));
         }
 
-        let kept = self.screen(bundle, &refused, &mut report.rejected)?;
+        let kept = self.screen(bundle, &refused, &mut report.rejected);
         if !kept.changes.is_empty() {
             merge(
                 &mut report,
@@ -917,12 +909,12 @@ impl Worker {
         bundle: &Bundle,
         refused: &impl Fn(&MemberId) -> Option<Rejection>,
         rejected: &mut Vec<(Item, Rejection)>,
-    ) -> Result<Bundle, StoreError> {
+    ) -> Bundle {
         let mut kept = Bundle::new(bundle.community);
         for change in &bundle.changes {
             let reason = match refused(&change.envelope.author) {
                 Some(reason) => Some(reason),
-                None if self.offer_across_block(change)? => Some(Rejection::Blocked),
+                None if self.offer_across_block(change) => Some(Rejection::Blocked),
                 None => None,
             };
             match reason {
@@ -936,7 +928,7 @@ impl Worker {
                 None => kept.changes.push(change.clone()),
             }
         }
-        Ok(kept)
+        kept
     }
 
     /// Counts and logs what became of an upload, relays what it added,

@@ -27,11 +27,7 @@ impl TokenBucket {
     /// Takes one token if there is one; `false` means "rate limited".
     /// A clock that goes backwards refills nothing.
     pub fn take(&mut self, now_ms: i64) -> bool {
-        let elapsed = now_ms.saturating_sub(self.last_ms).max(0);
-        // Precision loss above 2^53 ms is irrelevant here.
-        #[allow(clippy::cast_precision_loss)]
-        let refill = elapsed as f64 / 1000.0 * self.per_second;
-        self.tokens = (self.tokens + refill).min(self.burst);
+        self.tokens = self.refilled(now_ms);
         self.last_ms = self.last_ms.max(now_ms);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -44,10 +40,16 @@ impl TokenBucket {
     /// Whether the bucket is full again at `now_ms`: then it allows what a
     /// new bucket allows, and can be forgotten.
     pub fn full_at(&self, now_ms: i64) -> bool {
+        self.refilled(now_ms) >= self.burst
+    }
+
+    /// The tokens at `now_ms` (never more than the burst).
+    fn refilled(&self, now_ms: i64) -> f64 {
         let elapsed = now_ms.saturating_sub(self.last_ms).max(0);
+        // Precision loss above 2^53 ms is irrelevant here.
         #[allow(clippy::cast_precision_loss)]
         let refill = elapsed as f64 / 1000.0 * self.per_second;
-        self.tokens + refill >= self.burst
+        (self.tokens + refill).min(self.burst)
     }
 }
 
