@@ -3,7 +3,10 @@
 //! nothing but the community's genesis.
 
 use karmyq_core::sync::SyncStatus;
-use karmyq_core::{Bundle, CommunityId, Heads, Karmyq, Profile, Role, Timestamp, Visibility};
+use karmyq_core::{
+    Bundle, Category, CommunityId, Heads, Karmyq, NotificationKind, Profile, RequestDraft,
+    RequestKind, Role, Timestamp, Urgency, Visibility,
+};
 use karmyq_tests::net::{Node, TestResult, TestServer, wait_until};
 
 fn now() -> Timestamp {
@@ -225,5 +228,86 @@ fn a_long_offline_backlog_goes_up_and_down_in_pieces_that_fit() -> TestResult {
         let series = format!("karmyq_frames_refused_total{{code=\"{code}\"}}");
         assert_eq!(server.metric(&series)?, 0, "{code}");
     }
+    Ok(())
+}
+
+/// A member's new phone takes the community's history in several bundles,
+/// read from the socket while earlier ones are applied, and none of it
+/// notifies: it is history. What happens once the phone is live does.
+#[test]
+fn a_restored_phone_catches_up_quietly_then_hears_the_news() -> TestResult {
+    let server = TestServer::start_with(|c| c.limits.max_frame = 16 * 1024)?;
+    let (mut alice, mut bob) = (Node::new()?, Node::new()?);
+    let id = alice.with(|k| k.create_community("Elm Street", "", Visibility::Public, now()))?;
+    alice.go_online(&server, id)?;
+    let log = alice.with(|k| log_only(k, id))?;
+    bob.with(|k| {
+        k.receive(&log, now())?;
+        k.community(id)?.join(now())
+    })?;
+    bob.go_online(&server, id)?;
+    wait_until("bob in", || Ok(members(&alice, id)? == 2))?;
+    let draft = RequestDraft {
+        title: "Carry a sofa upstairs".into(),
+        description: "x".repeat(300),
+        category: Category::Moving,
+        urgency: Urgency::Medium,
+        kind: RequestKind::Generic,
+        location: None,
+        when: None,
+    };
+    let mut requests = Vec::new();
+    for _ in 0..80 {
+        requests.push(alice.with(|k| k.community(id)?.post_request(&draft, now()))?);
+    }
+    alice.nudge();
+    wait_until("bob sees alice's requests", || {
+        Ok(bob.heads(id)? == alice.heads(id)?)
+    })?;
+    for &request in &requests {
+        bob.with(|k| k.community(id)?.offer_help(request, "I can help.", now()))?;
+    }
+    bob.nudge();
+    let want = bob.heads(id)?;
+    wait_until("alice has bob's offers", || Ok(alice.heads(id)? == want))?;
+    let history = alice.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
+    assert!(
+        history.encode().len() > 4 * 16 * 1024,
+        "{}",
+        history.encode().len()
+    );
+    let offered = |node: &Node| {
+        node.with(|k| {
+            Ok(k.notifications(false, 100, 0)?
+                .iter()
+                .filter(|n| n.kind == NotificationKind::OfferReceived)
+                .count())
+        })
+    };
+    assert_eq!(offered(&alice)?, requests.len(), "alice's own device heard");
+
+    let secret = alice.with(|k| Ok(k.export_secret()))?;
+    let dir = tempfile::tempdir()?;
+    let mut phone = Node::from_client(Karmyq::restore(dir.path(), &secret)?, dir);
+    phone.go_online(&server, id)?;
+    wait_until(
+        "the phone holds everything",
+        || Ok(phone.heads(id)? == want),
+    )?;
+    wait_until("the phone up to date", || {
+        Ok(phone.status() == Some(SyncStatus::UpToDate))
+    })?;
+    assert_eq!(offered(&phone)?, 0, "history notified the phone");
+
+    let news = alice.with(|k| k.community(id)?.post_request(&draft, now()))?;
+    alice.nudge();
+    wait_until("bob sees the new request", || {
+        bob.with(|k| Ok(k.community(id)?.request(news, now()).is_ok()))
+    })?;
+    bob.with(|k| k.community(id)?.offer_help(news, "On my way.", now()))?;
+    bob.nudge();
+    wait_until("the phone hears of the new offer", || {
+        Ok(offered(&phone)? == 1)
+    })?;
     Ok(())
 }

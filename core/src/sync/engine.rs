@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -84,6 +84,8 @@ impl SyncEngine {
         let (nudge, nudge_rx) = mpsc::channel(1);
         let join_requests = Arc::new(Mutex::new(Vec::new()));
         let runtime = tokio::runtime::Builder::new_current_thread()
+            // Its blocking pool applies bundles (`Worker::apply`).
+            .thread_name("karmyq-apply")
             .enable_all()
             .build()?;
         let worker = Worker {
@@ -182,6 +184,23 @@ struct Worker {
 /// app waits for the client, around a second.
 const MERGE_ITEMS: usize = 16_384;
 
+/// Most items received and not yet applied before the engine stops reading
+/// the socket (the server then waits): enough that bundles are prepared
+/// while the one before them is applied, few enough that a large catch-up
+/// is not held in memory at once.
+const READ_AHEAD_ITEMS: usize = 2 * MERGE_ITEMS;
+
+/// A bundle handed to the [`Preparer`].
+struct Queued {
+    /// Whether the preparing thread has it.
+    sent: bool,
+    /// Part of the first catch-up of a community new to this device (it
+    /// came before the session was live): applied without notifications.
+    quiet: bool,
+    /// Its ops and changes.
+    items: usize,
+}
+
 /// Decodes, and checks the signatures of, the bundles the engine will
 /// apply, in order, on a thread of its own, while the engine applies the
 /// ones before them. Without that thread (it could not start), the apply
@@ -189,9 +208,8 @@ const MERGE_ITEMS: usize = 16_384;
 struct Preparer {
     to: Option<std::sync::mpsc::Sender<Bundle>>,
     from: std::sync::mpsc::Receiver<Prepared>,
-    /// For each bundle handed over and not taken yet, in order: whether
-    /// the thread has it.
-    queued: VecDeque<bool>,
+    /// Each bundle handed over and not taken yet, in order.
+    queued: VecDeque<Queued>,
     /// Prepared by the thread, not taken yet.
     done: VecDeque<Prepared>,
 }
@@ -217,37 +235,55 @@ impl Preparer {
         }
     }
 
-    /// Hands over the bundle of each `Apply` among `actions`.
-    fn push(&mut self, actions: &[DeviceAction]) {
+    /// Hands over the bundle of each `Apply` among `actions`; `quiet`:
+    /// they are history, not news (see [`Queued::quiet`]).
+    fn push(&mut self, actions: &[DeviceAction], quiet: bool) {
         for action in actions {
             if let DeviceAction::Apply(bundle) = action {
                 let sent = self
                     .to
                     .as_ref()
                     .is_some_and(|to| to.send(bundle.clone()).is_ok());
-                self.queued.push_back(sent);
+                self.queued.push_back(Queued {
+                    sent,
+                    quiet,
+                    items: bundle.len(),
+                });
             }
         }
     }
 
-    /// Whether the next bundle's preparation is over (or never started).
-    fn ready(&mut self) -> bool {
+    /// Items handed over and not taken yet.
+    fn backlog(&self) -> usize {
+        self.queued.iter().map(|q| q.items).sum()
+    }
+
+    /// Whether the next bundle's preparation is over (or never started),
+    /// and it is as quiet as `quiet`.
+    fn ready(&mut self, quiet: bool) -> bool {
         self.done.extend(self.from.try_iter());
         match self.queued.front() {
-            Some(true) => !self.done.is_empty(),
+            Some(q) if q.quiet != quiet => false,
+            Some(q) if q.sent => !self.done.is_empty(),
             _ => true,
         }
     }
 
-    /// What was prepared for the next bundle, waiting for it if need be.
-    fn take(&mut self) -> Prepared {
+    /// What was prepared for the next bundle (waiting for it if need be),
+    /// and whether it is quiet.
+    fn take(&mut self) -> (Prepared, bool) {
         match self.queued.pop_front() {
-            Some(true) => self
-                .done
-                .pop_front()
-                .or_else(|| self.from.recv().ok())
-                .unwrap_or_default(),
-            _ => Prepared::default(),
+            Some(Queued {
+                sent: true, quiet, ..
+            }) => (
+                self.done
+                    .pop_front()
+                    .or_else(|| self.from.recv().ok())
+                    .unwrap_or_default(),
+                quiet,
+            ),
+            Some(q) => (Prepared::default(), q.quiet),
+            None => (Prepared::default(), false),
         }
     }
 }
@@ -384,39 +420,40 @@ impl Worker {
                             .unwrap_or_else(PoisonError::into_inner) = requests;
                     }
                     DeviceAction::Apply(mut bundle) => {
-                        // Frames already here are read now, so that their
-                        // bundles are prepared while this one is applied.
-                        while let Some(msg) = ws.next().now_or_never() {
-                            match msg {
-                                Some(Ok(Message::Binary(bytes))) => {
-                                    let actions = session.receive(&bytes);
-                                    preparer.push(&actions);
-                                    queue.extend(actions);
-                                }
-                                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                                    return Ok(Ended::Lost {
-                                        reached,
-                                        quiet: false,
-                                        soon: true,
-                                    });
-                                }
-                                Some(Ok(_)) => {}
-                            }
-                        }
-                        let mut prepared = preparer.take();
+                        let (mut prepared, quiet) = preparer.take();
                         // The bundles right behind this one that are
                         // prepared already go with it, in one transaction.
                         while let Some(DeviceAction::Apply(next)) = queue.front() {
-                            if bundle.len() + next.len() > MERGE_ITEMS || !preparer.ready() {
+                            if bundle.len() + next.len() > MERGE_ITEMS || !preparer.ready(quiet) {
                                 break;
                             }
                             let Some(DeviceAction::Apply(next)) = queue.pop_front() else {
                                 break;
                             };
-                            prepared.absorb(preparer.take());
+                            prepared.absorb(preparer.take().0);
                             bundle.append(next)?;
                         }
-                        let local = self.apply(&bundle, prepared, fresh && !session.is_live())?;
+                        // Applied on another thread while this one reads
+                        // the frames that follow, so that their bundles
+                        // are prepared meanwhile.
+                        let mut applying = std::pin::pin!(self.apply(bundle, prepared, quiet));
+                        let mut open = true;
+                        let local = loop {
+                            let room = open && preparer.backlog() < READ_AHEAD_ITEMS;
+                            tokio::select! {
+                                local = &mut applying => break local?,
+                                msg = ws.next(), if room => {
+                                    open = Self::on_message(msg, &mut session, &mut preparer, &mut queue, fresh);
+                                }
+                            }
+                        };
+                        if !open {
+                            return Ok(Ended::Lost {
+                                reached,
+                                quiet: false,
+                                soon: true,
+                            });
+                        }
                         if session.is_live() {
                             // Before the actions queued after this one (a Subscribe
                             // must follow the upload it waits for).
@@ -444,17 +481,11 @@ impl Worker {
                 }
             }
             tokio::select! {
-                msg = ws.next() => match msg {
-                    Some(Ok(Message::Binary(bytes))) => {
-                        let actions = session.receive(&bytes);
-                        preparer.push(&actions);
-                        queue.extend(actions);
-                    }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                msg = ws.next() => {
+                    if !Self::on_message(msg, &mut session, &mut preparer, &mut queue, fresh) {
                         return Ok(Ended::Lost { reached, quiet: false, soon: true });
                     }
-                    Some(Ok(_)) => {}
-                },
+                }
                 _ = tick.tick() => {
                     if session.is_live() {
                         let local = self.local_writes()?;
@@ -477,13 +508,39 @@ impl Worker {
         }
     }
 
-    /// Applies a bundle from the server; returns what was written locally
-    /// since the last look (to upload), computed in the same section so
-    /// nothing written meanwhile is missed. `quiet`: part of the first
-    /// catch-up of a community new to this device (no notifications).
-    fn apply(&mut self, bundle: &Bundle, prepared: Prepared, quiet: bool) -> Result<Bundle> {
+    /// Hands a message from the server to the session and queues what it
+    /// says to do; `false` if the connection is gone.
+    fn on_message(
+        msg: Option<std::result::Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        session: &mut DeviceSession,
+        preparer: &mut Preparer,
+        queue: &mut VecDeque<DeviceAction>,
+        fresh: bool,
+    ) -> bool {
+        match msg {
+            Some(Ok(Message::Binary(bytes))) => {
+                let actions = session.receive(&bytes);
+                // A community this device does not hold yet: its whole
+                // catch-up is history, no news.
+                preparer.push(&actions, fresh && !session.is_live());
+                queue.extend(actions);
+                true
+            }
+            Some(Ok(Message::Close(_)) | Err(_)) | None => false,
+            Some(Ok(_)) => true,
+        }
+    }
+
+    /// Applies a bundle from the server, on a thread of the blocking pool;
+    /// returns what was written locally since the last look (to upload),
+    /// computed in the same section so nothing written meanwhile is
+    /// missed. `quiet`: part of the first catch-up of a community new to
+    /// this device (no notifications).
+    async fn apply(&mut self, bundle: Bundle, prepared: Prepared, quiet: bool) -> Result<Bundle> {
         let (id, since) = (self.community, self.last_seen.clone());
-        let (local, heads) = self.with_client(|k| {
+        let client = self.client.clone();
+        let job = tokio::task::spawn_blocking(move || -> Result<(Bundle, Heads)> {
+            let mut k = client.lock().unwrap_or_else(PoisonError::into_inner);
             let me = k.member_id();
             let local = match k.community(id) {
                 Ok(c) => {
@@ -494,7 +551,7 @@ impl Worker {
                 }
                 Err(_) => Bundle::new(id),
             };
-            let report = k.receive_prepared(bundle, prepared, Timestamp::now())?;
+            let report = k.receive_prepared(&bundle, prepared, Timestamp::now())?;
             if !report.rejected.is_empty() {
                 tracing::debug!(
                     rejected = report.rejected.len(),
@@ -502,7 +559,15 @@ impl Worker {
                 );
             }
             Ok((local, k.community(id)?.heads()?))
-        })?;
+        });
+        let (local, heads) = match job.await {
+            Ok(done) => done?,
+            // As if it had been applied on this thread.
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => return Err(Error::Io(std::io::Error::other(e))),
+            },
+        };
         self.last_seen = heads;
         Ok(local)
     }
@@ -547,5 +612,64 @@ impl Worker {
             self.last_seen = heads;
         }
         Ok(bundle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Visibility;
+
+    /// Three bundles of a community's history, each with items.
+    fn bundles() -> Result<Vec<Bundle>> {
+        let dir = tempfile::tempdir()?;
+        let mut k = Karmyq::open(dir.path())?;
+        let id = k.create_community("Elm Street", "", Visibility::Public, Timestamp::now())?;
+        for name in ["Ana", "Ana B."] {
+            let profile = crate::Profile {
+                name: name.into(),
+                ..crate::Profile::default()
+            };
+            k.community(id)?.set_profile(&profile, Timestamp::now())?;
+        }
+        let all = k.community(id)?.changes_since(&Heads::empty())?;
+        let mut out = vec![Bundle::new(id), Bundle::new(id), Bundle::new(id)];
+        out[0].ops = all.ops;
+        for (i, change) in all.changes.into_iter().enumerate() {
+            out[1 + i % 2].changes.push(change);
+        }
+        assert!(out.iter().all(|b| !b.is_empty()));
+        Ok(out)
+    }
+
+    #[test]
+    fn the_preparer_counts_its_backlog_and_keeps_history_apart_from_news() -> Result<()> {
+        let b = bundles()?;
+        let mut p = Preparer::start();
+        let apply = |b: &Bundle| DeviceAction::Apply(b.clone());
+        p.push(
+            &[apply(&b[0]), DeviceAction::Status(SyncStatus::Syncing)],
+            true,
+        );
+        p.push(&[apply(&b[1])], true);
+        p.push(&[apply(&b[2])], false);
+        assert_eq!(p.backlog(), b.iter().map(Bundle::len).sum::<usize>());
+
+        let (_, quiet) = p.take();
+        assert!(quiet);
+        assert_eq!(p.backlog(), b[1].len() + b[2].len());
+        let (_, quiet) = p.take();
+        assert!(quiet);
+        // The next is news: it does not go with history, prepared or not.
+        assert!(!p.ready(true));
+        while !p.ready(false) {
+            std::thread::yield_now();
+        }
+        let (_, quiet) = p.take();
+        assert!(!quiet);
+        assert_eq!(p.backlog(), 0);
+        // Nothing queued: nothing to wait for.
+        assert!(p.ready(false));
+        Ok(())
     }
 }
