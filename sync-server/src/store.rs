@@ -129,6 +129,20 @@ const GROUP_CHANGES: usize = 2_000;
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     tx: mpsc::Sender<Cmd>,
+    /// Uploads being prepared, each on one thread, at once: as many as
+    /// there are cores but the store thread's, first come first served.
+    /// Preparing every waiting upload at once, each on every core, left the
+    /// store thread a share of a core while they ran, and a core idle once
+    /// they were done.
+    preparing: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many uploads [`Store::submit`] prepares at once.
+fn preparing_at_once() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .saturating_sub(1)
+        .max(1)
 }
 
 impl std::fmt::Debug for Cmd {
@@ -171,7 +185,8 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("karmyq-store".into())
             .spawn(move || worker.run(rx))?;
-        Ok((Store { tx }, me, handle))
+        let preparing = Arc::new(tokio::sync::Semaphore::new(preparing_at_once()));
+        Ok((Store { tx, preparing }, me, handle))
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, StoreError> {
@@ -214,8 +229,16 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         // Decoding and signatures need no replica: done here, on a thread
         // of the blocking pool, so the store thread only judges and stores.
+        // The semaphore is fair: uploads are prepared in the order they came.
+        let permit = self
+            .preparing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Stopped)?;
         let (bundle, prepared) = tokio::task::spawn_blocking(move || {
-            let prepared = Prepared::new(&bundle);
+            let _permit = permit;
+            let prepared = Prepared::on_threads(&bundle, 1);
             (bundle, prepared)
         })
         .await

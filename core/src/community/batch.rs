@@ -29,6 +29,11 @@ const PARALLEL_VERIFY: usize = 32;
 /// Most threads that check a batch's signatures.
 const MAX_VERIFY_THREADS: usize = 8;
 
+/// The cores of this machine (1 if unknown).
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// Finds the authority state a change cites.
 pub(super) struct Judge<'a> {
     pub(super) log: &'a AuthorityLog,
@@ -167,15 +172,23 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Decodes `bundle`'s changes and checks their newest signatures.
+    /// Decodes `bundle`'s changes and checks their newest signatures, on
+    /// every core but one: the replica that will take them is meanwhile
+    /// applying earlier bundles on a core of its own.
     pub fn new(bundle: &crate::bundle::Bundle) -> Self {
+        Self::on_threads(bundle, cores() - 1)
+    }
+
+    /// The same on at most `threads` threads (at least one): for a caller
+    /// that prepares several bundles at once, each on one thread.
+    pub fn on_threads(bundle: &crate::bundle::Bundle, threads: usize) -> Self {
         let mut batch = Batch::default();
         for signed in &bundle.changes {
             if let Ok(change) = signed.decode(bundle.community) {
                 batch.push(change, item_of(signed), true);
             }
         }
-        let mut checked = batch.check_tips(0);
+        let mut checked = batch.check_tips(0, threads);
         let changes = batch
             .changes
             .into_iter()
@@ -238,12 +251,16 @@ impl Batch {
         self.verdicts.push(Verdict::Undecided);
     }
 
-    /// Checks (on every core if there are many) the signatures
+    /// Checks (on up to `threads` threads if there are many) the signatures
     /// [`Batch::vouch`] checks when every one of them holds, if there are at
     /// least `at_least` of them (else none).
-    fn check_tips(&self, at_least: usize) -> HashMap<usize, std::result::Result<(), Rejection>> {
+    fn check_tips(
+        &self,
+        at_least: usize,
+        threads: usize,
+    ) -> HashMap<usize, std::result::Result<(), Rejection>> {
         let (groups, by_hash) = groups(&self.changes);
-        self.tips_if_all_hold(&groups, &by_hash, at_least)
+        self.tips_if_all_hold(&groups, &by_hash, at_least, threads)
     }
 
     /// Signatures: each author's newest change in a document is verified;
@@ -253,7 +270,7 @@ impl Batch {
         // The signatures this will check if they all hold (each group's
         // newest, and nothing it vouches for), checked at once on every
         // core; a failure below checks the others it then needs one by one.
-        let mut checked = self.tips_if_all_hold(&groups, &by_hash, PARALLEL_VERIFY);
+        let mut checked = self.tips_if_all_hold(&groups, &by_hash, PARALLEL_VERIFY, cores());
         checked.extend(self.known.drain());
         let mut trust = std::mem::take(&mut self.trust);
         for ((doc, author), members) in groups {
@@ -279,13 +296,15 @@ impl Batch {
         self.trust = trust;
     }
 
-    /// Verifies, in parallel, the signatures [`Batch::vouch`] checks when
+    /// Verifies, on up to `threads` threads (at most
+    /// [`MAX_VERIFY_THREADS`]), the signatures [`Batch::vouch`] checks when
     /// every one of them holds.
     fn tips_if_all_hold(
         &self,
         groups: &[((&DocId, MemberId), Vec<usize>)],
         by_hash: &HashMap<(&DocId, [u8; 32]), usize>,
         at_least: usize,
+        threads: usize,
     ) -> HashMap<usize, std::result::Result<(), Rejection>> {
         let mut tips = Vec::new();
         let mut covered = vec![false; self.changes.len()];
@@ -305,12 +324,10 @@ impl Batch {
                 }
             }
         }
-        let threads = std::thread::available_parallelism()
-            .map_or(1, std::num::NonZeroUsize::get)
-            .min(MAX_VERIFY_THREADS);
         if tips.len() < at_least {
             return HashMap::new();
         }
+        let threads = threads.clamp(1, MAX_VERIFY_THREADS);
         if threads < 2 || tips.len() < PARALLEL_VERIFY {
             return tips
                 .into_iter()
