@@ -137,14 +137,6 @@ pub(crate) struct Store {
     preparing: Arc<tokio::sync::Semaphore>,
 }
 
-/// How many uploads [`Store::submit`] prepares at once.
-fn preparing_at_once() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .saturating_sub(1)
-        .max(1)
-}
-
 impl std::fmt::Debug for Cmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -185,7 +177,7 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("karmyq-store".into())
             .spawn(move || worker.run(rx))?;
-        let preparing = Arc::new(tokio::sync::Semaphore::new(preparing_at_once()));
+        let preparing = Arc::new(tokio::sync::Semaphore::new(Prepared::spare_cores()));
         Ok((Store { tx, preparing }, me, handle))
     }
 

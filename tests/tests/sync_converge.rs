@@ -28,6 +28,33 @@ fn log_only(k: &mut Karmyq, id: CommunityId) -> karmyq_core::Result<Bundle> {
     Ok(b)
 }
 
+/// `node` joins `id` from `founder`'s log (an invite, by hand) and goes
+/// online.
+fn join_online(
+    founder: &Node,
+    node: &mut Node,
+    server: &TestServer,
+    id: CommunityId,
+) -> TestResult {
+    let log = founder.with(|k| log_only(k, id))?;
+    node.with(|k| {
+        k.receive(&log, now())?;
+        k.community(id)?.join(now())
+    })?;
+    node.go_online(server, id)
+}
+
+/// A new phone of `node`'s member, restored from their secret, holding
+/// nothing.
+fn phone_of(node: &Node) -> TestResult<Node> {
+    let secret = node.with(|k| Ok(k.export_secret()))?;
+    let dir = tempfile::tempdir()?;
+    Ok(Node::from_client(
+        Karmyq::restore(dir.path(), &secret)?,
+        dir,
+    ))
+}
+
 fn description(node: &Node, id: CommunityId) -> TestResult<String> {
     node.with(|k| Ok(k.community(id)?.info()?.description))
 }
@@ -56,12 +83,7 @@ fn offline_conflicting_edits_converge_and_a_late_joiner_catches_up() -> TestResu
     // Bob and Carol get the log from Alice by hand (an invite), join
     // offline, and sync through the server.
     for node in [&mut bob, &mut carol] {
-        let log = alice.with(|k| log_only(k, id))?;
-        node.with(|k| {
-            k.receive(&log, now())?;
-            k.community(id)?.join(now())
-        })?;
-        node.go_online(&server, id)?;
+        join_online(&alice, node, &server, id)?;
     }
     wait_until("three members everywhere", || {
         Ok(members(&alice, id)? == 3 && members(&bob, id)? == 3 && members(&carol, id)? == 3)
@@ -142,12 +164,7 @@ fn offline_conflicting_edits_converge_and_a_late_joiner_catches_up() -> TestResu
     // Dave joins late, from the log alone: the server sends him every
     // document.
     let mut dave = Node::new()?;
-    let log = alice.with(|k| log_only(k, id))?;
-    dave.with(|k| {
-        k.receive(&log, now())?;
-        k.community(id)?.join(now())
-    })?;
-    dave.go_online(&server, id)?;
+    join_online(&alice, &mut dave, &server, id)?;
     wait_until("dave catches up", || {
         Ok(description(&dave, id)? == agreed && names(&dave)? == names(&alice)?)
     })?;
@@ -160,10 +177,7 @@ fn offline_conflicting_edits_converge_and_a_late_joiner_catches_up() -> TestResu
 
     // A second phone of Alice's, restored from her secret and holding
     // nothing, catches up from scratch.
-    let secret = alice.with(|k| Ok(k.export_secret()))?;
-    let phone_dir = tempfile::tempdir()?;
-    let phone = Karmyq::restore(phone_dir.path(), &secret)?;
-    let mut phone = Node::from_client(phone, phone_dir);
+    let mut phone = phone_of(&alice)?;
     phone.go_online(&server, id)?;
     wait_until("the restored phone holds everything", || {
         Ok(phone.heads(id)? == alice.heads(id)?)
@@ -185,12 +199,7 @@ fn a_long_offline_backlog_goes_up_and_down_in_pieces_that_fit() -> TestResult {
     wait_until("alice up to date", || {
         Ok(alice.status() == Some(SyncStatus::UpToDate))
     })?;
-    let log = alice.with(|k| log_only(k, id))?;
-    bob.with(|k| {
-        k.receive(&log, now())?;
-        k.community(id)?.join(now())
-    })?;
-    bob.go_online(&server, id)?;
+    join_online(&alice, &mut bob, &server, id)?;
     wait_until("bob in", || Ok(members(&alice, id)? == 2))?;
     alice.go_offline();
     for i in 0..300 {
@@ -216,9 +225,7 @@ fn a_long_offline_backlog_goes_up_and_down_in_pieces_that_fit() -> TestResult {
         reason: "frame_too_large".into()
     }));
     // A phone restored from nothing catches it all up, in pieces too.
-    let secret = alice.with(|k| Ok(k.export_secret()))?;
-    let dir = tempfile::tempdir()?;
-    let mut phone = Node::from_client(Karmyq::restore(dir.path(), &secret)?, dir);
+    let mut phone = phone_of(&alice)?;
     phone.go_online(&server, id)?;
     wait_until(
         "the phone holds everything",
@@ -240,12 +247,7 @@ fn a_restored_phone_catches_up_quietly_then_hears_the_news() -> TestResult {
     let (mut alice, mut bob) = (Node::new()?, Node::new()?);
     let id = alice.with(|k| k.create_community("Elm Street", "", Visibility::Public, now()))?;
     alice.go_online(&server, id)?;
-    let log = alice.with(|k| log_only(k, id))?;
-    bob.with(|k| {
-        k.receive(&log, now())?;
-        k.community(id)?.join(now())
-    })?;
-    bob.go_online(&server, id)?;
+    join_online(&alice, &mut bob, &server, id)?;
     wait_until("bob in", || Ok(members(&alice, id)? == 2))?;
     let draft = RequestDraft {
         title: "Carry a sofa upstairs".into(),
@@ -286,9 +288,7 @@ fn a_restored_phone_catches_up_quietly_then_hears_the_news() -> TestResult {
     };
     assert_eq!(offered(&alice)?, requests.len(), "alice's own device heard");
 
-    let secret = alice.with(|k| Ok(k.export_secret()))?;
-    let dir = tempfile::tempdir()?;
-    let mut phone = Node::from_client(Karmyq::restore(dir.path(), &secret)?, dir);
+    let mut phone = phone_of(&alice)?;
     phone.go_online(&server, id)?;
     wait_until(
         "the phone holds everything",

@@ -30,7 +30,7 @@ const PARALLEL_VERIFY: usize = 32;
 const MAX_VERIFY_THREADS: usize = 8;
 
 /// The cores of this machine (1 if unknown).
-pub(crate) fn cores() -> usize {
+fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
@@ -176,7 +176,13 @@ impl Prepared {
     /// every core but one: the replica that will take them is meanwhile
     /// applying earlier bundles on a core of its own.
     pub fn new(bundle: &crate::bundle::Bundle) -> Self {
-        Self::on_threads(bundle, cores() - 1)
+        Self::on_threads(bundle, Self::spare_cores())
+    }
+
+    /// The cores of this machine but one (at least one): those that can
+    /// prepare while a replica applies on the other.
+    pub fn spare_cores() -> usize {
+        cores().saturating_sub(1).max(1)
     }
 
     /// The same on at most `threads` threads (at least one): for a caller
