@@ -203,7 +203,7 @@ pub mod net {
     use karmyq_core::sync::{
         EngineOptions, ErrorCode, Frame, PROTOCOL_VERSION, SyncEngine, SyncStatus, login_message,
     };
-    use karmyq_core::{CommunityId, Heads, Karmyq, Keypair, SigningTag, Timestamp};
+    use karmyq_core::{Bundle, CommunityId, Heads, Karmyq, Keypair, SigningTag, Timestamp};
     use karmyq_sync_server::Config;
     use tempfile::TempDir;
     use tokio::net::TcpStream;
@@ -634,8 +634,30 @@ pub mod net {
         id: CommunityId,
     ) -> TestResult {
         let log = founder.with(|k| k.community(id)?.changes_since(&Heads::empty()))?;
+        join_with(server, &log, node, id)
+    }
+
+    /// A new phone of `node`'s member, restored from their secret, holding
+    /// nothing.
+    pub fn phone_of(node: &Node) -> TestResult<Node> {
+        let secret = node.with(|k| Ok(k.export_secret()))?;
+        let dir = tempfile::tempdir()?;
+        Ok(Node::from_client(
+            Karmyq::restore(dir.path(), &secret)?,
+            dir,
+        ))
+    }
+
+    /// `node` receives `invite` (what it got of community `id` by hand),
+    /// joins, and goes online with `server`.
+    pub fn join_with(
+        server: &TestServer,
+        invite: &Bundle,
+        node: &mut Node,
+        id: CommunityId,
+    ) -> TestResult {
         node.with(|k| {
-            k.receive(&log, Timestamp::now())?;
+            k.receive(invite, Timestamp::now())?;
             k.community(id)?.join(Timestamp::now())
         })?;
         node.go_online(server, id)

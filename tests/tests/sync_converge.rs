@@ -7,7 +7,7 @@ use karmyq_core::{
     Bundle, Category, CommunityId, Heads, Karmyq, NotificationKind, Profile, RequestDraft,
     RequestKind, Role, Timestamp, Urgency, Visibility,
 };
-use karmyq_tests::net::{Node, TestResult, TestServer, wait_until};
+use karmyq_tests::net::{Node, TestResult, TestServer, join_with, phone_of, wait_until};
 
 fn now() -> Timestamp {
     Timestamp::now()
@@ -28,31 +28,16 @@ fn log_only(k: &mut Karmyq, id: CommunityId) -> karmyq_core::Result<Bundle> {
     Ok(b)
 }
 
-/// `node` joins `id` from `founder`'s log (an invite, by hand) and goes
-/// online.
-fn join_online(
+/// `node` joins `id` from `founder`'s log alone (an invite, by hand) and
+/// goes online.
+fn join_from_log(
     founder: &Node,
     node: &mut Node,
     server: &TestServer,
     id: CommunityId,
 ) -> TestResult {
     let log = founder.with(|k| log_only(k, id))?;
-    node.with(|k| {
-        k.receive(&log, now())?;
-        k.community(id)?.join(now())
-    })?;
-    node.go_online(server, id)
-}
-
-/// A new phone of `node`'s member, restored from their secret, holding
-/// nothing.
-fn phone_of(node: &Node) -> TestResult<Node> {
-    let secret = node.with(|k| Ok(k.export_secret()))?;
-    let dir = tempfile::tempdir()?;
-    Ok(Node::from_client(
-        Karmyq::restore(dir.path(), &secret)?,
-        dir,
-    ))
+    join_with(server, &log, node, id)
 }
 
 fn description(node: &Node, id: CommunityId) -> TestResult<String> {
@@ -83,7 +68,7 @@ fn offline_conflicting_edits_converge_and_a_late_joiner_catches_up() -> TestResu
     // Bob and Carol get the log from Alice by hand (an invite), join
     // offline, and sync through the server.
     for node in [&mut bob, &mut carol] {
-        join_online(&alice, node, &server, id)?;
+        join_from_log(&alice, node, &server, id)?;
     }
     wait_until("three members everywhere", || {
         Ok(members(&alice, id)? == 3 && members(&bob, id)? == 3 && members(&carol, id)? == 3)
@@ -164,7 +149,7 @@ fn offline_conflicting_edits_converge_and_a_late_joiner_catches_up() -> TestResu
     // Dave joins late, from the log alone: the server sends him every
     // document.
     let mut dave = Node::new()?;
-    join_online(&alice, &mut dave, &server, id)?;
+    join_from_log(&alice, &mut dave, &server, id)?;
     wait_until("dave catches up", || {
         Ok(description(&dave, id)? == agreed && names(&dave)? == names(&alice)?)
     })?;
@@ -199,7 +184,7 @@ fn a_long_offline_backlog_goes_up_and_down_in_pieces_that_fit() -> TestResult {
     wait_until("alice up to date", || {
         Ok(alice.status() == Some(SyncStatus::UpToDate))
     })?;
-    join_online(&alice, &mut bob, &server, id)?;
+    join_from_log(&alice, &mut bob, &server, id)?;
     wait_until("bob in", || Ok(members(&alice, id)? == 2))?;
     alice.go_offline();
     for i in 0..300 {
@@ -247,7 +232,7 @@ fn a_restored_phone_catches_up_quietly_then_hears_the_news() -> TestResult {
     let (mut alice, mut bob) = (Node::new()?, Node::new()?);
     let id = alice.with(|k| k.create_community("Elm Street", "", Visibility::Public, now()))?;
     alice.go_online(&server, id)?;
-    join_online(&alice, &mut bob, &server, id)?;
+    join_from_log(&alice, &mut bob, &server, id)?;
     wait_until("bob in", || Ok(members(&alice, id)? == 2))?;
     let draft = RequestDraft {
         title: "Carry a sofa upstairs".into(),

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use karmyq_core::sync::SyncStatus;
-use karmyq_core::{Heads, Karmyq, Profile, Timestamp, Visibility};
-use karmyq_tests::net::{Node, TestResult, wait_until};
+use karmyq_core::{Heads, Profile, Timestamp, Visibility};
+use karmyq_tests::net::{Node, TestResult, phone_of, wait_until};
 
 fn now() -> Timestamp {
     Timestamp::now()
@@ -73,9 +73,7 @@ fn acknowledged_changes_survive_kill_9() -> TestResult {
     }
 
     let (mut again, url) = spawn(data.path())?;
-    let secret = alice.with(|k| Ok(k.export_secret()))?;
-    let phone_dir = tempfile::tempdir()?;
-    let mut phone = Node::from_client(Karmyq::restore(phone_dir.path(), &secret)?, phone_dir);
+    let mut phone = phone_of(&alice)?;
     phone.go_online_url(&url, id)?;
     let result = wait_until(
         "the phone gets everything from the restarted server",

@@ -13,7 +13,7 @@ use karmyq_core::{
     Bundle, CommunityId, DocId, Heads, Karmyq, Keypair, OpHash, Profile, SignedChange, Timestamp,
     Visibility,
 };
-use karmyq_tests::net::{Node, TestResult, TestServer, wait_until};
+use karmyq_tests::net::{Node, TestResult, TestServer, phone_of, wait_until};
 use karmyq_tests::{bundle_of, doc_from, forge};
 
 fn now() -> Timestamp {
@@ -405,9 +405,7 @@ fn reports_reach_moderators_and_their_reporter_only() -> TestResult {
     // A phone of Alice's restored from nothing catches the report up;
     // one of Carol's does not.
     for (node, sees) in [(&alice, true), (&carol, false)] {
-        let secret = node.with(|k| Ok(k.export_secret()))?;
-        let dir = tempfile::tempdir()?;
-        let mut phone = Node::from_client(Karmyq::restore(dir.path(), &secret)?, dir);
+        let mut phone = phone_of(node)?;
         phone.go_online(&server, id)?;
         wait_until("the phone up to date", || {
             Ok(phone.status() == Some(SyncStatus::UpToDate))

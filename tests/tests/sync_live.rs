@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use karmyq_core::sync::{EngineOptions, SyncStatus};
 use karmyq_core::{Heads, Profile, Timestamp, Visibility};
-use karmyq_tests::net::{Node, TestResult, TestServer, public_community, wait_until};
+use karmyq_tests::net::{Node, TestResult, TestServer, phone_of, public_community, wait_until};
 
 fn now() -> Timestamp {
     Timestamp::now()
@@ -106,12 +106,7 @@ fn shutdown_tells_devices_and_drains() -> TestResult {
     // What was stored survives: a server started again on the same
     // directory serves it to a device that holds nothing.
     server.restart()?;
-    let secret = bob.with(|k| Ok(k.export_secret()))?;
-    let phone_dir = tempfile::tempdir()?;
-    let mut phone = Node::from_client(
-        karmyq_core::Karmyq::restore(phone_dir.path(), &secret)?,
-        phone_dir,
-    );
+    let mut phone = phone_of(&bob)?;
     phone.go_online(&server, id)?;
     wait_until(
         "bob's new phone catches up from the restarted server",

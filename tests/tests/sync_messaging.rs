@@ -5,7 +5,9 @@
 
 use karmyq_core::sync::SyncStatus;
 use karmyq_core::{Heads, Timestamp, Visibility};
-use karmyq_tests::net::{Node, TestResult, TestServer, join_online, public_community, wait_until};
+use karmyq_tests::net::{
+    Node, TestResult, TestServer, join_online, phone_of, public_community, wait_until,
+};
 
 fn now() -> Timestamp {
     Timestamp::now()
@@ -119,13 +121,8 @@ fn participants_converse_through_the_server_and_no_one_else_sees_it() -> TestRes
     })?;
     assert!(carol_docs.is_empty(), "{carol_docs:?}");
     // A fresh device of Carol's catching up from the server gets none either.
-    let secret = carol.with(|k| Ok(k.export_secret()))?;
+    let mut phone = phone_of(&carol)?;
     carol.go_offline();
-    let phone_dir = tempfile::tempdir()?;
-    let mut phone = Node::from_client(
-        karmyq_core::Karmyq::restore(phone_dir.path(), &secret)?,
-        phone_dir,
-    );
     phone.go_online(&server, id)?;
     wait_until("carol's phone has the community", || {
         phone.with(|k| {
