@@ -119,3 +119,42 @@ fn shutdown_tells_devices_and_drains() -> TestResult {
     );
     Ok(())
 }
+
+/// A server that shuts down while a device is still applying its catch-up:
+/// the device reads the notice and the close during an apply, and reports
+/// the notice (not just that it went offline) once the apply is done.
+#[test]
+fn a_device_told_of_shutdown_mid_catch_up_reports_it() -> TestResult {
+    let mut server = TestServer::start_with(|c| {
+        c.limits.max_frame = 16 * 1024;
+        c.drain_timeout = Duration::from_secs(5);
+    })?;
+    let mut alice = Node::new()?;
+    let id = public_community(&server, &mut alice, &mut [], "Elm Street")?;
+    for i in 0..150 {
+        let p = Profile {
+            name: format!("Alice {i:03}"),
+            bio: format!("{i} ").repeat(100),
+            ..Profile::default()
+        };
+        alice.with(|k| k.community(id)?.set_profile(&p, now()))?;
+    }
+    alice.nudge();
+    wait_until("the server holds alice's edits", || {
+        Ok(server.metric("karmyq_changes_accepted_total")? >= 150)
+    })?;
+    alice.go_offline();
+    let mut phone = phone_of(&alice)?;
+    phone.go_online(&server, id)?;
+    wait_until("the phone is catching up", || {
+        phone.with(|k| Ok(k.community(id).is_ok()))
+    })?;
+    server.stop()?;
+    wait_until("the phone was told", || {
+        Ok(phone.saw(&SyncStatus::Rejected {
+            reason: "shutting_down".into(),
+        }))
+    })
+    .map_err(|e| format!("{e}: {:?}", phone.statuses))?;
+    Ok(())
+}

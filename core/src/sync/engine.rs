@@ -394,6 +394,10 @@ impl Worker {
         // signatures checked on a thread of its own meanwhile.
         let mut preparer = Preparer::start();
         let mut tick = tokio::time::interval(self.options.poll);
+        // Whether the socket is still open. When it closes during an apply,
+        // what the frames before the close said to do (a status, a last
+        // bundle) is still done, then the connection ends.
+        let mut open = true;
         loop {
             while let Some(action) = queue.pop_front() {
                 match action {
@@ -438,7 +442,6 @@ impl Worker {
                         // the frames that follow, so that their bundles
                         // are prepared meanwhile.
                         let mut applying = std::pin::pin!(self.apply(bundle, prepared, quiet));
-                        let mut open = true;
                         let local = loop {
                             let room = open && preparer.backlog() < READ_AHEAD_ITEMS;
                             tokio::select! {
@@ -448,14 +451,9 @@ impl Worker {
                                 }
                             }
                         };
-                        if !open {
-                            return Ok(Ended::Lost {
-                                reached,
-                                quiet: false,
-                                soon: true,
-                            });
-                        }
-                        if session.is_live() {
+                        // (Closed meanwhile: local writes go up after the
+                        // reconnection, which compares heads anyway.)
+                        if open && session.is_live() {
                             // Before the actions queued after this one (a Subscribe
                             // must follow the upload it waits for).
                             for a in session.upload(&local).into_iter().rev() {
@@ -480,6 +478,13 @@ impl Worker {
                         });
                     }
                 }
+            }
+            if !open {
+                return Ok(Ended::Lost {
+                    reached,
+                    quiet: false,
+                    soon: true,
+                });
             }
             tokio::select! {
                 msg = ws.next() => {
