@@ -21,7 +21,7 @@ use crate::authority::{
 };
 use crate::bundle::{Bundle, Heads, Item, Report};
 use crate::codec;
-use crate::docs::{DocId, SignedChange, actor_of, auth_message, change_hash};
+use crate::docs::{DocId, Link, SignedChange, actor_of, auth_message, change_hash};
 use crate::error::{Error, Rejection, Result};
 use crate::identity::{Keypair, MemberId};
 use crate::invite::InviteToken;
@@ -50,8 +50,8 @@ pub use requests::{
 pub use batch::Prepared;
 use batch::{Batch, Judge, item_of, stored};
 use persist::{
-    Loaded, load_doc, load_doc_tx, load_heads, load_log, load_pending, save_heads, save_snapshot,
-    store_change, store_op,
+    Loaded, load_doc, load_doc_tx, load_heads, load_log, load_pending, load_previous, save_heads,
+    save_previous, save_snapshot, store_change, store_op,
 };
 pub(crate) use projection::member_from_blob;
 use projection::{
@@ -762,6 +762,11 @@ impl Community {
             compact_every,
             ..
         } = self;
+        // The link to this device's latest change elsewhere: a change in
+        // the same document already depends on it.
+        let previous = load_previous(db)?
+            .filter(|(doc, _)| doc != doc_id)
+            .map(|(doc, hash)| Link::of(&doc, &hash));
         let loaded = load_doc(db, docs, doc_id, &actor_of(&keys.member_id()))?;
         let mut tx = loaded.doc.transaction();
         if let Err(e) = edit(&mut tx) {
@@ -769,7 +774,7 @@ impl Community {
             return Err(e);
         }
         let options = CommitOptions::default()
-            .with_message(auth_message(&log.heads()))
+            .with_message(auth_message(&log.heads(), previous))
             .with_time(now.as_millis());
         let (hash, _) = tx.commit_with(options);
         let Some(hash) = hash else {
@@ -788,6 +793,9 @@ impl Community {
         let Community { outbox, .. } = self;
         db.write(|tx| {
             store_change(tx, &authentic)?;
+            if !doc_id.is_private() {
+                save_previous(tx, doc_id, &hash)?;
+            }
             save_heads(tx, doc_id, &loaded.doc)?;
             loaded.since_snapshot += 1;
             touched.note(&authentic);
@@ -894,6 +902,7 @@ impl Community {
         // Changes: per document that differs, those not in the past of
         // their heads (all of them if their heads are unknown here).
         let actor = actor_of(&self.me());
+        let mut changes: Vec<(i64, SignedChange)> = Vec::new();
         for (name, ours) in load_heads(&self.db)? {
             let their = since.docs.get(&name);
             if their == Some(&ours) {
@@ -928,28 +937,35 @@ impl Community {
                 _ => None,
             };
             let mut stmt = self.db.conn().prepare_cached(
-                "SELECT hash, envelope, bytes FROM changes WHERE doc_id = ?1 ORDER BY seq",
+                "SELECT seq, hash, envelope, bytes FROM changes WHERE doc_id = ?1 ORDER BY seq",
             )?;
             let rows = stmt.query_map([&name], |r| {
                 Ok((
-                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(0)?,
                     r.get::<_, Vec<u8>>(1)?,
                     r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
                 ))
             })?;
             for row in rows {
-                let (hash, envelope, bytes) = row?;
+                let (seq, hash, envelope, bytes) = row?;
                 if let Some(want) = &want
                     && !want.contains(&change_hash(&hash)?.0)
                 {
                     continue;
                 }
-                bundle.changes.push(SignedChange {
+                let signed = SignedChange {
                     envelope: codec::decode(&envelope, "stored envelope")?,
                     bytes,
-                });
+                };
+                changes.push((seq, signed));
             }
         }
+        // In the order they were stored (each after what it depends on):
+        // an author's changes, each naming the one before, travel close
+        // together, so one signature vouches for most of them.
+        changes.sort_unstable_by_key(|(seq, _)| *seq);
+        bundle.changes = changes.into_iter().map(|(_, signed)| signed).collect();
         Ok(bundle)
     }
 
@@ -1068,29 +1084,20 @@ impl Community {
             }
             // This bundle's changes, then the ones that waited before it.
             let fresh = bundle.changes.len();
-            let mut batch = Batch::default();
+            let mut batch = Batch::for_device(!relay);
             let mut seen = HashSet::new();
-            for (i, signed) in bundle
-                .changes
-                .iter()
-                .cloned()
-                .chain(load_pending(tx)?)
-                .enumerate()
-            {
-                let item = item_of(&signed);
-                if !seen.insert(signed.envelope.change_hash) || stored(tx, &signed)? {
+            let pending = load_pending(tx)?;
+            for (i, signed) in bundle.changes.iter().chain(&pending).enumerate() {
+                let item = item_of(signed);
+                if !seen.insert(signed.envelope.change_hash) || stored(tx, signed)? {
                     report.duplicates += usize::from(i < fresh);
                     continue;
                 }
-                if let Some((change, checked)) = prepared.take(*id, &signed) {
-                    batch.push_checked(change, item, i < fresh, checked);
-                    continue;
-                }
-                match signed.decode(*id) {
-                    Ok(change) => batch.push(change, item, i < fresh),
-                    Err(reason) => report.rejected.push((item, reason)),
+                if let Err(refused) = prepared.take_into(*id, signed, item, i < fresh, &mut batch) {
+                    report.rejected.push(refused);
                 }
             }
+            prepared.take_docs(*id, &mut batch);
             batch.decide(tx, docs, &mut judge, &actor)?;
             let mut touched = Touched::default();
             tx.execute("DELETE FROM pending_changes", [])?;

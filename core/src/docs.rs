@@ -135,23 +135,58 @@ pub fn actor_of(member: &MemberId) -> ActorId {
 /// later change then vouches for them too (see `SignedChange::decode`).
 const AUTH_PREFIX: &str = "karmyq-auth:";
 
+/// Separates the authority heads from the author's previous change in a
+/// commit message.
+const PREVIOUS: &str = ";previous:";
+
 /// Most authority heads a change may cite.
 const MAX_AUTH_HEADS: usize = 64;
 
-/// The commit message that records the authority heads a change was made on.
-pub fn auth_message(heads: &[OpHash]) -> String {
-    let hexes: Vec<String> = heads.iter().map(ToString::to_string).collect();
-    format!("{AUTH_PREFIX}{}", hexes.join(","))
+/// Names one change in one document: a digest of the document's name and
+/// the change's hash. A change's commit message may name its author's
+/// previous change in a public document by its link, so a signature on the
+/// change vouches for that one too, across documents: a batch then checks
+/// about one signature per author instead of one per author and document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Link(pub [u8; 32]);
+
+impl Link {
+    /// The link to change `hash` in `doc`.
+    pub fn of(doc: &DocId, hash: &ChangeHash) -> Link {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"karmyq-link");
+        h.update(doc.name().as_bytes());
+        h.update([0]);
+        h.update(hash.0);
+        Link(h.finalize().into())
+    }
 }
 
-fn parse_auth_message(message: Option<&str>) -> Option<Vec<OpHash>> {
-    let list = message?.strip_prefix(AUTH_PREFIX)?;
+/// The commit message of a change made on the authority `heads`, after its
+/// author's `previous` change in a public document (if known).
+pub fn auth_message(heads: &[OpHash], previous: Option<Link>) -> String {
+    let hexes: Vec<String> = heads.iter().map(ToString::to_string).collect();
+    let mut message = format!("{AUTH_PREFIX}{}", hexes.join(","));
+    if let Some(link) = previous {
+        message.push_str(PREVIOUS);
+        message.push_str(&hex::encode(link.0));
+    }
+    message
+}
+
+fn parse_auth_message(message: Option<&str>) -> Option<(Vec<OpHash>, Option<Link>)> {
+    let rest = message?.strip_prefix(AUTH_PREFIX)?;
+    let (list, previous) = match rest.split_once(PREVIOUS) {
+        Some((list, link)) => (list, Some(Link(crate::identity::decode_hex32(link).ok()?))),
+        None => (rest, None),
+    };
     let heads: Vec<OpHash> = list
         .split(',')
         .map(OpHash::from_hex)
         .collect::<Result<_>>()
         .ok()?;
-    (!heads.is_empty() && heads.len() <= MAX_AUTH_HEADS).then_some(heads)
+    (!heads.is_empty() && heads.len() <= MAX_AUTH_HEADS).then_some((heads, previous))
 }
 
 /// The signed facts about one change. The signature covers every field
@@ -237,11 +272,13 @@ impl SignedChange {
         if *change.actor_id() != actor_of(&env.author) {
             return Err(Rejection::ActorMismatch);
         }
-        let auth_heads = parse_auth_message(change.message()).ok_or(Rejection::Malformed)?;
+        let (auth_heads, previous) =
+            parse_auth_message(change.message()).ok_or(Rejection::Malformed)?;
         Ok(Authentic {
             doc,
             change,
             auth_heads,
+            previous,
             signed: self.clone(),
         })
     }
@@ -257,6 +294,10 @@ impl SignedChange {
     }
 }
 
+/// What a request change's rules read: the request at the change's
+/// dependencies (`None` if not created there), or why it cannot be read.
+pub(crate) type RequestView = std::result::Result<Option<RequestState>, Rejection>;
+
 /// A decoded change whose hash and actor hold; not yet authorized.
 #[derive(Debug, Clone)]
 pub struct Authentic {
@@ -266,6 +307,8 @@ pub struct Authentic {
     pub change: Change,
     /// The authority heads the change cites.
     pub auth_heads: Vec<OpHash>,
+    /// The author's previous change in a public document, if it names one.
+    pub previous: Option<Link>,
     /// What was received.
     pub signed: SignedChange,
 }
@@ -295,6 +338,30 @@ impl Authentic {
     /// Judging a change only by the state it cites makes the verdict the
     /// same on every replica, whatever else it holds, so replicas converge.
     pub fn authorize(&self, at: &Resolved, doc: &Automerge) -> std::result::Result<(), Rejection> {
+        self.authorize_seen(at, doc, None)
+    }
+
+    /// The request as this change's author saw it: `doc` (which holds the
+    /// change's dependencies) read at them; `None` if the request was not
+    /// created there. It depends only on the change's past, so it reads the
+    /// same from any document that holds that past.
+    pub(crate) fn request_view(&self, id: RequestId, doc: &Automerge) -> RequestView {
+        let deps = self.change.deps();
+        if deps.is_empty() {
+            return Ok(None);
+        }
+        RequestState::read(doc, id, Some(deps)).map_err(|_| Rejection::Malformed)
+    }
+
+    /// [`Authentic::authorize`], given the change's request view if it was
+    /// read ahead ([`Authentic::request_view`], on another document holding
+    /// the same past).
+    pub(crate) fn authorize_seen(
+        &self,
+        at: &Resolved,
+        doc: &Automerge,
+        view: Option<RequestView>,
+    ) -> std::result::Result<(), Rejection> {
         let author = self.author();
         let Some(role) = at.role(&author) else {
             return Err(if at.was_removed(&author) {
@@ -307,11 +374,9 @@ impl Authentic {
             DocId::Request(id) => {
                 // Judged on the request as the author saw it: the document
                 // at the change's dependencies (which the caller holds).
-                let deps = self.change.deps();
-                let seen = if deps.is_empty() {
-                    None
-                } else {
-                    RequestState::read(doc, *id, Some(deps)).map_err(|_| Rejection::Malformed)?
+                let seen = match view {
+                    Some(view) => view?,
+                    None => self.request_view(*id, doc)?,
                 };
                 let time = Timestamp::from_millis(self.change.timestamp());
                 request::check_change(

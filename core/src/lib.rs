@@ -67,7 +67,7 @@ pub use community::{
 };
 pub use conversation::{ConversationId, MAX_MESSAGE_CHARS, MessageId};
 pub use crypto::DecryptError;
-pub use docs::{Authentic, DocId, Envelope, SignedChange, actor_of, auth_message};
+pub use docs::{Authentic, DocId, Envelope, Link, SignedChange, actor_of, auth_message};
 pub use error::{Error, Rejection, Result};
 pub use identity::{Keypair, MemberId, Signature, SigningTag};
 pub use invite::InviteToken;

@@ -230,7 +230,7 @@ impl Store {
             .map_err(|_| StoreError::Stopped)?;
         let (bundle, prepared) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let prepared = Prepared::on_threads(&bundle, 1);
+            let prepared = Prepared::for_relay(&bundle, 1);
             (bundle, prepared)
         })
         .await
@@ -1208,7 +1208,7 @@ mod tests {
         let upload = Upload {
             uploader,
             conn,
-            prepared: Prepared::new(bundle),
+            prepared: Prepared::for_relay(bundle, 1),
             bundle: bundle.clone(),
             reply,
         };

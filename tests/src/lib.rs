@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{Automerge, ChangeHash, ReadDoc};
 use karmyq_core::{
-    Bundle, CommunityId, DocId, Heads, Karmyq, Keypair, MemberId, OpHash, Report, Result,
+    Bundle, CommunityId, DocId, Heads, Karmyq, Keypair, Link, MemberId, OpHash, Report, Result,
     SignedChange, Timestamp, actor_of, auth_message,
 };
 use tempfile::TempDir;
@@ -45,6 +45,14 @@ impl Device {
     pub fn new_relay() -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let k = Karmyq::open_relay(dir.path())?;
+        Ok(Device { k, dir })
+    }
+
+    /// A new device of `of`'s member, restored from their secret, holding
+    /// nothing.
+    pub fn restored(of: &Device) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let k = Karmyq::restore(dir.path(), &of.k.export_secret())?;
         Ok(Device { k, dir })
     }
 
@@ -173,11 +181,49 @@ pub fn forge_as(
     actor: &MemberId,
     edit: impl FnOnce(&mut Transaction<'_>) -> std::result::Result<(), automerge::AutomergeError>,
 ) -> Result<SignedChange> {
+    forge_with(community, doc_id, doc, &auth_heads, None, keys, actor, edit)
+}
+
+/// Like [`forge`], but the commit message names `previous` as the
+/// author's previous change.
+pub fn forge_after(
+    community: CommunityId,
+    doc_id: &DocId,
+    doc: &mut Automerge,
+    auth_heads: Vec<OpHash>,
+    previous: Link,
+    keys: &Keypair,
+    edit: impl FnOnce(&mut Transaction<'_>) -> std::result::Result<(), automerge::AutomergeError>,
+) -> Result<SignedChange> {
+    let me = keys.member_id();
+    forge_with(
+        community,
+        doc_id,
+        doc,
+        &auth_heads,
+        Some(previous),
+        keys,
+        &me,
+        edit,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forge_with(
+    community: CommunityId,
+    doc_id: &DocId,
+    doc: &mut Automerge,
+    auth_heads: &[OpHash],
+    previous: Option<Link>,
+    keys: &Keypair,
+    actor: &MemberId,
+    edit: impl FnOnce(&mut Transaction<'_>) -> std::result::Result<(), automerge::AutomergeError>,
+) -> Result<SignedChange> {
     doc.set_actor(actor_of(actor));
     let mut tx = doc.transaction();
     edit(&mut tx)?;
     let (hash, _) =
-        tx.commit_with(CommitOptions::default().with_message(auth_message(&auth_heads)));
+        tx.commit_with(CommitOptions::default().with_message(auth_message(auth_heads, previous)));
     let hash: ChangeHash = hash.ok_or(karmyq_core::Error::InvalidArgument("empty edit".into()))?;
     let mut change = doc
         .get_change_by_hash(&hash)

@@ -4,10 +4,10 @@
 use automerge::transaction::Transactable;
 use automerge::{ObjType, ROOT, ReadDoc};
 use karmyq_core::{
-    Bundle, CommunityId, DocId, Error, Heads, Item, Keypair, Profile, Rejection, Result, Role,
-    Signature, Visibility,
+    Bundle, Category, CommunityId, DocId, Error, Heads, Item, Keypair, Link, Profile, Rejection,
+    RequestDraft, RequestKind, Result, Role, Signature, SignedChange, Urgency, Visibility,
 };
-use karmyq_tests::{Device, at, bundle_of, doc_from, forge, forge_as, sync};
+use karmyq_tests::{Device, at, bundle_of, doc_from, forge, forge_after, forge_as, sync};
 
 /// Alice (founder), Bob, Mallory (members) and Moe (moderator), all synced.
 struct World {
@@ -95,7 +95,7 @@ impl World {
         let report = self.alice.k.receive(bundle, at(30))?;
         // The relay takes it as the server does: decoded and its
         // signatures checked ahead.
-        let prepared = karmyq_core::Prepared::new(bundle);
+        let prepared = karmyq_core::Prepared::for_relay(bundle, 1);
         let relayed = match self.relay.k.receive_prepared(bundle, prepared, at(30)) {
             Ok(r) => r,
             Err(e) => panic!("the relay failed where the device did not: {e}"),
@@ -544,5 +544,157 @@ fn a_refused_newest_change_vouches_for_nothing() -> Result<()> {
         vec![&Rejection::BadSignature, &Rejection::ForeignEntry]
     );
     assert_eq!(w.alice.rows(w.id, "changes")?, before + 1);
+    Ok(())
+}
+
+/// Bob posts a request, then edits his profile (and, if `aside`, first
+/// writes to Alice in a conversation): his new changes as his device keeps
+/// them for himself, in the order it stored them.
+fn bobs_request_then_profile(w: &mut World, aside: bool) -> Result<Vec<SignedChange>> {
+    let id = w.id;
+    let heads = w.alice.k.community(id)?.heads()?;
+    let alice = w.alice.k.member_id();
+    let bob = w.bob.k.member_id();
+    let c = w.bob.k.community(id)?;
+    c.post_request(
+        &RequestDraft {
+            title: "Lift to the station".into(),
+            description: "Early train on Friday".into(),
+            category: Category::Moving,
+            urgency: Urgency::Medium,
+            kind: RequestKind::Generic,
+            location: None,
+            when: None,
+        },
+        at(20),
+    )?;
+    if aside {
+        let conversation = c.open_conversation(alice, at(21))?;
+        c.send_message(conversation, "see you there", at(22))?;
+    }
+    let mut p = profile("Bob");
+    p.bio = "now with a bike".into();
+    c.set_profile(&p, at(23))?;
+    Ok(c.changes_since_for(&heads, &bob)?.changes)
+}
+
+fn decoded(w: &World, change: &SignedChange) -> Result<karmyq_core::Authentic> {
+    Ok(change.decode(w.id)?)
+}
+
+#[test]
+fn changes_travel_in_stored_order_each_naming_its_authors_previous() -> Result<()> {
+    let mut w = World::new()?;
+    let changes = bobs_request_then_profile(&mut w, true)?;
+    let docs: Vec<&str> = changes.iter().map(|c| c.envelope.doc.as_str()).collect();
+    // Stored order, not the order of document names.
+    assert!(docs[0].starts_with("request/"), "{docs:?}");
+    assert!(
+        docs[1..docs.len() - 1]
+            .iter()
+            .all(|d| d.starts_with("conversation/")),
+        "{docs:?}"
+    );
+    assert_eq!(docs.last(), Some(&"profiles"), "{docs:?}");
+    // The profile change names the request change, not the private ones
+    // written between them.
+    let request = decoded(&w, &changes[0])?;
+    let edit = decoded(&w, &changes[changes.len() - 1])?;
+    assert_eq!(
+        edit.previous,
+        Some(Link::of(&request.doc, &request.change.hash()))
+    );
+    assert!(request.previous.is_some(), "Bob wrote his profile before");
+    // His next profile edit names nothing: it depends on the last one.
+    let heads = w.alice.k.community(w.id)?.heads()?;
+    let mut p = profile("Bob");
+    p.bio = "bike sold".into();
+    w.bob.k.community(w.id)?.set_profile(&p, at(24))?;
+    let next = w.bob.k.community(w.id)?.changes_since(&heads)?.changes;
+    let next = decoded(&w, &next[next.len() - 1])?;
+    assert_eq!(next.doc, DocId::Profiles);
+    assert_eq!(next.previous, None);
+    Ok(())
+}
+
+#[test]
+fn a_newest_signature_vouches_for_the_change_it_names_in_another_document() -> Result<()> {
+    let mut w = World::new()?;
+    let mut changes = bobs_request_then_profile(&mut w, false)?;
+    assert_eq!(changes.len(), 2);
+    tamper(&mut changes[0]);
+    let Some(DocId::Request(request)) = DocId::parse(&changes[0].envelope.doc) else {
+        panic!("not a request: {}", changes[0].envelope.doc);
+    };
+    // On its own, the request change's mangled signature is refused...
+    let alone = bundle_of(w.id, vec![changes[0].clone()]);
+    assert_eq!(w.refused(&alone)?, Rejection::BadSignature);
+    // ...but Bob's signed profile change names it: both stand on a device.
+    let report = w
+        .alice
+        .k
+        .receive(&bundle_of(w.id, changes.clone()), at(30))?;
+    assert_eq!(
+        (report.accepted.len(), report.rejected.len()),
+        (2, 0),
+        "{report:?}"
+    );
+    let view = w.alice.k.community(w.id)?.request(request, at(30))?;
+    assert_eq!(view.request.draft.title, "Lift to the station");
+    // A relay stores nothing that rests on a link: there the request change
+    // stands on its own signature, and is refused.
+    let relayed = w.relay.k.receive(&bundle_of(w.id, changes), at(30))?;
+    assert_eq!(relayed.accepted.len(), 1, "{relayed:?}");
+    assert_eq!(relayed.reasons(), vec![&Rejection::BadSignature]);
+    Ok(())
+}
+
+#[test]
+fn a_bad_signature_on_the_naming_change_vouches_for_nothing() -> Result<()> {
+    let mut w = World::new()?;
+    let mut changes = bobs_request_then_profile(&mut w, false)?;
+    tamper(&mut changes[1]);
+    let report = w.alice.k.receive(&bundle_of(w.id, changes), at(30))?;
+    // The request change stands on its own signature; the profile change
+    // is refused.
+    assert_eq!(report.accepted.len(), 1, "{report:?}");
+    assert_eq!(report.reasons(), vec![&Rejection::BadSignature]);
+    Ok(())
+}
+
+#[test]
+fn naming_another_members_change_vouches_for_nothing() -> Result<()> {
+    let mut w = World::new()?;
+    let id = w.id;
+    // Mallory's new profile change, its signature mangled.
+    let heads = w.alice.k.community(id)?.heads()?;
+    let mut p = profile("Mallory");
+    p.bio = "new in town".into();
+    w.mallory.k.community(id)?.set_profile(&p, at(20))?;
+    let mut theirs = w.mallory.k.community(id)?.changes_since(&heads)?.changes;
+    assert_eq!(theirs.len(), 1);
+    tamper(&mut theirs[0]);
+    let mallorys = decoded(&w, &theirs[0])?;
+    // Bob signs a change of his own entry that names hers as his previous.
+    let mut doc = doc_from(&w.everything(Who::Bob)?, &DocId::Profiles)?;
+    let auth = w.auth_heads(Who::Bob)?;
+    let bob = Keypair::import_secret(&w.bob.k.export_secret())?;
+    let entry_of_bob = bob.member_id().to_string();
+    let link = Link::of(&DocId::Profiles, &mallorys.change.hash());
+    let linked = forge_after(id, &DocId::Profiles, &mut doc, auth, link, &bob, |tx| {
+        let (_, entry) = tx
+            .get(ROOT, entry_of_bob.as_str())?
+            .ok_or(automerge::AutomergeError::InvalidObjId("bob".into()))?;
+        tx.put(&entry, "bio", "vouching for Mallory")
+    })?;
+    let report = w
+        .alice
+        .k
+        .receive(&bundle_of(id, vec![theirs.remove(0), linked]), at(30))?;
+    assert_eq!(report.accepted.len(), 1, "{report:?}");
+    assert_eq!(report.reasons(), vec![&Rejection::BadSignature]);
+    let mallory = w.mallory.k.member_id();
+    let bio = w.alice.k.community(id)?.profile(&mallory)?.map(|p| p.bio);
+    assert_ne!(bio, Some("new in town".into()));
     Ok(())
 }

@@ -165,8 +165,9 @@ fn send(
         if to == 0 {
             // As the server takes it: decoded and signatures checked ahead,
             // in two uploads whose preparations it merges (as it does when
-            // several uploads wait for one transaction); the server checks
-            // each upload's on one thread, a device on several.
+            // several uploads wait for one transaction). One half is
+            // prepared as for a device (which checks other signatures, on
+            // several threads): a preparation changes no verdict.
             let half = part.changes.len() / 2;
             let first = Bundle {
                 changes: part.changes[..half].to_vec(),
@@ -177,7 +178,7 @@ fn send(
                 ..Bundle::new(id)
             };
             let mut prepared = karmyq_core::Prepared::new(&first);
-            prepared.absorb(karmyq_core::Prepared::on_threads(&second, 1));
+            prepared.absorb(karmyq_core::Prepared::for_relay(&second, 1));
             let relayed = relay.k.receive_prepared(&part, prepared, at(100))?;
             assert_eq!(relayed, report, "the relay differs");
         }

@@ -696,3 +696,79 @@ fn my_requests_offers_and_matches_with_statuses_at_now() -> Result<()> {
     );
     Ok(())
 }
+
+/// A catch-up received prepared (its request documents built and read
+/// ahead, on another thread, and taken over whole) leaves a device holding
+/// exactly what a plain one holds, and writing on them as usual.
+#[test]
+fn a_prepared_catch_up_holds_what_a_plain_one_holds() -> Result<()> {
+    let mut s = Street::new()?;
+    let id = s.id;
+    let sofa = s
+        .alice
+        .k
+        .community(id)?
+        .post_request(&draft("Move a sofa", Urgency::High), at(10))?;
+    let dog = s
+        .alice
+        .k
+        .community(id)?
+        .post_request(&draft("Walk my dog", Urgency::Low), at(10))?;
+    s.sync_all(11)?;
+    let offer = s
+        .bob
+        .k
+        .community(id)?
+        .offer_help(sofa, "On my way", at(12))?;
+    s.carol
+        .k
+        .community(id)?
+        .offer_help(sofa, "Me too", at(12))?;
+    let carols = s
+        .carol
+        .k
+        .community(id)?
+        .offer_help(dog, "Happy to", at(12))?;
+    s.sync_all(13)?;
+    s.alice.k.community(id)?.accept_offer(sofa, offer, at(14))?;
+    s.sync_all(15)?;
+    let all = s.alice.k.community(id)?.changes_since(&Heads::empty())?;
+
+    let mut plain = Device::restored(&s.carol)?;
+    let mut ahead = Device::restored(&s.carol)?;
+    let report = plain.k.receive(&all, at(20))?;
+    assert!(
+        report.rejected.is_empty() && report.pending.is_empty(),
+        "{report:?}"
+    );
+    let prepared = karmyq_core::Prepared::new(&all);
+    assert_eq!(ahead.k.receive_prepared(&all, prepared, at(20))?, report);
+    for d in [&mut plain, &mut ahead] {
+        // Carol's phone writes to a document it took whole.
+        d.k.community(id)?.withdraw_offer(dog, carols, at(21))?;
+    }
+    // The same phone, the same clock: the same change, byte for byte.
+    assert_eq!(
+        plain.k.community(id)?.heads()?,
+        ahead.k.community(id)?.heads()?
+    );
+    for req in [sofa, dog] {
+        let (pv, av) = (
+            plain.k.community(id)?.request(req, at(22))?,
+            ahead.k.community(id)?.request(req, at(22))?,
+        );
+        assert_eq!(pv, av);
+    }
+    // Alice takes the prepared phone's withdrawal.
+    let heads = s.alice.k.community(id)?.heads()?;
+    let news = ahead.k.community(id)?.changes_since(&heads)?;
+    let taken = s.alice.k.receive(&news, at(23))?;
+    assert_eq!(
+        (taken.accepted.len(), taken.rejected.len()),
+        (1, 0),
+        "{taken:?}"
+    );
+    let view = s.alice.k.community(id)?.request(dog, at(24))?;
+    assert_eq!(view.offers[0].1, OfferStatus::Withdrawn);
+    Ok(())
+}

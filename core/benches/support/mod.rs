@@ -4,11 +4,13 @@
 #![allow(dead_code)]
 
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{Automerge, ObjType, ROOT, ReadDoc};
+use automerge::{Automerge, ChangeHash, ObjType, ROOT, ReadDoc};
 use karmyq_core::{
-    Bundle, CommunityId, DocId, Karmyq, Keypair, Norm, Op, OpBody, OpHash, Profile, Settings,
-    SettingsPatch, SignedChange, SignedOp, Timestamp, Visibility, actor_of, auth_message,
+    Bundle, CommunityId, DocId, Karmyq, Keypair, Link, MemberId, Norm, Op, OpBody, OpHash, Profile,
+    Settings, SettingsPatch, SignedChange, SignedOp, Timestamp, Visibility, actor_of, auth_message,
 };
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -169,10 +171,16 @@ pub fn profile_version(flip: bool) -> Profile {
     }
 }
 
+/// Each crafted member's latest change in a public document of a
+/// community: what their device remembers, and names in its next change.
+static PREVIOUS: Mutex<BTreeMap<(CommunityId, MemberId), (DocId, ChangeHash)>> =
+    Mutex::new(BTreeMap::new());
+
 /// Commits `edit` to `doc` as `kp`'s device would (their actor, a commit
-/// message citing `auth_heads`, the change's time `now`) and signs it for
-/// document `doc_id`; returns the signed change and what `edit` returned.
-/// Lets a bench craft changes by many members without a device each.
+/// message citing `auth_heads` and their previous change in a public
+/// document, the change's time `now`) and signs it for document `doc_id`;
+/// returns the signed change and what `edit` returned. Lets a bench craft
+/// changes by many members without a device each.
 pub fn signed_change<T>(
     id: CommunityId,
     doc_id: &DocId,
@@ -185,14 +193,23 @@ pub fn signed_change<T>(
     doc.set_actor(actor_of(&kp.member_id()));
     let mut tx = doc.transaction();
     let out = edit(&mut tx);
+    let mut chains = PREVIOUS.lock().unwrap_or_else(PoisonError::into_inner);
+    let key = (id, kp.member_id());
+    // As a device: a link only to a change in another document.
+    let link = chains
+        .get(&key)
+        .filter(|(doc, _)| doc != doc_id)
+        .map(|(doc, hash)| Link::of(doc, hash));
     let (hash, _) = tx.commit_with(
         CommitOptions::default()
-            .with_message(auth_message(auth_heads))
+            .with_message(auth_message(auth_heads, link))
             .with_time(now.as_millis()),
     );
-    let mut change = doc
-        .get_change_by_hash(&hash.expect("a change"))
-        .expect("committed change");
+    let hash = hash.expect("a change");
+    if !doc_id.is_private() {
+        chains.insert(key, (doc_id.clone(), hash));
+    }
+    let mut change = doc.get_change_by_hash(&hash).expect("committed change");
     (SignedChange::sign(id, doc_id, &mut change, kp), out)
 }
 

@@ -4,16 +4,15 @@
 
 use std::collections::{HashMap, HashSet};
 
-use automerge::{ChangeHash, ReadDoc};
+use automerge::{Automerge, ChangeHash, ReadDoc};
 use rusqlite::{Transaction, params};
 
 use super::persist::{Loaded, load_doc_tx};
 use crate::authority::{AuthorityLog, OpHash, Resolved};
 use crate::bundle::{Item, Report};
 use crate::codec;
-use crate::docs::{Authentic, DocId, SignedChange};
+use crate::docs::{Authentic, DocId, Link, RequestView, SignedChange};
 use crate::error::{Rejection, Result};
-use crate::identity::MemberId;
 
 pub(super) fn item_of(signed: &SignedChange) -> Item {
     Item::Change {
@@ -64,53 +63,119 @@ impl Judge<'_> {
     }
 }
 
-/// The batch's changes by document and author, newest first, and an index
-/// of them by hash.
-#[allow(clippy::type_complexity)]
-fn groups(
-    changes: &[Authentic],
-) -> (
-    Vec<((&DocId, MemberId), Vec<usize>)>,
-    HashMap<(&DocId, [u8; 32]), usize>,
-) {
-    let mut by_hash: HashMap<(&DocId, [u8; 32]), usize> = HashMap::new();
-    let mut groups: HashMap<(&DocId, MemberId), Vec<usize>> = HashMap::new();
-    for (i, c) in changes.iter().enumerate() {
-        by_hash.insert((&c.doc, c.change.hash().0), i);
-        groups.entry((&c.doc, c.author())).or_default().push(i);
-    }
-    let mut groups: Vec<_> = groups.into_iter().collect();
-    for (_, members) in &mut groups {
-        members.sort_by_key(|&i| std::cmp::Reverse(changes[i].change.seq()));
-    }
-    (groups, by_hash)
+/// Which changes of a batch vouch for which: a change's parents are its
+/// dependencies in its document and its author's previous change
+/// (its [`Link`]), those in the batch; a verified signature
+/// vouches for every change by the same author that it reaches.
+struct Graph {
+    /// `deps[starts[i]..starts[i + 1]]`: change `i`'s dependencies.
+    starts: Vec<usize>,
+    deps: Vec<usize>,
+    /// The change `i` names as its author's previous, if it is here (the
+    /// walk in [`Graph::vouched_by`] vouches only for the author's own).
+    previous: Vec<Option<usize>>,
+    /// Every change after all that reach it: newest first.
+    newest_first: Vec<usize>,
 }
 
-/// The changes by `author` in `doc` that `tip` descends from, within the
-/// batch.
-fn vouched_by(
-    changes: &[Authentic],
-    tip: usize,
-    doc: &DocId,
-    author: MemberId,
-    by_hash: &HashMap<(&DocId, [u8; 32]), usize>,
-) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut stack: Vec<ChangeHash> = changes[tip].change.deps().to_vec();
-    let mut walked = HashSet::new();
-    while let Some(h) = stack.pop() {
-        let Some(&j) = by_hash.get(&(doc, h.0)) else {
-            continue;
+impl Graph {
+    /// The graph of `changes`, with their links if `links`.
+    fn new(changes: &[Authentic], links: bool) -> Self {
+        let mut by_hash: HashMap<(&DocId, [u8; 32]), usize> = HashMap::new();
+        for (i, c) in changes.iter().enumerate() {
+            by_hash.insert((&c.doc, c.change.hash().0), i);
+        }
+        let mut by_link: HashMap<Link, usize> = HashMap::new();
+        if links && changes.iter().any(|c| c.previous.is_some()) {
+            for (i, c) in changes.iter().enumerate() {
+                by_link.insert(Link::of(&c.doc, &c.change.hash()), i);
+            }
+        }
+        let mut starts = Vec::with_capacity(changes.len() + 1);
+        let mut deps = Vec::new();
+        let mut previous = Vec::with_capacity(changes.len());
+        for c in changes {
+            starts.push(deps.len());
+            deps.extend(
+                c.change
+                    .deps()
+                    .iter()
+                    .filter_map(|d| by_hash.get(&(&c.doc, d.0)).copied()),
+            );
+            previous.push(c.previous.and_then(|link| by_link.get(&link).copied()));
+        }
+        starts.push(deps.len());
+        let mut graph = Graph {
+            starts,
+            deps,
+            previous,
+            newest_first: Vec::new(),
         };
-        if !walked.insert(j) {
-            continue;
-        }
-        if changes[j].author() == author {
-            out.push(j);
-        }
-        stack.extend(changes[j].change.deps().iter().copied());
+        graph.newest_first = graph.order();
+        graph
     }
-    out
+
+    fn parents(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        self.deps[self.starts[i]..self.starts[i + 1]]
+            .iter()
+            .copied()
+            .chain(self.previous[i])
+    }
+
+    /// Depth first over parents, each change after its parents, reversed.
+    fn order(&self) -> Vec<usize> {
+        let n = self.previous.len();
+        let mut seen = vec![false; n];
+        let mut order = Vec::with_capacity(n);
+        let mut stack: Vec<(usize, bool)> = Vec::new();
+        for root in 0..n {
+            stack.push((root, false));
+            while let Some((i, parents_done)) = stack.pop() {
+                if parents_done {
+                    order.push(i);
+                    continue;
+                }
+                if std::mem::replace(&mut seen[i], true) {
+                    continue;
+                }
+                stack.push((i, true));
+                stack.extend(self.parents(i).filter(|&p| !seen[p]).map(|p| (p, false)));
+            }
+        }
+        order.reverse();
+        order
+    }
+
+    /// The changes by `tip`'s author that `tip` reaches, through
+    /// dependencies (anyone's) and previous changes (the author's), except
+    /// `covered` ones and what they reach: those were vouched for by a
+    /// change that reaches them, newer than `tip`.
+    fn vouched_by(
+        &self,
+        changes: &[Authentic],
+        tip: usize,
+        covered: impl Fn(usize) -> bool,
+    ) -> Vec<usize> {
+        let author = changes[tip].author();
+        let mut out = Vec::new();
+        let mut walked = HashSet::new();
+        let mut stack: Vec<usize> = self.parents(tip).collect();
+        while let Some(j) = stack.pop() {
+            if !walked.insert(j) {
+                continue;
+            }
+            if changes[j].author() == author {
+                if covered(j) {
+                    continue;
+                }
+                out.push(j);
+                stack.extend(self.parents(j));
+            } else {
+                stack.extend(&self.deps[self.starts[j]..self.starts[j + 1]]);
+            }
+        }
+        out
+    }
 }
 
 /// Whether a change is already stored.
@@ -156,27 +221,65 @@ pub(super) struct Batch {
     applied: HashSet<usize>,
     /// Signatures checked before the batch was made ([`Prepared`]).
     known: HashMap<usize, std::result::Result<(), Rejection>>,
+    /// Request views read before the batch was made ([`Prepared`]).
+    views: HashMap<usize, RequestView>,
+    /// Request documents built before the batch was made ([`Prepared`]).
+    built: HashMap<DocId, Built>,
+    /// Whether a signature vouches across documents, for the change its
+    /// change names as its author's previous ([`Link`]): on a device, not
+    /// on a relay (see [`Batch::for_device`]).
+    links: bool,
 }
 
-/// A bundle's changes decoded, and the signatures a replica will check
-/// (each author's newest in each document) checked, ahead of
+/// A request document built from one bundle's changes alone: those whose
+/// whole past is in the bundle, in dependency order.
+#[derive(Debug)]
+pub(super) struct Built {
+    doc: Automerge,
+    hashes: HashSet<[u8; 32]>,
+}
+
+/// A change prepared ahead: decoded, its signature checked if it is one a
+/// replica checks, and its request view read if the bundle holds its past.
+#[derive(Debug)]
+struct Ready {
+    change: Authentic,
+    checked: Checked,
+    view: Option<RequestView>,
+}
+
+/// A bundle's changes decoded, the signatures a replica will check (each
+/// author's newest in each document) checked, and each request document
+/// built from the changes whose whole past the bundle holds, with the view
+/// each of them is judged on ([`Authentic::request_view`]), ahead of
 /// [`crate::Karmyq::receive_prepared`] and on another thread: the part of
 /// receiving that needs no replica state. A change is taken from it only
 /// if it is byte for byte the change received, decoded for the same
-/// community; anything else is decoded and checked as usual, so a
-/// `Prepared` changes no verdict, only where the work is done.
+/// community, and a built document only if it holds exactly the changes a
+/// replica applies to an empty one; anything else is decoded, checked and
+/// read as usual, so a `Prepared` changes no verdict, only where the work
+/// is done.
 #[derive(Debug, Default)]
 pub struct Prepared {
     community: Option<crate::authority::CommunityId>,
-    changes: HashMap<[u8; 32], (Authentic, Checked)>,
+    changes: HashMap<[u8; 32], Ready>,
+    docs: HashMap<DocId, Built>,
 }
 
 impl Prepared {
-    /// Decodes `bundle`'s changes and checks their newest signatures, on
-    /// every core but one: the replica that will take them is meanwhile
-    /// applying earlier bundles on a core of its own.
+    /// Decodes `bundle`'s changes and checks the signatures a device will
+    /// check, on every core but one: the replica that will take them is
+    /// meanwhile applying earlier bundles on a core of its own.
     pub fn new(bundle: &crate::bundle::Bundle) -> Self {
-        Self::on_threads(bundle, Self::spare_cores())
+        Self::on(bundle, Self::spare_cores(), true)
+    }
+
+    /// The same for a relay's replica ([`crate::Karmyq::open_relay`]),
+    /// which checks more signatures (see `Batch::for_device`), on at most
+    /// `threads` threads (at least one): for a server that prepares several
+    /// uploads at once, each on one thread.
+    pub fn for_relay(bundle: &crate::bundle::Bundle, threads: usize) -> Self {
+        Self::on(bundle, threads, false)
     }
 
     /// The cores of this machine but one (at least one): those that can
@@ -185,25 +288,39 @@ impl Prepared {
         cores().saturating_sub(1).max(1)
     }
 
-    /// The same on at most `threads` threads (at least one): for a caller
-    /// that prepares several bundles at once, each on one thread.
-    pub fn on_threads(bundle: &crate::bundle::Bundle, threads: usize) -> Self {
-        let mut batch = Batch::default();
+    fn on(bundle: &crate::bundle::Bundle, threads: usize, device: bool) -> Self {
+        let mut batch = Batch::for_device(device);
         for signed in &bundle.changes {
             if let Ok(change) = signed.decode(bundle.community) {
                 batch.push(change, item_of(signed), true);
             }
         }
         let mut checked = batch.check_tips(0, threads);
+        // A relay's store thread shares its cores with the preparing and
+        // with every connection: building documents twice costs it more
+        // than it saves (the ingest bench: ~10% fewer changes a second).
+        let (mut views, docs) = if device {
+            build_requests(&batch.changes)
+        } else {
+            Default::default()
+        };
         let changes = batch
             .changes
             .into_iter()
             .enumerate()
-            .map(|(i, c)| (c.signed.envelope.change_hash, (c, checked.remove(&i))))
+            .map(|(i, change)| {
+                let ready = Ready {
+                    change,
+                    checked: checked.remove(&i),
+                    view: views.remove(&i),
+                };
+                (ready.change.signed.envelope.change_hash, ready)
+            })
             .collect();
         Prepared {
             community: Some(bundle.community),
             changes,
+            docs,
         }
     }
 
@@ -216,37 +333,144 @@ impl Prepared {
         }
         if self.community == other.community {
             self.changes.extend(other.changes);
+            for (doc, built) in other.docs {
+                // Two parts of one document: neither is the whole.
+                if self.docs.remove(&doc).is_some() {
+                    continue;
+                }
+                self.docs.insert(doc, built);
+            }
         }
     }
 
-    /// The decoded change and its checked signature, if this is the change
-    /// prepared.
-    pub(super) fn take(
+    /// Moves what was prepared for `signed` into `batch`, or decodes it
+    /// there if this is not the change prepared (if that fails, the item
+    /// and why).
+    pub(super) fn take_into(
         &mut self,
         community: crate::authority::CommunityId,
         signed: &SignedChange,
-    ) -> Option<(Authentic, Checked)> {
-        if self.community != Some(community) {
-            return None;
+        item: Item,
+        fresh: bool,
+        batch: &mut Batch,
+    ) -> std::result::Result<(), (Item, Rejection)> {
+        let ready = (self.community == Some(community))
+            .then(|| self.changes.remove(&signed.envelope.change_hash))
+            .flatten()
+            .filter(|ready| ready.change.signed == *signed);
+        let Some(ready) = ready else {
+            match signed.decode(community) {
+                Ok(change) => batch.push(change, item, fresh),
+                Err(reason) => return Err((item, reason)),
+            }
+            return Ok(());
+        };
+        let i = batch.changes.len();
+        if let Some(checked) = ready.checked {
+            batch.known.insert(i, checked);
         }
-        let (change, checked) = self.changes.remove(&signed.envelope.change_hash)?;
-        (change.signed == *signed).then_some((change, checked))
+        if let Some(view) = ready.view {
+            batch.views.insert(i, view);
+        }
+        batch.push(ready.change, item, fresh);
+        Ok(())
+    }
+
+    /// Hands the documents built for `community` to `batch`.
+    pub(super) fn take_docs(
+        &mut self,
+        community: crate::authority::CommunityId,
+        batch: &mut Batch,
+    ) {
+        if self.community == Some(community) {
+            batch.built = std::mem::take(&mut self.docs);
+        }
     }
 }
 
-impl Batch {
-    /// Adds a change whose signature was checked already (`Some`).
-    pub(super) fn push_checked(
-        &mut self,
-        change: Authentic,
-        item: Item,
-        fresh: bool,
-        checked: Checked,
-    ) {
-        if let Some(checked) = checked {
-            self.known.insert(self.changes.len(), checked);
+/// Of `candidates` (changes to one document), those whose dependencies are
+/// each `present` or among those taken before them, in that order.
+fn in_order(
+    changes: &[Authentic],
+    candidates: &[usize],
+    present: impl Fn(&ChangeHash) -> bool,
+) -> Vec<usize> {
+    let mut taken: Vec<usize> = Vec::new();
+    let mut hashes: HashSet<[u8; 32]> = HashSet::new();
+    loop {
+        let before = taken.len();
+        for &i in candidates {
+            let change = &changes[i].change;
+            if hashes.contains(&change.hash().0) {
+                continue;
+            }
+            if change
+                .deps()
+                .iter()
+                .all(|d| hashes.contains(&d.0) || present(d))
+            {
+                hashes.insert(change.hash().0);
+                taken.push(i);
+            }
         }
-        self.push(change, item, fresh);
+        if taken.len() == before {
+            return taken;
+        }
+    }
+}
+
+/// Builds each request document of `changes` from those whose whole past is
+/// among them, and reads their views there.
+fn build_requests(changes: &[Authentic]) -> (HashMap<usize, RequestView>, HashMap<DocId, Built>) {
+    let mut by_doc: HashMap<&DocId, Vec<usize>> = HashMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        if matches!(c.doc, DocId::Request(_)) {
+            by_doc.entry(&c.doc).or_default().push(i);
+        }
+    }
+    let mut views = HashMap::new();
+    let mut docs = HashMap::new();
+    for (doc_id, candidates) in by_doc {
+        let DocId::Request(id) = doc_id else {
+            continue;
+        };
+        let taken = in_order(changes, &candidates, |_| false);
+        if taken.is_empty() {
+            continue;
+        }
+        let mut doc = Automerge::new();
+        if doc
+            .apply_changes(taken.iter().map(|&i| changes[i].change.clone()))
+            .is_err()
+        {
+            continue;
+        }
+        for &i in &taken {
+            views.insert(i, changes[i].request_view(*id, &doc));
+        }
+        let hashes = taken.iter().map(|&i| changes[i].change.hash().0).collect();
+        docs.insert(doc_id.clone(), Built { doc, hashes });
+    }
+    (views, docs)
+}
+
+impl Batch {
+    /// A batch for a device, or (`!device`) for a relay's replica.
+    ///
+    /// A link is not an Automerge dependency: a replica can hold the
+    /// naming change without the named one. A relay therefore lets nothing
+    /// it stores rest on a link (each author's newest change in each
+    /// document is checked, as without links): were it to store a change
+    /// with a bad signature that a link vouched for, a device that received
+    /// the two in different bundles would refuse that change for good. So
+    /// what a relay sends judges the same on every device, however the
+    /// device's batches fall, and devices follow links to check fewer
+    /// signatures.
+    pub(super) fn for_device(device: bool) -> Self {
+        Batch {
+            links: device,
+            ..Batch::default()
+        }
     }
 
     pub(super) fn push(&mut self, change: Authentic, item: Item, fresh: bool) {
@@ -265,41 +489,36 @@ impl Batch {
         at_least: usize,
         threads: usize,
     ) -> HashMap<usize, std::result::Result<(), Rejection>> {
-        let (groups, by_hash) = groups(&self.changes);
-        self.tips_if_all_hold(&groups, &by_hash, at_least, threads)
+        self.tips_if_all_hold(&Graph::new(&self.changes, self.links), at_least, threads)
     }
 
-    /// Signatures: each author's newest change in a document is verified;
-    /// the older ones it descends from are vouched for by it.
+    /// Signatures: each change no newer change by its author vouches for is
+    /// verified, newest first; those it reaches are vouched for by it.
     fn vouch(&mut self) {
-        let (groups, by_hash) = groups(&self.changes);
-        // The signatures this will check if they all hold (each group's
-        // newest, and nothing it vouches for), checked at once on every
-        // core; a failure below checks the others it then needs one by one.
-        let mut checked = self.tips_if_all_hold(&groups, &by_hash, PARALLEL_VERIFY, cores());
+        let graph = Graph::new(&self.changes, self.links);
+        // The signatures this will check if they all hold, checked at once
+        // on every core; a failure below checks the others it then needs
+        // one by one.
+        let mut checked = self.tips_if_all_hold(&graph, PARALLEL_VERIFY, cores());
         checked.extend(self.known.drain());
-        let mut trust = std::mem::take(&mut self.trust);
-        for ((doc, author), members) in groups {
-            for tip in members {
-                if trust[tip] != Trust::Unknown || self.verdicts[tip] != Verdict::Undecided {
-                    continue;
-                }
-                let verified = checked
-                    .remove(&tip)
-                    .unwrap_or_else(|| self.changes[tip].verify_signature());
-                if let Err(reason) = verified {
-                    self.verdicts[tip] = Verdict::Rejected(reason);
-                    continue;
-                }
-                trust[tip] = Trust::Verified;
-                for j in vouched_by(&self.changes, tip, doc, author, &by_hash) {
-                    if trust[j] == Trust::Unknown {
-                        trust[j] = Trust::Vouched(tip);
-                    }
-                }
+        for &tip in &graph.newest_first {
+            if self.trust[tip] != Trust::Unknown || self.verdicts[tip] != Verdict::Undecided {
+                continue;
+            }
+            let verified = checked
+                .remove(&tip)
+                .unwrap_or_else(|| self.changes[tip].verify_signature());
+            if let Err(reason) = verified {
+                self.verdicts[tip] = Verdict::Rejected(reason);
+                continue;
+            }
+            self.trust[tip] = Trust::Verified;
+            let trust = &self.trust;
+            let vouched = graph.vouched_by(&self.changes, tip, |j| trust[j] != Trust::Unknown);
+            for j in vouched {
+                self.trust[j] = Trust::Vouched(tip);
             }
         }
-        self.trust = trust;
     }
 
     /// Verifies, on up to `threads` threads (at most
@@ -307,27 +526,22 @@ impl Batch {
     /// every one of them holds.
     fn tips_if_all_hold(
         &self,
-        groups: &[((&DocId, MemberId), Vec<usize>)],
-        by_hash: &HashMap<(&DocId, [u8; 32]), usize>,
+        graph: &Graph,
         at_least: usize,
         threads: usize,
     ) -> HashMap<usize, std::result::Result<(), Rejection>> {
         let mut tips = Vec::new();
-        let mut covered = vec![false; self.changes.len()];
-        for ((doc, author), members) in groups {
-            for &tip in members {
-                if covered[tip] || self.trust[tip] != Trust::Unknown {
-                    continue;
-                }
-                if self.verdicts[tip] != Verdict::Undecided {
-                    continue;
-                }
-                if !self.known.contains_key(&tip) {
-                    tips.push(tip);
-                }
-                for j in vouched_by(&self.changes, tip, doc, *author, by_hash) {
-                    covered[j] = true;
-                }
+        let mut covered: Vec<bool> = self.trust.iter().map(|t| *t != Trust::Unknown).collect();
+        for &tip in &graph.newest_first {
+            if covered[tip] || self.verdicts[tip] != Verdict::Undecided {
+                continue;
+            }
+            if !self.known.contains_key(&tip) {
+                tips.push(tip);
+            }
+            covered[tip] = true;
+            for j in graph.vouched_by(&self.changes, tip, |j| covered[j]) {
+                covered[j] = true;
             }
         }
         if tips.len() < at_least {
@@ -461,7 +675,8 @@ impl Batch {
                     }
                 }
                 let change = &self.changes[i];
-                if let Err(reason) = change.authorize(at, &loaded.doc) {
+                let view = self.views.remove(&i);
+                if let Err(reason) = change.authorize_seen(at, &loaded.doc, view) {
                     self.verdicts[i] = Verdict::Rejected(reason);
                     continue;
                 }
@@ -503,7 +718,7 @@ impl Batch {
     /// document at each change's dependencies, so what else it holds does
     /// not change a verdict. Returns the changes applied, per document.
     fn apply_ahead(
-        &self,
+        &mut self,
         tx: &Transaction<'_>,
         docs: &mut HashMap<DocId, Loaded>,
         actor: &automerge::ActorId,
@@ -520,30 +735,24 @@ impl Batch {
                 continue;
             }
             let loaded = load_doc_tx(tx, docs, doc_id, actor)?;
-            // Those whose dependencies are in the document or taken.
-            let mut taken: Vec<usize> = Vec::new();
-            let mut hashes: HashSet<[u8; 32]> = HashSet::new();
-            loop {
-                let before = taken.len();
-                for &i in &candidates {
-                    let change = &self.changes[i].change;
-                    if hashes.contains(&change.hash().0) {
-                        continue;
-                    }
-                    let ready = change.deps().iter().all(|d| {
-                        hashes.contains(&d.0) || loaded.doc.get_change_by_hash(d).is_some()
-                    });
-                    if ready {
-                        hashes.insert(change.hash().0);
-                        taken.push(i);
-                    }
-                }
-                if taken.len() == before {
-                    break;
-                }
-            }
+            let taken = in_order(&self.changes, &candidates, |d| {
+                loaded.doc.get_change_by_hash(d).is_some()
+            });
             if taken.len() < 2 {
                 continue;
+            }
+            // A new document that is exactly what was built ahead: taken.
+            if let Some(built) = self.built.remove(doc_id) {
+                let same = built.hashes.len() == taken.len()
+                    && taken
+                        .iter()
+                        .all(|&i| built.hashes.contains(&self.changes[i].change.hash().0));
+                if same && loaded.doc.get_heads().is_empty() {
+                    loaded.doc = built.doc;
+                    loaded.doc.set_actor(actor.clone());
+                    ahead.insert(doc_id.clone(), taken);
+                    continue;
+                }
             }
             let applied = loaded
                 .doc

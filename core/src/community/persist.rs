@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use automerge::Automerge;
+use automerge::{Automerge, ChangeHash};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::authority::{AuthorityLog, CommunityId, OpHash, SignedOp};
@@ -59,6 +59,41 @@ pub(super) fn save_heads(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge) 
          ON CONFLICT (doc_id) DO UPDATE SET heads = excluded.heads",
     )?
     .execute(params![doc_id.name(), heads])?;
+    Ok(())
+}
+
+/// This device's latest change in a public document: what its next change
+/// in another document names as its author's previous (by its [`Link`]).
+/// A value that does not read (a damaged file) is left unnamed, and the
+/// next write replaces it: a link only lets later signatures vouch for
+/// earlier changes.
+pub(super) fn load_previous(db: &Db) -> Result<Option<(DocId, ChangeHash)>> {
+    let value: Option<Vec<u8>> = db
+        .conn()
+        .prepare_cached("SELECT value FROM meta WHERE key = 'previous'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let previous = value.split_at_checked(32).and_then(|(hash, name)| {
+        let doc = DocId::parse_stored(std::str::from_utf8(name).ok()?)?;
+        Some((doc, ChangeHash(hash.try_into().ok()?)))
+    });
+    if previous.is_none() {
+        tracing::warn!("unreadable previous change in meta; the next change names none");
+    }
+    Ok(previous)
+}
+
+/// Records this device's latest change in a public document.
+pub(super) fn save_previous(tx: &Transaction<'_>, doc: &DocId, hash: &ChangeHash) -> Result<()> {
+    let value = [hash.0.as_slice(), doc.name().as_bytes()].concat();
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('previous', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([value])?;
     Ok(())
 }
 
