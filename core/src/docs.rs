@@ -294,9 +294,14 @@ impl SignedChange {
     }
 }
 
-/// What a request change's rules read: the request at the change's
-/// dependencies (`None` if not created there), or why it cannot be read.
-pub(crate) type RequestView = std::result::Result<Option<RequestState>, Rejection>;
+/// A request change judged by the request rules ahead of authorizing it
+/// ([`Authentic::judge_request`]): the verdict for an author who is a
+/// member, and for one who moderates (the rules differ only there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RequestVerdicts {
+    member: std::result::Result<(), Rejection>,
+    moderator: std::result::Result<(), Rejection>,
+}
 
 /// A decoded change whose hash and actor hold; not yet authorized.
 #[derive(Debug, Clone)]
@@ -341,26 +346,50 @@ impl Authentic {
         self.authorize_seen(at, doc, None)
     }
 
-    /// The request as this change's author saw it: `doc` (which holds the
-    /// change's dependencies) read at them; `None` if the request was not
-    /// created there. It depends only on the change's past, so it reads the
-    /// same from any document that holds that past.
-    pub(crate) fn request_view(&self, id: RequestId, doc: &Automerge) -> RequestView {
+    /// Judges this change (in request `id`) by the request rules, on the
+    /// request as its author saw it: `doc` (which holds the change's
+    /// dependencies) read at them. That depends only on the change's past,
+    /// so any document holding that past gives the same verdicts.
+    pub(crate) fn judge_request(&self, id: &RequestId, doc: &Automerge) -> RequestVerdicts {
         let deps = self.change.deps();
-        if deps.is_empty() {
-            return Ok(None);
+        let seen = if deps.is_empty() {
+            Ok(None)
+        } else {
+            RequestState::read(doc, *id, Some(deps)).map_err(|_| Rejection::Malformed)
+        };
+        let Ok(seen) = seen else {
+            return RequestVerdicts {
+                member: Err(Rejection::Malformed),
+                moderator: Err(Rejection::Malformed),
+            };
+        };
+        let change = self.change.decode();
+        let time = Timestamp::from_millis(self.change.timestamp());
+        let judge = |role| {
+            request::check_change(
+                &self.signed.envelope.community,
+                id,
+                &self.author(),
+                role,
+                &change,
+                seen.as_ref(),
+                time,
+            )
+        };
+        RequestVerdicts {
+            member: judge(Role::Member),
+            moderator: judge(Role::Moderator),
         }
-        RequestState::read(doc, id, Some(deps)).map_err(|_| Rejection::Malformed)
     }
 
-    /// [`Authentic::authorize`], given the change's request view if it was
-    /// read ahead ([`Authentic::request_view`], on another document holding
-    /// the same past).
+    /// [`Authentic::authorize`], given the request rules' verdicts if they
+    /// were judged ahead ([`Authentic::judge_request`], on another document
+    /// holding the same past).
     pub(crate) fn authorize_seen(
         &self,
         at: &Resolved,
         doc: &Automerge,
-        view: Option<RequestView>,
+        judged: Option<RequestVerdicts>,
     ) -> std::result::Result<(), Rejection> {
         let author = self.author();
         let Some(role) = at.role(&author) else {
@@ -372,22 +401,12 @@ impl Authentic {
         };
         let needed = match &self.doc {
             DocId::Request(id) => {
-                // Judged on the request as the author saw it: the document
-                // at the change's dependencies (which the caller holds).
-                let seen = match view {
-                    Some(view) => view?,
-                    None => self.request_view(*id, doc)?,
-                };
-                let time = Timestamp::from_millis(self.change.timestamp());
-                request::check_change(
-                    &self.signed.envelope.community,
-                    id,
-                    &author,
-                    role,
-                    &self.change.decode(),
-                    seen.as_ref(),
-                    time,
-                )?;
+                let verdicts = judged.unwrap_or_else(|| self.judge_request(id, doc));
+                if role >= Role::Moderator {
+                    verdicts.moderator?;
+                } else {
+                    verdicts.member?;
+                }
                 Role::Member
             }
             DocId::Report(id) => {

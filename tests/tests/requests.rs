@@ -731,7 +731,18 @@ fn a_prepared_catch_up_holds_what_a_plain_one_holds() -> Result<()> {
         .offer_help(dog, "Happy to", at(12))?;
     s.sync_all(13)?;
     s.alice.k.community(id)?.accept_offer(sofa, offer, at(14))?;
+    // A step only a moderator may take: Alice (the founder) hides Bob's.
+    let spam = s
+        .bob
+        .k
+        .community(id)?
+        .post_request(&draft("Buy my stuff", Urgency::Low), at(14))?;
     s.sync_all(15)?;
+    s.alice
+        .k
+        .community(id)?
+        .hide_request(spam, Some("an advert"), at(16))?;
+    s.sync_all(17)?;
     let all = s.alice.k.community(id)?.changes_since(&Heads::empty())?;
 
     let mut plain = Device::restored(&s.carol)?;
@@ -741,6 +752,8 @@ fn a_prepared_catch_up_holds_what_a_plain_one_holds() -> Result<()> {
         report.rejected.is_empty() && report.pending.is_empty(),
         "{report:?}"
     );
+    let hidden = plain.k.community(id)?.request(spam, at(20))?;
+    assert_eq!(hidden.request.hidden.as_deref(), Some("an advert"));
     let prepared = karmyq_core::Prepared::new(&all);
     assert_eq!(ahead.k.receive_prepared(&all, prepared, at(20))?, report);
     for d in [&mut plain, &mut ahead] {
@@ -752,7 +765,7 @@ fn a_prepared_catch_up_holds_what_a_plain_one_holds() -> Result<()> {
         plain.k.community(id)?.heads()?,
         ahead.k.community(id)?.heads()?
     );
-    for req in [sofa, dog] {
+    for req in [sofa, dog, spam] {
         let (pv, av) = (
             plain.k.community(id)?.request(req, at(22))?,
             ahead.k.community(id)?.request(req, at(22))?,

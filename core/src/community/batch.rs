@@ -11,7 +11,7 @@ use super::persist::{Loaded, load_doc_tx};
 use crate::authority::{AuthorityLog, OpHash, Resolved};
 use crate::bundle::{Item, Report};
 use crate::codec;
-use crate::docs::{Authentic, DocId, Link, RequestView, SignedChange};
+use crate::docs::{Authentic, DocId, Link, RequestVerdicts, SignedChange};
 use crate::error::{Rejection, Result};
 
 pub(super) fn item_of(signed: &SignedChange) -> Item {
@@ -221,8 +221,9 @@ pub(super) struct Batch {
     applied: HashSet<usize>,
     /// Signatures checked before the batch was made ([`Prepared`]).
     known: HashMap<usize, std::result::Result<(), Rejection>>,
-    /// Request views read before the batch was made ([`Prepared`]).
-    views: HashMap<usize, RequestView>,
+    /// Request changes judged by the request rules before the batch was
+    /// made ([`Prepared`]).
+    judged: HashMap<usize, RequestVerdicts>,
     /// Request documents built before the batch was made ([`Prepared`]).
     built: HashMap<DocId, Built>,
     /// Whether a signature vouches across documents, for the change its
@@ -240,18 +241,19 @@ pub(super) struct Built {
 }
 
 /// A change prepared ahead: decoded, its signature checked if it is one a
-/// replica checks, and its request view read if the bundle holds its past.
+/// replica checks, and if it is a request change whose past the bundle holds,
+/// judged by the request rules.
 #[derive(Debug)]
 struct Ready {
     change: Authentic,
     checked: Checked,
-    view: Option<RequestView>,
+    judged: Option<RequestVerdicts>,
 }
 
 /// A bundle's changes decoded, the signatures a replica will check (each
 /// author's newest in each document) checked, and each request document
-/// built from the changes whose whole past the bundle holds, with the view
-/// each of them is judged on ([`Authentic::request_view`]), ahead of
+/// built from the changes whose whole past the bundle holds, and each of them
+/// judged there by the request rules ([`Authentic::judge_request`]), ahead of
 /// [`crate::Karmyq::receive_prepared`] and on another thread: the part of
 /// receiving that needs no replica state. A change is taken from it only
 /// if it is byte for byte the change received, decoded for the same
@@ -299,7 +301,7 @@ impl Prepared {
         // A relay's store thread shares its cores with the preparing and
         // with every connection: building documents twice costs it more
         // than it saves (the ingest bench: ~10% fewer changes a second).
-        let (mut views, docs) = if device {
+        let (mut judged, docs) = if device {
             build_requests(&batch.changes)
         } else {
             Default::default()
@@ -312,7 +314,7 @@ impl Prepared {
                 let ready = Ready {
                     change,
                     checked: checked.remove(&i),
-                    view: views.remove(&i),
+                    judged: judged.remove(&i),
                 };
                 (ready.change.signed.envelope.change_hash, ready)
             })
@@ -369,8 +371,8 @@ impl Prepared {
         if let Some(checked) = ready.checked {
             batch.known.insert(i, checked);
         }
-        if let Some(view) = ready.view {
-            batch.views.insert(i, view);
+        if let Some(verdicts) = ready.judged {
+            batch.judged.insert(i, verdicts);
         }
         batch.push(ready.change, item, fresh);
         Ok(())
@@ -420,15 +422,17 @@ fn in_order(
 }
 
 /// Builds each request document of `changes` from those whose whole past is
-/// among them, and reads their views there.
-fn build_requests(changes: &[Authentic]) -> (HashMap<usize, RequestView>, HashMap<DocId, Built>) {
+/// among them, and judges those changes there by the request rules.
+fn build_requests(
+    changes: &[Authentic],
+) -> (HashMap<usize, RequestVerdicts>, HashMap<DocId, Built>) {
     let mut by_doc: HashMap<&DocId, Vec<usize>> = HashMap::new();
     for (i, c) in changes.iter().enumerate() {
         if matches!(c.doc, DocId::Request(_)) {
             by_doc.entry(&c.doc).or_default().push(i);
         }
     }
-    let mut views = HashMap::new();
+    let mut judged = HashMap::new();
     let mut docs = HashMap::new();
     for (doc_id, candidates) in by_doc {
         let DocId::Request(id) = doc_id else {
@@ -446,12 +450,12 @@ fn build_requests(changes: &[Authentic]) -> (HashMap<usize, RequestView>, HashMa
             continue;
         }
         for &i in &taken {
-            views.insert(i, changes[i].request_view(*id, &doc));
+            judged.insert(i, changes[i].judge_request(id, &doc));
         }
         let hashes = taken.iter().map(|&i| changes[i].change.hash().0).collect();
         docs.insert(doc_id.clone(), Built { doc, hashes });
     }
-    (views, docs)
+    (judged, docs)
 }
 
 impl Batch {
@@ -675,8 +679,8 @@ impl Batch {
                     }
                 }
                 let change = &self.changes[i];
-                let view = self.views.remove(&i);
-                if let Err(reason) = change.authorize_seen(at, &loaded.doc, view) {
+                let judged = self.judged.remove(&i);
+                if let Err(reason) = change.authorize_seen(at, &loaded.doc, judged) {
                     self.verdicts[i] = Verdict::Rejected(reason);
                     continue;
                 }
