@@ -250,17 +250,17 @@ struct Ready {
     judged: Option<RequestVerdicts>,
 }
 
-/// A bundle's changes decoded, the signatures a replica will check (each
-/// author's newest in each document) checked, and each request document
-/// built from the changes whose whole past the bundle holds, and each of them
-/// judged there by the request rules ([`Authentic::judge_request`]), ahead of
+/// A bundle's changes decoded and the signatures the replica will check
+/// (see `Batch::vouch`) checked, ahead of
 /// [`crate::Karmyq::receive_prepared`] and on another thread: the part of
-/// receiving that needs no replica state. A change is taken from it only
-/// if it is byte for byte the change received, decoded for the same
-/// community, and a built document only if it holds exactly the changes a
-/// replica applies to an empty one; anything else is decoded, checked and
-/// read as usual, so a `Prepared` changes no verdict, only where the work
-/// is done.
+/// receiving that needs no replica state. For a device, also each request
+/// document built from the bundle's changes whose whole past the bundle
+/// holds, and each of those changes judged there by the request rules
+/// ([`Authentic::judge_request`]). A change is taken from it only if it is
+/// byte for byte the change received, decoded for the same community, and
+/// a built document only if it holds exactly the changes the replica
+/// applies to an empty one; anything else is decoded, checked and judged as
+/// usual, so a `Prepared` changes no verdict, only where the work is done.
 #[derive(Debug, Default)]
 pub struct Prepared {
     community: Option<crate::authority::CommunityId>,
