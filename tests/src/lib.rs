@@ -11,6 +11,13 @@ use karmyq_core::{
 };
 use tempfile::TempDir;
 
+/// A client restored from a member's `secret` in a new temp dir: a new
+/// device of that member, holding nothing.
+fn restore_in_temp(secret: &str) -> Result<(Karmyq, TempDir)> {
+    let dir = tempfile::tempdir()?;
+    Ok((Karmyq::restore(dir.path(), secret)?, dir))
+}
+
 /// A fixed epoch for tests: 2027-01-15.
 pub const EPOCH: i64 = 1_800_000_000_000;
 
@@ -51,8 +58,7 @@ impl Device {
     /// A new device of `of`'s member, restored from their secret, holding
     /// nothing.
     pub fn restored(of: &Device) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let k = Karmyq::restore(dir.path(), &of.k.export_secret())?;
+        let (k, dir) = restore_in_temp(&of.k.export_secret())?;
         Ok(Device { k, dir })
     }
 
@@ -687,11 +693,8 @@ pub mod net {
     /// nothing.
     pub fn phone_of(node: &Node) -> TestResult<Node> {
         let secret = node.with(|k| Ok(k.export_secret()))?;
-        let dir = tempfile::tempdir()?;
-        Ok(Node::from_client(
-            Karmyq::restore(dir.path(), &secret)?,
-            dir,
-        ))
+        let (k, dir) = super::restore_in_temp(&secret)?;
+        Ok(Node::from_client(k, dir))
     }
 
     /// `node` receives `invite` (what it got of community `id` by hand),

@@ -210,17 +210,28 @@ fn a_long_offline_backlog_goes_up_and_down_in_pieces_that_fit() -> TestResult {
         reason: "frame_too_large".into()
     }));
     // A phone restored from nothing catches it all up, in pieces too.
-    let mut phone = phone_of(&alice)?;
-    phone.go_online(&server, id)?;
-    wait_until(
-        "the phone holds everything",
-        || Ok(phone.heads(id)? == want),
-    )?;
+    let _phone = caught_up_phone(&alice, &server, id, &want)?;
     for code in ["frame_too_large", "too_many_changes"] {
         let series = format!("karmyq_frames_refused_total{{code=\"{code}\"}}");
         assert_eq!(server.metric(&series)?, 0, "{code}");
     }
     Ok(())
+}
+
+/// A new phone of `of`'s member, restored from nothing, online until it
+/// holds `want`.
+fn caught_up_phone(
+    of: &Node,
+    server: &TestServer,
+    id: CommunityId,
+    want: &Heads,
+) -> TestResult<Node> {
+    let mut phone = phone_of(of)?;
+    phone.go_online(server, id)?;
+    wait_until("the phone holds everything", || {
+        Ok(phone.heads(id)? == *want)
+    })?;
+    Ok(phone)
 }
 
 /// A member's new phone takes the community's history in several bundles,
@@ -273,12 +284,7 @@ fn a_restored_phone_catches_up_quietly_then_hears_the_news() -> TestResult {
     };
     assert_eq!(offered(&alice)?, requests.len(), "alice's own device heard");
 
-    let mut phone = phone_of(&alice)?;
-    phone.go_online(&server, id)?;
-    wait_until(
-        "the phone holds everything",
-        || Ok(phone.heads(id)? == want),
-    )?;
+    let phone = caught_up_phone(&alice, &server, id, &want)?;
     wait_until("the phone up to date", || {
         Ok(phone.status() == Some(SyncStatus::UpToDate))
     })?;
