@@ -273,7 +273,13 @@ impl Prepared {
     /// check, on every core but one: the replica that will take them is
     /// meanwhile applying earlier bundles on a core of its own.
     pub fn new(bundle: &crate::bundle::Bundle) -> Self {
-        Self::on(bundle, Self::spare_cores(), true)
+        Self::for_device(bundle, Self::spare_cores())
+    }
+
+    /// The same on at most `threads` threads (at least one): for a device
+    /// that prepares several bundles at once, each on one thread.
+    pub fn for_device(bundle: &crate::bundle::Bundle, threads: usize) -> Self {
+        Self::on(bundle, threads, true)
     }
 
     /// The same for a relay's replica ([`crate::Karmyq::open_relay`]),
@@ -376,6 +382,30 @@ impl Prepared {
         }
         batch.push(ready.change, item, fresh);
         Ok(())
+    }
+
+    /// How many changes it prepared.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Whether it prepared every change of `bundle`.
+    #[cfg(test)]
+    pub(crate) fn holds_all(&self, bundle: &crate::bundle::Bundle) -> bool {
+        bundle
+            .changes
+            .iter()
+            .all(|c| self.changes.contains_key(&c.envelope.change_hash))
+    }
+
+    /// Whether it prepared some change of `bundle`.
+    #[cfg(test)]
+    pub(crate) fn holds_any(&self, bundle: &crate::bundle::Bundle) -> bool {
+        bundle
+            .changes
+            .iter()
+            .any(|c| self.changes.contains_key(&c.envelope.change_hash))
     }
 
     /// Hands the documents built for `community` to `batch`.

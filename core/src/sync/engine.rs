@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::authority::CommunityId;
@@ -191,10 +191,23 @@ const MERGE_ITEMS: usize = 16_384;
 /// not held in memory at once.
 const READ_AHEAD_ITEMS: usize = 2 * MERGE_ITEMS;
 
+/// Most items in a bundle handed to the [`Preparer`]: a frame from the
+/// server is cut into pieces of this size, so that the first piece is
+/// applied while the rest are still being prepared, and the last piece
+/// applied after the preparing ends is short. Pieces already prepared are
+/// applied together again (up to [`MERGE_ITEMS`]).
+const PIECE_ITEMS: usize = 2_000;
+
+/// Most threads that prepare bundles at once.
+const MAX_PREPARERS: usize = 4;
+
 /// A bundle handed to the [`Preparer`].
 struct Queued {
-    /// Whether the preparing thread has it.
-    sent: bool,
+    /// Where its preparation comes from (`None`: not handed over, the
+    /// apply does the work itself).
+    from: Option<oneshot::Receiver<Prepared>>,
+    /// Its preparation, once it came.
+    prepared: Option<Prepared>,
     /// Part of the first catch-up of a community new to this device (it
     /// came before the session was live): applied without notifications.
     quiet: bool,
@@ -202,37 +215,77 @@ struct Queued {
     items: usize,
 }
 
+impl Queued {
+    /// Whether its preparation is over (or never started, or its thread
+    /// is gone).
+    fn poll(&mut self) -> bool {
+        if self.prepared.is_some() {
+            return true;
+        }
+        match self.from.as_mut().map(oneshot::Receiver::try_recv) {
+            None | Some(Err(oneshot::error::TryRecvError::Closed)) => true,
+            Some(Err(oneshot::error::TryRecvError::Empty)) => false,
+            Some(Ok(prepared)) => {
+                self.prepared = Some(prepared);
+                true
+            }
+        }
+    }
+
+    /// Its preparation, once over (the default if there is none: the apply
+    /// then does the work), and whether it is quiet.
+    async fn prepared(self) -> (Prepared, bool) {
+        let prepared = match (self.prepared, self.from) {
+            (Some(prepared), _) => prepared,
+            (None, Some(from)) => from.await.unwrap_or_default(),
+            (None, None) => Prepared::default(),
+        };
+        (prepared, self.quiet)
+    }
+}
+
 /// Decodes, and checks the signatures of, the bundles the engine will
-/// apply, in order, on a thread of its own, while the engine applies the
-/// ones before them. Without that thread (it could not start), the apply
-/// does the work itself.
+/// apply, on threads of their own (one per core, up to
+/// [`MAX_PREPARERS`], each at a lower priority: see [`lower_priority`]),
+/// while the engine applies the ones before them; the preparations are
+/// taken in the order the bundles came. Without those threads (none could
+/// start), the apply does the work itself.
 struct Preparer {
-    to: Option<std::sync::mpsc::Sender<Bundle>>,
-    from: std::sync::mpsc::Receiver<Prepared>,
+    to: Option<std::sync::mpsc::Sender<(Bundle, oneshot::Sender<Prepared>)>>,
     /// Each bundle handed over and not taken yet, in order.
     queued: VecDeque<Queued>,
-    /// Prepared by the thread, not taken yet.
-    done: VecDeque<Prepared>,
 }
 
 impl Preparer {
     fn start() -> Self {
-        let (to, bundles) = std::sync::mpsc::channel::<Bundle>();
-        let (results, from) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("karmyq-prepare".into())
-            .spawn(move || {
-                for bundle in bundles {
-                    if results.send(Prepared::new(&bundle)).is_err() {
-                        return;
+        let (to, jobs) = std::sync::mpsc::channel::<(Bundle, oneshot::Sender<Prepared>)>();
+        let jobs = Arc::new(Mutex::new(jobs));
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(MAX_PREPARERS);
+        let mut started = 0;
+        for _ in 0..threads {
+            let jobs = jobs.clone();
+            let spawned = std::thread::Builder::new()
+                .name("karmyq-prepare".into())
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        // Ends once the engine's side is dropped.
+                        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok((bundle, result)) = job else {
+                            return;
+                        };
+                        // One thread each: the threads are the parallelism.
+                        // (The engine may have gone meanwhile.)
+                        let _ = result.send(Prepared::for_device(&bundle, 1));
                     }
-                }
-            });
+                });
+            started += usize::from(spawned.is_ok());
+        }
         Preparer {
-            to: spawned.ok().map(|_| to),
-            from,
+            to: (started > 0).then_some(to),
             queued: VecDeque::new(),
-            done: VecDeque::new(),
         }
     }
 
@@ -241,12 +294,14 @@ impl Preparer {
     fn push(&mut self, actions: &[DeviceAction], quiet: bool) {
         for action in actions {
             if let DeviceAction::Apply(bundle) = action {
+                let (result, from) = oneshot::channel();
                 let sent = self
                     .to
                     .as_ref()
-                    .is_some_and(|to| to.send(bundle.clone()).is_ok());
+                    .is_some_and(|to| to.send((bundle.clone(), result)).is_ok());
                 self.queued.push_back(Queued {
-                    sent,
+                    from: sent.then_some(from),
+                    prepared: None,
                     quiet,
                     items: bundle.len(),
                 });
@@ -262,29 +317,56 @@ impl Preparer {
     /// Whether the next bundle's preparation is over (or never started),
     /// and it is as quiet as `quiet`.
     fn ready(&mut self, quiet: bool) -> bool {
-        self.done.extend(self.from.try_iter());
-        match self.queued.front() {
+        match self.queued.front_mut() {
             Some(q) if q.quiet != quiet => false,
-            Some(q) if q.sent => !self.done.is_empty(),
-            _ => true,
+            Some(q) => q.poll(),
+            None => true,
         }
     }
 
-    /// What was prepared for the next bundle (waiting for it if need be),
-    /// and whether it is quiet.
-    fn take(&mut self) -> (Prepared, bool) {
+    /// What will be prepared for the next bundle (the default if none
+    /// was handed over: the apply then does the work), and whether it is
+    /// quiet; the bundle is taken now, its preparation waited for apart.
+    fn take(&mut self) -> impl Future<Output = (Prepared, bool)> + use<> {
+        let next = self.queued.pop_front();
+        async move {
+            match next {
+                Some(q) => q.prepared().await,
+                None => (Prepared::default(), false),
+            }
+        }
+    }
+
+    /// What was prepared for the next bundle, once [`Preparer::ready`]
+    /// said it is over, and whether it is quiet.
+    fn take_ready(&mut self) -> (Prepared, bool) {
         match self.queued.pop_front() {
-            Some(Queued {
-                sent: true, quiet, ..
-            }) => (
-                self.done
-                    .pop_front()
-                    .or_else(|| self.from.recv().ok())
-                    .unwrap_or_default(),
-                quiet,
-            ),
-            Some(q) => (Prepared::default(), q.quiet),
+            Some(mut q) => {
+                q.poll();
+                (q.prepared.unwrap_or_default(), q.quiet)
+            }
             None => (Prepared::default(), false),
+        }
+    }
+}
+
+/// How far below the engine's other threads the preparing threads run
+/// (a nice value: 10 gives a thread about a tenth of the share of one at
+/// 0 when both want a core).
+const PREPARER_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority by [`PREPARER_NICE`], so that
+/// preparing, which can run ahead, never takes a core from the apply that
+/// the catch-up waits for (nor from the app). Linux and Android only: there
+/// the priority is per thread; elsewhere (on iOS it is per process) the
+/// threads keep theirs.
+fn lower_priority() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // `None`: the calling thread, on Linux.
+        let now = rustix::process::getpriority_process(None).unwrap_or(0);
+        if let Err(error) = rustix::process::setpriority_process(None, now + PREPARER_NICE) {
+            tracing::debug!(%error, "preparing at the engine's priority");
         }
     }
 }
@@ -425,7 +507,18 @@ impl Worker {
                             .unwrap_or_else(PoisonError::into_inner) = requests;
                     }
                     DeviceAction::Apply(mut bundle) => {
-                        let (mut prepared, quiet) = preparer.take();
+                        // Frames that come meanwhile are read, so that other
+                        // threads prepare their bundles.
+                        let mut taking = std::pin::pin!(preparer.take());
+                        let (mut prepared, quiet) = loop {
+                            let room = open && preparer.backlog() < READ_AHEAD_ITEMS;
+                            tokio::select! {
+                                taken = &mut taking => break taken,
+                                msg = ws.next(), if room => {
+                                    open = Self::on_message(msg, &mut session, &mut preparer, &mut queue, fresh);
+                                }
+                            }
+                        };
                         // The bundles right behind this one that are
                         // prepared already go with it, in one transaction.
                         while let Some(DeviceAction::Apply(next)) = queue.front() {
@@ -435,7 +528,7 @@ impl Worker {
                             let Some(DeviceAction::Apply(next)) = queue.pop_front() else {
                                 break;
                             };
-                            prepared.absorb(preparer.take().0);
+                            prepared.absorb(preparer.take_ready().0);
                             bundle.append(next)?;
                         }
                         // Applied on another thread while this one reads
@@ -525,7 +618,18 @@ impl Worker {
     ) -> bool {
         match msg {
             Some(Ok(Message::Binary(bytes))) => {
-                let actions = session.receive(&bytes);
+                let actions: Vec<DeviceAction> = session
+                    .receive(&bytes)
+                    .into_iter()
+                    .flat_map(|action| match action {
+                        DeviceAction::Apply(bundle) => bundle
+                            .into_pieces(PIECE_ITEMS)
+                            .into_iter()
+                            .map(DeviceAction::Apply)
+                            .collect(),
+                        other => vec![other],
+                    })
+                    .collect();
                 // A community this device does not hold yet: its whole
                 // catch-up is history, no news.
                 preparer.push(&actions, fresh && !session.is_live());
@@ -651,6 +755,7 @@ mod tests {
     #[test]
     fn the_preparer_counts_its_backlog_and_keeps_history_apart_from_news() -> Result<()> {
         let b = bundles()?;
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
         let mut p = Preparer::start();
         let apply = |b: &Bundle| DeviceAction::Apply(b.clone());
         p.push(
@@ -661,21 +766,107 @@ mod tests {
         p.push(&[apply(&b[2])], false);
         assert_eq!(p.backlog(), b.iter().map(Bundle::len).sum::<usize>());
 
-        let (_, quiet) = p.take();
+        let (_, quiet) = rt.block_on(p.take());
         assert!(quiet);
         assert_eq!(p.backlog(), b[1].len() + b[2].len());
-        let (_, quiet) = p.take();
+        // Prepared on several threads, taken in the order handed over.
+        let (prepared, quiet) = rt.block_on(p.take());
         assert!(quiet);
+        assert!(prepared.holds_all(&b[1]) && !prepared.holds_any(&b[2]));
         // The next is news: it does not go with history, prepared or not.
         assert!(!p.ready(true));
         while !p.ready(false) {
             std::thread::yield_now();
         }
-        let (_, quiet) = p.take();
+        let (prepared, quiet) = p.take_ready();
         assert!(!quiet);
+        assert!(prepared.holds_all(&b[2]) && !prepared.holds_any(&b[1]));
         assert_eq!(p.backlog(), 0);
         // Nothing queued: nothing to wait for.
         assert!(p.ready(false));
         Ok(())
+    }
+
+    #[test]
+    fn each_preparation_goes_with_its_bundle_however_the_threads_finish() -> Result<()> {
+        let all = bundles()?;
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let mut p = Preparer::start();
+        // One bundle per change, in turn large and small, handed over at once.
+        let mut pieces = Vec::new();
+        for change in all[1]
+            .changes
+            .iter()
+            .chain(&all[2].changes)
+            .cycle()
+            .take(24)
+        {
+            let mut piece = Bundle::new(all[1].community);
+            piece.changes.push(change.clone());
+            if pieces.len() % 2 == 0 {
+                piece.changes.extend(all[1].changes.iter().cloned());
+            }
+            pieces.push(piece);
+        }
+        let actions: Vec<DeviceAction> = pieces.iter().cloned().map(DeviceAction::Apply).collect();
+        p.push(&actions, false);
+        for piece in &pieces {
+            let (prepared, _) = rt.block_on(p.take());
+            assert!(prepared.holds_all(piece));
+            assert_eq!(
+                prepared.len(),
+                piece
+                    .changes
+                    .iter()
+                    .map(|c| c.envelope.change_hash)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+            );
+        }
+        Ok(())
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn preparing_threads_run_below_the_engine() -> Result<()> {
+        /// The nice value of each thread of this process named `name`.
+        fn nice_of(name: &str) -> Vec<i32> {
+            let mut out = Vec::new();
+            for task in std::fs::read_dir("/proc/self/task")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                let Some((head, rest)) = stat.rsplit_once(')') else {
+                    continue;
+                };
+                if !head.ends_with(&format!("({name}")) {
+                    continue;
+                }
+                // After the name: state is field 3 of stat(5), nice 19.
+                if let Some(nice) = rest.split_whitespace().nth(16).and_then(|n| n.parse().ok()) {
+                    out.push(nice);
+                }
+            }
+            out
+        }
+        let mine = rustix::process::getpriority_process(None).map_err(std::io::Error::from)?;
+        let expected = (mine + PREPARER_NICE).min(19);
+        let _p = Preparer::start();
+        // Each thread lowers itself first thing; other tests may be starting
+        // theirs meanwhile (from threads at this one's priority).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let nice = nice_of("karmyq-prepare");
+            if !nice.is_empty() && nice.iter().all(|&n| n == expected) {
+                return Ok(());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "preparing threads at {nice:?}, not {expected}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
