@@ -292,7 +292,7 @@ impl Prepared {
 
     /// The cores of this machine but one (at least one): those that can
     /// prepare while a replica applies on the other.
-    pub fn spare_cores() -> usize {
+    fn spare_cores() -> usize {
         cores().saturating_sub(1).max(1)
     }
 

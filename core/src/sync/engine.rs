@@ -23,6 +23,7 @@ use crate::client::Karmyq;
 use crate::community::Prepared;
 use crate::error::{Error, Result};
 use crate::identity::Keypair;
+use crate::sync::Background;
 use crate::sync::device::{DeviceAction, DeviceSession, SyncStatus};
 use crate::sync::join::JoinRequest;
 use crate::time::Timestamp;
@@ -203,9 +204,8 @@ const MAX_PREPARERS: usize = 4;
 
 /// A bundle handed to the [`Preparer`].
 struct Queued {
-    /// Where its preparation comes from (`None`: not handed over, the
-    /// apply does the work itself).
-    from: Option<oneshot::Receiver<Prepared>>,
+    /// Where its preparation comes from.
+    from: oneshot::Receiver<Prepared>,
     /// Its preparation, once it came.
     prepared: Option<Prepared>,
     /// Part of the first catch-up of a community new to this device (it
@@ -216,75 +216,46 @@ struct Queued {
 }
 
 impl Queued {
-    /// Whether its preparation is over (or never started, or its thread
-    /// is gone).
+    /// Whether its preparation is over (or its thread is gone).
     fn poll(&mut self) -> bool {
         if self.prepared.is_some() {
             return true;
         }
-        match self.from.as_mut().map(oneshot::Receiver::try_recv) {
-            None | Some(Err(oneshot::error::TryRecvError::Closed)) => true,
-            Some(Err(oneshot::error::TryRecvError::Empty)) => false,
-            Some(Ok(prepared)) => {
+        match self.from.try_recv() {
+            Ok(prepared) => {
                 self.prepared = Some(prepared);
                 true
             }
+            Err(oneshot::error::TryRecvError::Closed) => true,
+            Err(oneshot::error::TryRecvError::Empty) => false,
         }
     }
 
-    /// Its preparation, once over (the default if there is none: the apply
-    /// then does the work), and whether it is quiet.
+    /// Its preparation, once over (the default if its thread is gone: the
+    /// apply then does the work), and whether it is quiet.
     async fn prepared(self) -> (Prepared, bool) {
-        let prepared = match (self.prepared, self.from) {
-            (Some(prepared), _) => prepared,
-            (None, Some(from)) => from.await.unwrap_or_default(),
-            (None, None) => Prepared::default(),
+        let prepared = match self.prepared {
+            Some(prepared) => prepared,
+            None => self.from.await.unwrap_or_default(),
         };
         (prepared, self.quiet)
     }
 }
 
 /// Decodes, and checks the signatures of, the bundles the engine will
-/// apply, on threads of their own (one per core, up to
-/// [`MAX_PREPARERS`], each at a lower priority: see [`lower_priority`]),
-/// while the engine applies the ones before them; the preparations are
-/// taken in the order the bundles came. Without those threads (none could
-/// start), the apply does the work itself.
+/// apply, on [`Background`] threads (one per core, up to
+/// [`MAX_PREPARERS`]), while the engine applies the ones before them; the
+/// preparations are taken in the order the bundles came.
 struct Preparer {
-    to: Option<std::sync::mpsc::Sender<(Bundle, oneshot::Sender<Prepared>)>>,
+    threads: Background,
     /// Each bundle handed over and not taken yet, in order.
     queued: VecDeque<Queued>,
 }
 
 impl Preparer {
     fn start() -> Self {
-        let (to, jobs) = std::sync::mpsc::channel::<(Bundle, oneshot::Sender<Prepared>)>();
-        let jobs = Arc::new(Mutex::new(jobs));
-        let threads = std::thread::available_parallelism()
-            .map_or(1, std::num::NonZeroUsize::get)
-            .min(MAX_PREPARERS);
-        let mut started = 0;
-        for _ in 0..threads {
-            let jobs = jobs.clone();
-            let spawned = std::thread::Builder::new()
-                .name("karmyq-prepare".into())
-                .spawn(move || {
-                    lower_priority();
-                    loop {
-                        // Ends once the engine's side is dropped.
-                        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                        let Ok((bundle, result)) = job else {
-                            return;
-                        };
-                        // One thread each: the threads are the parallelism.
-                        // (The engine may have gone meanwhile.)
-                        let _ = result.send(Prepared::for_device(&bundle, 1));
-                    }
-                });
-            started += usize::from(spawned.is_ok());
-        }
         Preparer {
-            to: (started > 0).then_some(to),
+            threads: Background::per_core("karmyq-prepare", MAX_PREPARERS),
             queued: VecDeque::new(),
         }
     }
@@ -295,15 +266,18 @@ impl Preparer {
         for action in actions {
             if let DeviceAction::Apply(bundle) = action {
                 let (result, from) = oneshot::channel();
-                let sent = self
-                    .to
-                    .as_ref()
-                    .is_some_and(|to| to.send((bundle.clone(), result)).is_ok());
+                let items = bundle.len();
+                let bundle = bundle.clone();
+                self.threads.run(move || {
+                    // One thread each: the threads are the parallelism.
+                    // (The engine may have gone meanwhile.)
+                    let _ = result.send(Prepared::for_device(&bundle, 1));
+                });
                 self.queued.push_back(Queued {
-                    from: sent.then_some(from),
+                    from,
                     prepared: None,
                     quiet,
-                    items: bundle.len(),
+                    items,
                 });
             }
         }
@@ -346,27 +320,6 @@ impl Preparer {
                 (q.prepared.unwrap_or_default(), q.quiet)
             }
             None => (Prepared::default(), false),
-        }
-    }
-}
-
-/// How far below the engine's other threads the preparing threads run
-/// (a nice value: 10 gives a thread about a tenth of the share of one at
-/// 0 when both want a core).
-const PREPARER_NICE: i32 = 10;
-
-/// Lowers the calling thread's priority by [`PREPARER_NICE`], so that
-/// preparing, which can run ahead, never takes a core from the apply that
-/// the catch-up waits for (nor from the app). Linux and Android only: there
-/// the priority is per thread; elsewhere (on iOS it is per process) the
-/// threads keep theirs.
-fn lower_priority() {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        // `None`: the calling thread, on Linux.
-        let now = rustix::process::getpriority_process(None).unwrap_or(0);
-        if let Err(error) = rustix::process::setpriority_process(None, now + PREPARER_NICE) {
-            tracing::debug!(%error, "preparing at the engine's priority");
         }
     }
 }
@@ -824,49 +777,5 @@ mod tests {
             );
         }
         Ok(())
-    }
-
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    #[test]
-    fn preparing_threads_run_below_the_engine() -> Result<()> {
-        /// The nice value of each thread of this process named `name`.
-        fn nice_of(name: &str) -> Vec<i32> {
-            let mut out = Vec::new();
-            for task in std::fs::read_dir("/proc/self/task")
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-                let Some((head, rest)) = stat.rsplit_once(')') else {
-                    continue;
-                };
-                if !head.ends_with(&format!("({name}")) {
-                    continue;
-                }
-                // After the name: state is field 3 of stat(5), nice 19.
-                if let Some(nice) = rest.split_whitespace().nth(16).and_then(|n| n.parse().ok()) {
-                    out.push(nice);
-                }
-            }
-            out
-        }
-        let mine = rustix::process::getpriority_process(None).map_err(std::io::Error::from)?;
-        let expected = (mine + PREPARER_NICE).min(19);
-        let _p = Preparer::start();
-        // Each thread lowers itself first thing; other tests may be starting
-        // theirs meanwhile (from threads at this one's priority).
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let nice = nice_of("karmyq-prepare");
-            if !nice.is_empty() && nice.iter().all(|&n| n == expected) {
-                return Ok(());
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "preparing threads at {nice:?}, not {expected}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
     }
 }

@@ -106,6 +106,7 @@
 //! # }
 //! ```
 
+mod background;
 mod chunk;
 mod device;
 #[cfg(feature = "net")]
@@ -115,6 +116,7 @@ mod join;
 mod limit;
 mod server;
 
+pub use background::{BACKGROUND_NICE, Background};
 pub use chunk::{UPLOAD_CHUNK_BYTES, UPLOAD_CHUNK_ITEMS, split};
 pub use device::{DeviceAction, DeviceSession, SyncStatus};
 #[cfg(feature = "net")]
