@@ -32,6 +32,7 @@
 //! ```
 
 mod authority;
+mod background;
 mod bundle;
 mod client;
 mod codec;
@@ -58,6 +59,7 @@ pub use authority::{
     AuthorityLog, CommunityId, Inserted, Invite, InviteKey, InviteProof, Member, Op, OpBody,
     OpHash, RequestTtlDays, Resolved, Role, Settings, SettingsPatch, SignedOp, Visibility,
 };
+pub use background::{BACKGROUND_NICE, Background};
 pub use bundle::{Bundle, Heads, Item, Report};
 pub use client::{CommunitySummary, Karmyq, MATCHED_ELSEWHERE};
 pub use community::{

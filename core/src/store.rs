@@ -189,19 +189,15 @@ impl Db {
 
     /// [`Db::checkpoint`] on the checkpoint thread, through a connection
     /// of its own, so that the copy and its fsyncs are off the writer's
-    /// path; here if that thread cannot run. A checkpoint already queued
+    /// path (here if that thread cannot run). A checkpoint already queued
     /// for this file is not queued again.
     fn checkpoint_soon(&self) -> Result<()> {
         self.commits.set(0);
         let Some((path, _)) = &self.paths else {
             return self.checkpoint();
         };
-        if self.queued.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        if !checkpointer::queue(path, &self.queued) {
-            self.queued.store(false, Ordering::Release);
-            return self.checkpoint();
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            checkpointer::queue(path, &self.queued);
         }
         Ok(())
     }
@@ -226,41 +222,33 @@ impl Db {
 /// One thread for the process that checkpoints write-ahead logs for
 /// [`Db::checkpoint_soon`], each through a connection opened for it (so it
 /// never shares a connection with a writer, and holds no file open in
-/// between).
+/// between). It is a [`Background`] thread: a checkpoint can wait, the
+/// writes that grow the log (a device's catch-up, a server's ingest)
+/// should not.
 mod checkpointer {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::mpsc::{Sender, channel};
     use std::sync::{Arc, OnceLock};
     use std::time::Duration;
 
     use rusqlite::{Connection, OpenFlags};
 
-    type Job = (PathBuf, Arc<AtomicBool>);
+    use crate::background::Background;
 
-    static QUEUE: OnceLock<Option<Sender<Job>>> = OnceLock::new();
+    static THREAD: OnceLock<Background> = OnceLock::new();
 
-    /// Queues a checkpoint of the file at `path`; `queued` is cleared once
-    /// it ran (or failed). `false` if the thread could not start.
-    pub(super) fn queue(path: &Path, queued: &Arc<AtomicBool>) -> bool {
-        let queue = QUEUE.get_or_init(|| {
-            let (tx, rx) = channel::<Job>();
-            std::thread::Builder::new()
-                .name("karmyq-checkpoint".into())
-                .spawn(move || {
-                    for (path, queued) in rx {
-                        if let Err(error) = checkpoint(&path) {
-                            tracing::debug!(%error, path = %path.display(), "checkpoint failed");
-                        }
-                        queued.store(false, Ordering::Release);
-                    }
-                })
-                .ok()
-                .map(|_| tx)
-        });
-        queue
-            .as_ref()
-            .is_some_and(|tx| tx.send((path.to_path_buf(), queued.clone())).is_ok())
+    /// Queues a checkpoint of the file at `path` (run here if the thread
+    /// cannot run); `queued` is cleared once it ran (or failed).
+    pub(super) fn queue(path: &Path, queued: &Arc<AtomicBool>) {
+        let (path, queued) = (path.to_path_buf(), queued.clone());
+        THREAD
+            .get_or_init(|| Background::start("karmyq-checkpoint", 1))
+            .run(move || {
+                if let Err(error) = checkpoint(&path) {
+                    tracing::debug!(%error, path = %path.display(), "checkpoint failed");
+                }
+                queued.store(false, Ordering::Release);
+            });
     }
 
     fn checkpoint(path: &Path) -> rusqlite::Result<()> {

@@ -14,10 +14,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use karmyq_core::sync::{Ack, Background, Frame, JoinDecline, JoinRequest};
+use karmyq_core::sync::{Ack, Frame, JoinDecline, JoinRequest};
 use karmyq_core::{
-    Bundle, CommunityId, DocId, Heads, Item, Karmyq, MemberId, OpBody, Prepared, Rejection, Report,
-    Resolved, Role, Signature, SignedChange, SignedOp, Timestamp, Visibility, offers_created,
+    Background, Bundle, CommunityId, DocId, Heads, Item, Karmyq, MemberId, OpBody, Prepared,
+    Rejection, Report, Resolved, Role, Signature, SignedChange, SignedOp, Timestamp, Visibility,
+    offers_created,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};

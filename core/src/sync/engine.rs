@@ -18,12 +18,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::authority::CommunityId;
+use crate::background::Background;
 use crate::bundle::{Bundle, Heads};
 use crate::client::Karmyq;
 use crate::community::Prepared;
 use crate::error::{Error, Result};
 use crate::identity::Keypair;
-use crate::sync::Background;
 use crate::sync::device::{DeviceAction, DeviceSession, SyncStatus};
 use crate::sync::join::JoinRequest;
 use crate::time::Timestamp;

@@ -106,7 +106,6 @@
 //! # }
 //! ```
 
-mod background;
 mod chunk;
 mod device;
 #[cfg(feature = "net")]
@@ -116,7 +115,6 @@ mod join;
 mod limit;
 mod server;
 
-pub use background::{BACKGROUND_NICE, Background};
 pub use chunk::{UPLOAD_CHUNK_BYTES, UPLOAD_CHUNK_ITEMS, split};
 pub use device::{DeviceAction, DeviceSession, SyncStatus};
 #[cfg(feature = "net")]

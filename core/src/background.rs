@@ -1,8 +1,9 @@
-//! Threads for work that can run ahead, at a lower priority than the thread
-//! that waits for it: preparing bundles ([`crate::Prepared`]) on a device
-//! while its replica applies earlier ones, and on a server while its store
-//! thread stores earlier uploads. Whoever waits for the preparation always
-//! has a core when it has work; the preparing takes the cores left over.
+//! Threads for work that can run ahead of, or behind, the thread that
+//! matters, at a lower priority: preparing bundles ([`crate::Prepared`]) on
+//! a device while its replica applies earlier ones, and on a server while
+//! its store thread stores earlier uploads; checkpointing write-ahead logs
+//! (`store`). The thread that matters always has a core when it has work;
+//! the background takes the cores left over.
 
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
