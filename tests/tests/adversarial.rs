@@ -618,6 +618,41 @@ fn changes_travel_in_stored_order_each_naming_its_authors_previous() -> Result<(
 }
 
 #[test]
+fn a_catch_up_from_nothing_is_what_a_document_by_document_one_sends() -> Result<()> {
+    let mut w = World::new()?;
+    bobs_request_then_profile(&mut w, true)?;
+    let mallory = w.mallory.k.member_id();
+    let bob = w.bob.k.member_id();
+    let c = w.bob.k.community(w.id)?;
+    // From nothing: one pass over the stored changes.
+    let fresh = c.changes_since_for(&Heads::empty(), &mallory)?;
+    // The same asked document by document: heads naming one document, by
+    // no change this replica knows, so every document differs.
+    let mut unknown = Heads::empty();
+    unknown.docs.insert("profiles".into(), vec![[7; 32]]);
+    let by_doc = c.changes_since_for(&unknown, &mallory)?;
+    assert_eq!(fresh.ops, by_doc.ops);
+    assert_eq!(fresh.changes, by_doc.changes);
+    // Mallory is no party to Bob's conversation with Alice: none of it.
+    assert!(
+        fresh
+            .changes
+            .iter()
+            .all(|ch| !ch.envelope.doc.starts_with("conversation/"))
+    );
+    // Bob is: he gets it, from nothing as document by document.
+    let his = c.changes_since_for(&Heads::empty(), &bob)?;
+    assert_eq!(his.changes, c.changes_since_for(&unknown, &bob)?.changes);
+    assert!(
+        his.changes
+            .iter()
+            .any(|ch| ch.envelope.doc.starts_with("conversation/"))
+    );
+    assert!(his.changes.len() > fresh.changes.len());
+    Ok(())
+}
+
+#[test]
 fn a_newest_signature_vouches_for_the_change_it_names_in_another_document() -> Result<()> {
     let mut w = World::new()?;
     let mut changes = bobs_request_then_profile(&mut w, false)?;
