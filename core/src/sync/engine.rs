@@ -575,7 +575,7 @@ impl Worker {
                     .receive(&bytes)
                     .into_iter()
                     .flat_map(|action| match action {
-                        DeviceAction::Apply(bundle) => bundle
+                        DeviceAction::Apply(bundle) if bundle.len() > PIECE_ITEMS => bundle
                             .into_pieces(PIECE_ITEMS)
                             .into_iter()
                             .map(DeviceAction::Apply)
