@@ -351,6 +351,18 @@ impl Authentic {
     /// dependencies) read at them. That depends only on the change's past,
     /// so any document holding that past gives the same verdicts.
     pub(crate) fn judge_request(&self, id: &RequestId, doc: &Automerge) -> RequestVerdicts {
+        let [member, moderator] = self.check_request(id, doc, [Role::Member, Role::Moderator]);
+        RequestVerdicts { member, moderator }
+    }
+
+    /// The request rules' verdict on this change for an author of each of
+    /// `roles`, reading the request once (see [`Authentic::judge_request`]).
+    fn check_request<const N: usize>(
+        &self,
+        id: &RequestId,
+        doc: &Automerge,
+        roles: [Role; N],
+    ) -> [std::result::Result<(), Rejection>; N] {
         let deps = self.change.deps();
         let seen = if deps.is_empty() {
             Ok(None)
@@ -358,14 +370,11 @@ impl Authentic {
             RequestState::read(doc, *id, Some(deps)).map_err(|_| Rejection::Malformed)
         };
         let Ok(seen) = seen else {
-            return RequestVerdicts {
-                member: Err(Rejection::Malformed),
-                moderator: Err(Rejection::Malformed),
-            };
+            return std::array::from_fn(|_| Err(Rejection::Malformed));
         };
         let change = self.change.decode();
         let time = Timestamp::from_millis(self.change.timestamp());
-        let judge = |role| {
+        roles.map(|role| {
             request::check_change(
                 &self.signed.envelope.community,
                 id,
@@ -375,11 +384,7 @@ impl Authentic {
                 seen.as_ref(),
                 time,
             )
-        };
-        RequestVerdicts {
-            member: judge(Role::Member),
-            moderator: judge(Role::Moderator),
-        }
+        })
     }
 
     /// [`Authentic::authorize`], given the request rules' verdicts if they
@@ -401,11 +406,14 @@ impl Authentic {
         };
         let needed = match &self.doc {
             DocId::Request(id) => {
-                let verdicts = judged.unwrap_or_else(|| self.judge_request(id, doc));
-                if role >= Role::Moderator {
-                    verdicts.moderator?;
-                } else {
-                    verdicts.member?;
+                match judged {
+                    Some(verdicts) if role >= Role::Moderator => verdicts.moderator?,
+                    Some(verdicts) => verdicts.member?,
+                    // Not judged ahead: for this author's role alone.
+                    None => {
+                        let [verdict] = self.check_request(id, doc, [role]);
+                        verdict?;
+                    }
                 }
                 Role::Member
             }
