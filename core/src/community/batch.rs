@@ -390,22 +390,10 @@ impl Prepared {
         self.changes.len()
     }
 
-    /// Whether it prepared every change of `bundle`.
+    /// Whether it prepared `change`.
     #[cfg(test)]
-    pub(crate) fn holds_all(&self, bundle: &crate::bundle::Bundle) -> bool {
-        bundle
-            .changes
-            .iter()
-            .all(|c| self.changes.contains_key(&c.envelope.change_hash))
-    }
-
-    /// Whether it prepared some change of `bundle`.
-    #[cfg(test)]
-    pub(crate) fn holds_any(&self, bundle: &crate::bundle::Bundle) -> bool {
-        bundle
-            .changes
-            .iter()
-            .any(|c| self.changes.contains_key(&c.envelope.change_hash))
+    pub(crate) fn holds(&self, change: &SignedChange) -> bool {
+        self.changes.contains_key(&change.envelope.change_hash)
     }
 
     /// Hands the documents built for `community` to `batch`.

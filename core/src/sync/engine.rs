@@ -288,8 +288,8 @@ impl Preparer {
         self.queued.iter().map(|q| q.items).sum()
     }
 
-    /// Whether the next bundle's preparation is over (or never started),
-    /// and it is as quiet as `quiet`.
+    /// Whether the next bundle's preparation is over (or its thread is
+    /// gone, or nothing is queued), and it is as quiet as `quiet`.
     fn ready(&mut self, quiet: bool) -> bool {
         match self.queued.front_mut() {
             Some(q) if q.quiet != quiet => false,
@@ -298,9 +298,9 @@ impl Preparer {
         }
     }
 
-    /// What will be prepared for the next bundle (the default if none
-    /// was handed over: the apply then does the work), and whether it is
-    /// quiet; the bundle is taken now, its preparation waited for apart.
+    /// What will be prepared for the next bundle (the default if nothing
+    /// is queued: the apply then does the work), and whether it is quiet;
+    /// the bundle is taken now, its preparation waited for apart.
     fn take(&mut self) -> impl Future<Output = (Prepared, bool)> + use<> {
         let next = self.queued.pop_front();
         async move {
@@ -725,7 +725,8 @@ mod tests {
         // Prepared on several threads, taken in the order handed over.
         let (prepared, quiet) = rt.block_on(p.take());
         assert!(quiet);
-        assert!(prepared.holds_all(&b[1]) && !prepared.holds_any(&b[2]));
+        assert!(b[1].changes.iter().all(|c| prepared.holds(c)));
+        assert!(!b[2].changes.iter().any(|c| prepared.holds(c)));
         // The next is news: it does not go with history, prepared or not.
         assert!(!p.ready(true));
         while !p.ready(false) {
@@ -733,7 +734,8 @@ mod tests {
         }
         let (prepared, quiet) = p.take_ready();
         assert!(!quiet);
-        assert!(prepared.holds_all(&b[2]) && !prepared.holds_any(&b[1]));
+        assert!(b[2].changes.iter().all(|c| prepared.holds(c)));
+        assert!(!b[1].changes.iter().any(|c| prepared.holds(c)));
         assert_eq!(p.backlog(), 0);
         // Nothing queued: nothing to wait for.
         assert!(p.ready(false));
@@ -765,7 +767,7 @@ mod tests {
         p.push(&actions, false);
         for piece in &pieces {
             let (prepared, _) = rt.block_on(p.take());
-            assert!(prepared.holds_all(piece));
+            assert!(piece.changes.iter().all(|c| prepared.holds(c)));
             assert_eq!(
                 prepared.len(),
                 piece
