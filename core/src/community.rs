@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use automerge::transaction::{CommitOptions, Transaction as DocTx};
-use automerge::{ChangeHash, ROOT, ReadDoc};
+use automerge::{ROOT, ReadDoc};
 use rusqlite::{OptionalExtension, params};
 
 use crate::authority::{
@@ -20,8 +20,7 @@ use crate::authority::{
     Role, Settings, SettingsPatch, SignedOp, Visibility,
 };
 use crate::bundle::{Bundle, Heads, Item, Report};
-use crate::codec;
-use crate::docs::{DocId, Link, SignedChange, actor_of, auth_message, change_hash};
+use crate::docs::{DocId, Link, SignedChange, actor_of, auth_message};
 use crate::error::{Error, Rejection, Result};
 use crate::identity::{Keypair, MemberId};
 use crate::invite::InviteToken;
@@ -41,6 +40,7 @@ mod persist;
 mod projection;
 mod reports;
 mod requests;
+mod since;
 
 pub use messages::{ConversationView, MessageView};
 pub use requests::{
@@ -58,6 +58,7 @@ use projection::{
     Touched, profile_row, profile_row_at, project_all_docs, project_community, project_doc,
     project_members,
 };
+pub use since::Page;
 
 /// A new request scoring at least this for this device's member is
 /// suggested to them (DOMAIN.md, `new_request_for_you`).
@@ -845,170 +846,6 @@ impl Community {
                     r.get(0)
                 })?;
         Ok(held)
-    }
-
-    /// Everything this replica holds that a replica at `since` lacks.
-    ///
-    /// Private documents (reports, conversations) are left out: see
-    /// [`Community::changes_since_for`].
-    pub fn changes_since(&mut self, since: &Heads) -> Result<Bundle> {
-        self.bundle_since(since, None)
-    }
-
-    /// [`Community::changes_since`] for a known reader: also the private
-    /// documents that member may read (reports they filed, or all reports
-    /// for a moderator).
-    pub fn changes_since_for(&mut self, since: &Heads, reader: &MemberId) -> Result<Bundle> {
-        self.bundle_since(since, Some(reader))
-    }
-
-    fn bundle_since(&mut self, since: &Heads, reader: Option<&MemberId>) -> Result<Bundle> {
-        let mut bundle = Bundle::new(self.id);
-        // Authority ops: all but the causal past of their heads, in stored
-        // (causal) order.
-        let mut theirs: HashSet<OpHash> = HashSet::new();
-        let mut stack: Vec<OpHash> = since
-            .auth
-            .iter()
-            .filter(|h| self.log.contains(h))
-            .copied()
-            .collect();
-        while let Some(h) = stack.pop() {
-            if theirs.insert(h)
-                && let Some(op) = self.log.get(&h)
-            {
-                stack.extend(op.op.parents.iter().copied());
-            }
-        }
-        {
-            let mut stmt = self
-                .db
-                .conn()
-                .prepare_cached("SELECT hash, bytes FROM auth_ops ORDER BY rowid")?;
-            let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?;
-            for row in rows {
-                let (hash, bytes) = row?;
-                let hash = OpHash::from_bytes(
-                    hash.try_into()
-                        .map_err(|_| Error::Corrupt("op hash".into()))?,
-                );
-                if !theirs.contains(&hash) {
-                    bundle.ops.push(bytes);
-                }
-            }
-        }
-        // Changes: per document that differs, those not in the past of
-        // their heads (all of them if their heads are unknown here).
-        let readable = |doc_id: &DocId| match reader {
-            Some(r) => doc_id.readable_by(r, self.auth.role(r)),
-            None => !doc_id.is_private(),
-        };
-        let mut changes: Vec<(i64, SignedChange)> = Vec::new();
-        if since.docs.is_empty() {
-            // A replica that holds nothing: every readable change, in one
-            // pass over the table, already in stored order.
-            let mut verdicts: HashMap<String, bool> = HashMap::new();
-            let mut stmt = self
-                .db
-                .conn()
-                .prepare_cached("SELECT seq, doc_id, envelope, bytes FROM changes ORDER BY seq")?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let name = row
-                    .get_ref(1)?
-                    .as_str()
-                    .map_err(|_| Error::Corrupt("doc id".into()))?;
-                let sent = match verdicts.get(name) {
-                    Some(&sent) => sent,
-                    None => {
-                        let doc_id = DocId::parse_stored(name)
-                            .ok_or_else(|| Error::Corrupt("doc id".into()))?;
-                        let sent = readable(&doc_id);
-                        verdicts.insert(name.to_owned(), sent);
-                        sent
-                    }
-                };
-                if sent {
-                    let envelope = row
-                        .get_ref(2)?
-                        .as_blob()
-                        .map_err(|_| Error::Corrupt("stored envelope".into()))?;
-                    let signed = SignedChange {
-                        envelope: codec::decode(envelope, "stored envelope")?,
-                        bytes: row.get(3)?,
-                    };
-                    changes.push((row.get(0)?, signed));
-                }
-            }
-        }
-        let actor = actor_of(&self.me());
-        let differing = if since.docs.is_empty() {
-            Vec::new()
-        } else {
-            load_heads(&self.db)?
-        };
-        for (name, ours) in differing {
-            let their = since.docs.get(&name);
-            if their == Some(&ours) {
-                continue;
-            }
-            let doc_id =
-                DocId::parse_stored(&name).ok_or_else(|| Error::Corrupt("doc id".into()))?;
-            if !readable(&doc_id) {
-                continue;
-            }
-            let want: Option<HashSet<[u8; 32]>> = match their {
-                Some(their) if !their.is_empty() => {
-                    let loaded = load_doc(&self.db, &mut self.docs, &doc_id, &actor)?;
-                    let their: Vec<ChangeHash> = their.iter().map(|h| ChangeHash(*h)).collect();
-                    if loaded.doc.get_missing_deps(&their).is_empty() {
-                        Some(
-                            loaded
-                                .doc
-                                .get_changes(&their)
-                                .iter()
-                                .map(|c| c.hash().0)
-                                .collect(),
-                        )
-                    } else {
-                        None
-                    }
-                }
-                _ => None,
-            };
-            let mut stmt = self.db.conn().prepare_cached(
-                "SELECT seq, hash, envelope, bytes FROM changes WHERE doc_id = ?1 ORDER BY seq",
-            )?;
-            let rows = stmt.query_map([&name], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                ))
-            })?;
-            for row in rows {
-                let (seq, hash, envelope, bytes) = row?;
-                if let Some(want) = &want
-                    && !want.contains(&change_hash(&hash)?.0)
-                {
-                    continue;
-                }
-                let signed = SignedChange {
-                    envelope: codec::decode(&envelope, "stored envelope")?,
-                    bytes,
-                };
-                changes.push((seq, signed));
-            }
-        }
-        // In the order they were stored (each after what it depends on):
-        // an author's changes, each naming the one before, travel close
-        // together, so one signature vouches for most of them.
-        changes.sort_unstable_by_key(|(seq, _)| *seq);
-        bundle.changes = changes.into_iter().map(|(_, signed)| signed).collect();
-        Ok(bundle)
     }
 
     /// Applies a bundle from another replica: each op and change is stored

@@ -64,8 +64,8 @@ pub use bundle::{Bundle, Heads, Item, Report};
 pub use client::{CommunitySummary, Karmyq, MATCHED_ELSEWHERE};
 pub use community::{
     Community, CommunityInfo, ConversationView, DEFAULT_COMPACT_EVERY, MatchSummary, MemberView,
-    MessageView, OfferSummary, Prepared, ProposalView, RequestQuery, RequestSort, RequestSummary,
-    RequestView,
+    MessageView, OfferSummary, Page, Prepared, ProposalView, RequestQuery, RequestSort,
+    RequestSummary, RequestView,
 };
 pub use conversation::{ConversationId, MAX_MESSAGE_CHARS, MessageId};
 pub use crypto::DecryptError;

@@ -353,28 +353,25 @@ impl Conn {
             kick: self.kick.clone(),
             blocked: self.blocked.clone(),
         };
+        let max = self.state.config.limits.max_frame;
         match self
             .state
             .store
-            .subscribe(community, heads, self.id, sub)
+            .subscribe(community, heads, self.id, sub.clone(), max)
             .await
         {
-            Ok((catch_up, ours, requests)) => {
+            Ok((first, next, ours, requests)) => {
                 self.session.subscribed(community);
                 tracing::info!(
                     community = %community.fmt_short(),
                     member = %member.fmt_short(),
-                    ops = catch_up.ops.len(),
-                    changes = catch_up.changes.len(),
+                    ops = first.ops.len(),
+                    changes = first.changes.len(),
+                    paged = next.is_some(),
                     "subscribed"
                 );
-                // In pieces that fit in a frame, in order.
-                let max = self.state.config.limits.max_frame;
-                for piece in split(&catch_up, max, usize::MAX) {
-                    self.send(&Frame::Bundle {
-                        bytes: piece.encode(),
-                    })
-                    .await?;
+                if !self.send_catch_up(community, first, next, &sub).await? {
+                    return ControlFlow::Continue(());
                 }
                 self.send(&Frame::Subscribed {
                     community,
@@ -393,6 +390,50 @@ impl Conn {
                 }
             }
             Err(e) => self.store_error(e, community).await,
+        }
+    }
+
+    /// Sends a catch-up page after page, in pieces that fit in a frame, in
+    /// order; each page is read by the store while the one before is sent.
+    /// Whether it was all sent: a member removed meanwhile gets no more
+    /// (the eviction queued for this connection says why).
+    async fn send_catch_up(
+        &mut self,
+        community: CommunityId,
+        first: karmyq_core::Bundle,
+        mut next: Option<karmyq_core::Page>,
+        sub: &Subscriber,
+    ) -> ControlFlow<(), bool> {
+        let max = self.state.config.limits.max_frame;
+        let mut page = first;
+        loop {
+            let coming = match next {
+                Some(at) => match self.state.store.page(community, at, sub.clone(), max).await {
+                    Ok(pending) => Some(pending),
+                    Err(e) => {
+                        self.store_error(e, community).await?;
+                        return ControlFlow::Continue(false);
+                    }
+                },
+                None => None,
+            };
+            for piece in split(&page, max, usize::MAX) {
+                self.send(&Frame::Bundle {
+                    bytes: piece.encode(),
+                })
+                .await?;
+            }
+            let Some(coming) = coming else {
+                return ControlFlow::Continue(true);
+            };
+            match coming.answer().await {
+                Ok((bundle, after)) => (page, next) = (bundle, after),
+                Err(StoreError::NotMember) => return ControlFlow::Continue(false),
+                Err(e) => {
+                    self.store_error(e, community).await?;
+                    return ControlFlow::Continue(false);
+                }
+            }
         }
     }
 

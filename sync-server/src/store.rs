@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use karmyq_core::sync::{Ack, Frame, JoinDecline, JoinRequest};
 use karmyq_core::{
-    Background, Bundle, CommunityId, DocId, Heads, Item, Karmyq, MemberId, OpBody, Prepared,
+    Background, Bundle, CommunityId, DocId, Heads, Item, Karmyq, MemberId, OpBody, Page, Prepared,
     Rejection, Report, Resolved, Role, Signature, SignedChange, SignedOp, Timestamp, Visibility,
     offers_created,
 };
@@ -66,9 +66,13 @@ pub(crate) enum JoinOutcome {
     Public,
 }
 
-/// What a subscription gets: the catch-up, the server's heads, and for an
-/// admin or moderator the pending requests to join.
-pub(crate) type Subscription = (Bundle, Heads, Option<Vec<JoinRequest>>);
+/// What a subscription gets: the catch-up's first page and where the next
+/// begins, the server's heads, and for an admin or moderator the pending
+/// requests to join.
+pub(crate) type Subscription = (Bundle, Option<Page>, Heads, Option<Vec<JoinRequest>>);
+
+/// A page of a catch-up, and where the next begins.
+pub(crate) type Paged = (Bundle, Option<Page>);
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -89,7 +93,15 @@ enum Cmd {
         heads: Heads,
         conn: u64,
         sub: Subscriber,
+        max_bytes: usize,
         reply: Reply<Subscription>,
+    },
+    Page {
+        community: CommunityId,
+        page: Page,
+        sub: Subscriber,
+        max_bytes: usize,
+        reply: Reply<Paged>,
     },
     Join {
         request: JoinRequest,
@@ -149,6 +161,7 @@ impl std::fmt::Debug for Cmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Cmd::Subscribe { .. } => "Subscribe",
+            Cmd::Page { .. } => "Page",
             Cmd::Ingest(_) => "Ingest",
             Cmd::Directory { .. } => "Directory",
             Cmd::Join { .. } => "Join",
@@ -199,22 +212,49 @@ impl Store {
     }
 
     /// Subscribes a connection if its member is a current member: returns
-    /// the catch-up for `heads` and the server's heads.
+    /// the catch-up for `heads` (its first page of about `max_bytes`, and
+    /// where the next begins: [`Store::page`]) and the server's heads.
     pub async fn subscribe(
         &self,
         community: CommunityId,
         heads: Heads,
         conn: u64,
         sub: Subscriber,
+        max_bytes: usize,
     ) -> Result<Subscription, StoreError> {
         self.ask(|reply| Cmd::Subscribe {
             community,
             heads,
             conn,
             sub,
+            max_bytes,
             reply,
         })
         .await
+    }
+
+    /// The next page of a subscription's catch-up, queued now and awaited
+    /// later (so the store reads it while the page before is sent), if its
+    /// member is still a member.
+    pub async fn page(
+        &self,
+        community: CommunityId,
+        page: Page,
+        sub: Subscriber,
+        max_bytes: usize,
+    ) -> Result<Pending<Paged>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Cmd::Page {
+                community,
+                page,
+                sub,
+                max_bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        Ok(Pending(answer))
     }
 
     /// Queues an uploaded bundle to be validated, stored and relayed, in
@@ -448,9 +488,19 @@ impl Worker {
                     heads,
                     conn,
                     sub,
+                    max_bytes,
                     reply,
                 } => {
-                    let _ = reply.send(self.subscribe(community, &heads, conn, sub));
+                    let _ = reply.send(self.subscribe(community, &heads, conn, sub, max_bytes));
+                }
+                Cmd::Page {
+                    community,
+                    page,
+                    sub,
+                    max_bytes,
+                    reply,
+                } => {
+                    let _ = reply.send(self.page(community, page, &sub, max_bytes));
                 }
                 Cmd::Ingest(upload) => {
                     // Uploads of changes to the same community queued
@@ -511,6 +561,7 @@ impl Worker {
         heads: &Heads,
         conn: u64,
         sub: Subscriber,
+        max_bytes: usize,
     ) -> Result<Subscription, StoreError> {
         let member = sub.member;
         let Ok(community) = self.karmyq.community(id) else {
@@ -519,7 +570,7 @@ impl Worker {
         let Some(role) = community.authority().role(&member) else {
             return Err(StoreError::NotMember);
         };
-        let mut catch_up = community.changes_since_for(heads, &member)?;
+        let (mut catch_up, next) = community.catch_up_for(heads, &member, max_bytes)?;
         catch_up.changes.retain(|c| sub.receives(c));
         let ours = community.heads()?;
         self.hub.subscribe(id, conn, sub);
@@ -528,7 +579,27 @@ impl Worker {
         } else {
             None
         };
-        Ok((catch_up, ours, requests))
+        Ok((catch_up, next, ours, requests))
+    }
+
+    /// The next page of a catch-up, for a subscriber still a member.
+    fn page(
+        &mut self,
+        id: CommunityId,
+        page: Page,
+        sub: &Subscriber,
+        max_bytes: usize,
+    ) -> Result<Paged, StoreError> {
+        let member = sub.member;
+        let Ok(community) = self.karmyq.community(id) else {
+            return Err(StoreError::NotMember);
+        };
+        if community.authority().role(&member).is_none() {
+            return Err(StoreError::NotMember);
+        }
+        let (mut bundle, next) = community.next_page_for(page, &member, max_bytes)?;
+        bundle.changes.retain(|c| sub.receives(c));
+        Ok((bundle, next))
     }
 
     /// The pending requests to join a community, oldest first, from people
@@ -1226,6 +1297,50 @@ mod tests {
                 other => panic!("unexpected answer {other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_catch_up_gets_no_page_after_its_member_is_removed() -> TestResult {
+        let (_a, _b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let mut alice = Karmyq::open(_a.path())?;
+        let mut bob = Karmyq::open(_b.path())?;
+        let now = Timestamp::now();
+        let id = alice.create_community("Elm Street", "", Visibility::Public, now)?;
+        bob.receive(&news(&mut alice, id, &Heads::empty())?, now)?;
+        bob.community(id)?.join(now)?;
+        let heads = alice.community(id)?.heads()?;
+        alice.receive(&news(&mut bob, id, &heads)?, now)?;
+        for title in ["Sofa", "Groceries", "Ladder"] {
+            alice.community(id)?.post_request(&draft(title), now)?;
+        }
+        let log = news(&mut alice, id, &Heads::empty())?;
+        let (_dir, mut worker, _relayed) = worker(&log)?;
+        let (tx, _inbox) = mpsc::channel(8);
+        let sub = Subscriber {
+            member: bob.member_id(),
+            blocked: Arc::default(),
+            tx,
+            kick: Arc::default(),
+        };
+        // Pages of one change each, while Bob is a member.
+        let (first, next, _, _) = worker.subscribe(id, &Heads::empty(), 7, sub.clone(), 1)?;
+        assert_eq!(first.changes.len(), 1);
+        let (second, next) = worker.page(id, next.ok_or("one page")?, &sub, 1)?;
+        assert_eq!(second.changes.len(), 1);
+        assert_ne!(second.changes, first.changes);
+        let next = next.ok_or("two pages")?;
+        // Alice removes him: the next page is not his to read.
+        let before = alice.community(id)?.heads()?;
+        alice
+            .community(id)?
+            .remove(bob.member_id(), "moved away", now)?;
+        let (removal, _answer) = upload(alice.member_id(), 1, &news(&mut alice, id, &before)?);
+        worker.ingest_one(removal);
+        assert!(matches!(
+            worker.page(id, next, &sub, 1),
+            Err(StoreError::NotMember)
+        ));
+        Ok(())
     }
 
     #[test]

@@ -652,6 +652,91 @@ fn a_catch_up_from_nothing_is_what_a_document_by_document_one_sends() -> Result<
     Ok(())
 }
 
+/// Every page of a catch-up `reader` began with frames of `max_bytes`.
+fn pages(
+    c: &mut karmyq_core::Community,
+    reader: &karmyq_core::MemberId,
+    max_bytes: usize,
+) -> Result<Vec<karmyq_core::Bundle>> {
+    let (first, mut next) = c.catch_up_for(&Heads::empty(), reader, max_bytes)?;
+    let mut out = vec![first];
+    while let Some(page) = next {
+        let (bundle, after) = c.next_page_for(page, reader, max_bytes)?;
+        out.push(bundle);
+        next = after;
+    }
+    Ok(out)
+}
+
+#[test]
+fn a_catch_up_in_pages_is_the_whole_one_cut_where_frames_end() -> Result<()> {
+    let mut w = World::new()?;
+    bobs_request_then_profile(&mut w, true)?;
+    let mallory = w.mallory.k.member_id();
+    let bob = w.bob.k.member_id();
+    let id = w.id;
+    let c = w.bob.k.community(id)?;
+    for reader in [mallory, bob] {
+        let whole = c.changes_since_for(&Heads::empty(), &reader)?;
+        assert!(whole.changes.len() > 3, "{}", whole.changes.len());
+        // Frames too small for any change: one change a page, the
+        // authority ops in the first.
+        let single = pages(c, &reader, 1)?;
+        assert_eq!(single.len(), whole.changes.len());
+        assert_eq!(single[0].ops, whole.ops);
+        assert!(single.iter().all(|p| p.changes.len() == 1));
+        assert!(single[1..].iter().all(|p| p.ops.is_empty()));
+        // Frames a few changes fit in: each page fits, and together they
+        // are the whole catch-up, in order.
+        let largest = whole.changes[1..]
+            .iter()
+            .map(|ch| bundle_of(id, vec![ch.clone()]).encode().len())
+            .max()
+            .unwrap_or(0);
+        let max = 2 * largest + 1024;
+        let paged = pages(c, &reader, max)?;
+        assert!(
+            paged.len() > 1 && paged.len() < single.len(),
+            "{}",
+            paged.len()
+        );
+        for page in &paged[1..] {
+            assert!(
+                page.encode().len() <= max,
+                "{} > {max}",
+                page.encode().len()
+            );
+        }
+        let changes: Vec<_> = paged.iter().flat_map(|p| p.changes.clone()).collect();
+        assert_eq!(changes, whole.changes);
+    }
+    // What is stored after a catch-up began is not in its pages (it goes
+    // live), and a change readable when the page is read is judged then.
+    let (first, next) = c.catch_up_for(&Heads::empty(), &bob, 1)?;
+    let before = c.changes_since_for(&Heads::empty(), &bob)?;
+    let mut p = profile("Bob");
+    p.bio = "later".into();
+    c.set_profile(&p, at(40))?;
+    let mut rest = Vec::new();
+    let mut next = next;
+    while let Some(page) = next {
+        let (bundle, after) = c.next_page_for(page, &bob, 1)?;
+        rest.extend(bundle.changes);
+        next = after;
+    }
+    let read: Vec<_> = first.changes.into_iter().chain(rest).collect();
+    assert_eq!(read, before.changes);
+    let now = c.changes_since_for(&Heads::empty(), &bob)?;
+    assert_eq!(now.changes.len(), read.len() + 1);
+    // A replica that holds documents gets what it lacks whole.
+    let mut held = Heads::empty();
+    held.docs.insert("profiles".into(), vec![[7; 32]]);
+    let (all, none) = c.catch_up_for(&held, &bob, 1)?;
+    assert_eq!(none, None);
+    assert_eq!(all.changes, now.changes);
+    Ok(())
+}
+
 #[test]
 fn a_newest_signature_vouches_for_the_change_it_names_in_another_document() -> Result<()> {
     let mut w = World::new()?;

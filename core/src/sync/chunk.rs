@@ -3,6 +3,7 @@
 //! far larger than one frame may be.
 
 use crate::bundle::Bundle;
+use crate::docs::SignedChange;
 
 /// Bytes of frame and bundle framing allowed for around the items.
 const OVERHEAD: usize = 256;
@@ -21,7 +22,7 @@ pub const UPLOAD_CHUNK_ITEMS: usize = 1_000;
 /// order given (parents before children), so the receiver can apply them
 /// one after the other. An empty bundle gives no bundle.
 pub fn split(bundle: &Bundle, max_bytes: usize, max_items: usize) -> Vec<Bundle> {
-    let budget = max_bytes.saturating_sub(OVERHEAD).max(1);
+    let budget = budget(max_bytes);
     let max_items = max_items.max(1);
     let mut out = Vec::new();
     let mut current = Bundle::new(bundle.community);
@@ -33,7 +34,7 @@ pub fn split(bundle: &Bundle, max_bytes: usize, max_items: usize) -> Vec<Bundle>
         *size = 0;
     };
     for op in &bundle.ops {
-        let n = op.len() + 8;
+        let n = op_size(op);
         if !current.is_empty() && (size + n > budget || current.ops.len() >= max_items) {
             flush(&mut current, &mut size);
         }
@@ -41,7 +42,7 @@ pub fn split(bundle: &Bundle, max_bytes: usize, max_items: usize) -> Vec<Bundle>
         size += n;
     }
     for change in &bundle.changes {
-        let n = change.bytes.len() + change.envelope.doc.len() + 180;
+        let n = change_size(change);
         let items = current.ops.len() + current.changes.len();
         if !current.is_empty() && (size + n > budget || items >= max_items) {
             flush(&mut current, &mut size);
@@ -53,11 +54,26 @@ pub fn split(bundle: &Bundle, max_bytes: usize, max_items: usize) -> Vec<Bundle>
     out
 }
 
+/// Bytes left for the items of a bundle sent in a frame of `max_bytes`.
+pub(crate) fn budget(max_bytes: usize) -> usize {
+    max_bytes.saturating_sub(OVERHEAD).max(1)
+}
+
+/// Bytes an authority op takes in a bundle, at most.
+pub(crate) fn op_size(op: &[u8]) -> usize {
+    op.len() + 8
+}
+
+/// Bytes a change takes in a bundle, at most.
+pub(crate) fn change_size(change: &SignedChange) -> usize {
+    change.bytes.len() + change.envelope.doc.len() + 180
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::authority::CommunityId;
-    use crate::docs::{Envelope, SignedChange};
+    use crate::docs::Envelope;
     use crate::identity::{Keypair, Signature};
 
     fn bundle(ops: usize, changes: usize, size: usize) -> crate::Result<Bundle> {

@@ -7,8 +7,9 @@
 //! 1. device `Hello {version}` -> server `Challenge {nonce, context}`;
 //! 2. device `Login {member, signature}` (ed25519 over nonce and context,
 //!    under [`crate::SigningTag::SyncLogin`]) -> `LoginOk`;
-//! 3. device `Subscribe {community, heads}` -> server `Bundle` (what the
-//!    device lacks, `Community::changes_since_for`) then
+//! 3. device `Subscribe {community, heads}` -> server `Bundle`s (what the
+//!    device lacks, `Community::changes_since_for`, in pages that fit in a
+//!    frame for a device that holds nothing: `Community::catch_up_for`) then
 //!    `Subscribed {heads}`; a non-member (or a community the server does
 //!    not hold) gets [`ErrorCode::NotMember`] either way;
 //! 4. device uploads a `Bundle` of what the server lacks -> `Ack`;
@@ -106,7 +107,7 @@
 //! # }
 //! ```
 
-mod chunk;
+pub(crate) mod chunk;
 mod device;
 #[cfg(feature = "net")]
 mod engine;
