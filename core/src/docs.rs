@@ -265,7 +265,7 @@ impl SignedChange {
             return Err(Rejection::WrongCommunity);
         }
         let doc = DocId::parse(&env.doc).ok_or(Rejection::UnknownDocument)?;
-        let change = Change::from_bytes(self.bytes.clone()).map_err(|_| Rejection::Malformed)?;
+        let change = Change::try_from(self.bytes.as_slice()).map_err(|_| Rejection::Malformed)?;
         if change.hash().0 != env.change_hash {
             return Err(Rejection::HashMismatch);
         }
