@@ -781,11 +781,11 @@ impl Community {
         let Some(hash) = hash else {
             return Ok(());
         };
-        let mut change = loaded
+        let change = loaded
             .doc
             .get_change_by_hash(&hash)
             .ok_or_else(|| Error::Corrupt("committed change missing".into()))?;
-        let signed = SignedChange::sign(*id, doc_id, &mut change, keys);
+        let signed = SignedChange::sign(*id, doc_id, &change, keys);
         // The signature was just made with our own key: decoding checks the
         // hash and the actor; the rules are judged as for any change.
         let authentic = signed.decode(*id)?;

@@ -237,7 +237,14 @@ pub struct SignedChange {
 
 impl SignedChange {
     /// Signs a change made by `keys` (committed with [`auth_message`]).
-    pub fn sign(community: CommunityId, doc: &DocId, change: &mut Change, keys: &Keypair) -> Self {
+    ///
+    /// The change travels and is kept as Automerge encodes it, not
+    /// DEFLATE-compressed: every replica decodes every change it receives,
+    /// and inflating was a tenth of a device's work to take a catch-up
+    /// (~10% of its preparing threads' time in a profile), for ~4% fewer
+    /// bytes on the catch-up bench's requests. A change signed compressed
+    /// (as before) is read the same: its hash is that of its raw form.
+    pub fn sign(community: CommunityId, doc: &DocId, change: &Change, keys: &Keypair) -> Self {
         let mut envelope = Envelope {
             community,
             doc: doc.name(),
@@ -248,7 +255,7 @@ impl SignedChange {
         envelope.signature = keys.sign(SigningTag::ChangeEnvelope, &envelope.signed_bytes());
         SignedChange {
             envelope,
-            bytes: change.bytes().into_owned(),
+            bytes: change.raw_bytes().to_vec(),
         }
     }
 

@@ -231,10 +231,10 @@ fn forge_with(
     let (hash, _) =
         tx.commit_with(CommitOptions::default().with_message(auth_message(auth_heads, previous)));
     let hash: ChangeHash = hash.ok_or(karmyq_core::Error::InvalidArgument("empty edit".into()))?;
-    let mut change = doc
+    let change = doc
         .get_change_by_hash(&hash)
         .ok_or(karmyq_core::Error::InvalidArgument("no change".into()))?;
-    Ok(SignedChange::sign(community, doc_id, &mut change, keys))
+    Ok(SignedChange::sign(community, doc_id, &change, keys))
 }
 
 /// A bundle carrying just these changes.

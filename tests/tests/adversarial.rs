@@ -652,6 +652,61 @@ fn a_catch_up_from_nothing_is_what_a_document_by_document_one_sends() -> Result<
     Ok(())
 }
 
+/// Changes are signed as Automerge encodes them, not DEFLATE-compressed (a
+/// receiver would inflate each one); one an older device signed compressed
+/// has the same hash, so the same envelope vouches for it and it stands.
+#[test]
+fn changes_travel_uncompressed_and_compressed_ones_still_stand() -> Result<()> {
+    let mut w = World::new()?;
+    let id = w.id;
+    let heads = w.bob.k.community(id)?.heads()?;
+    let bob = w.bob.k.member_id();
+    let request = w.bob.k.community(id)?.post_request(
+        &RequestDraft {
+            title: "Lift to the station".into(),
+            description: "Early train on Friday, two suitcases. ".repeat(12),
+            category: Category::Moving,
+            urgency: Urgency::Medium,
+            kind: RequestKind::Generic,
+            location: None,
+            when: None,
+        },
+        at(20),
+    )?;
+    let changes = w
+        .bob
+        .k
+        .community(id)?
+        .changes_since_for(&heads, &bob)?
+        .changes;
+    let [signed] = changes.as_slice() else {
+        panic!("one change, not {}", changes.len());
+    };
+    let mut change = automerge::Change::from_bytes(signed.bytes.clone())
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    assert_eq!(signed.bytes, change.raw_bytes());
+    let compressed = change.bytes().into_owned();
+    assert!(
+        compressed.len() < signed.bytes.len(),
+        "{} >= {}",
+        compressed.len(),
+        signed.bytes.len()
+    );
+    let older = SignedChange {
+        envelope: signed.envelope.clone(),
+        bytes: compressed,
+    };
+    let report = w.alice.k.receive(&bundle_of(id, vec![older]), at(21))?;
+    assert_eq!(
+        (report.accepted.len(), report.rejected.len()),
+        (1, 0),
+        "{report:?}"
+    );
+    let view = w.alice.k.community(id)?.request(request, at(21))?;
+    assert!(view.request.draft.description.starts_with("Early train"));
+    Ok(())
+}
+
 /// Every page of a catch-up `reader` began with frames of `max_bytes`.
 fn pages(
     c: &mut karmyq_core::Community,

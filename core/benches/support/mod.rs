@@ -209,8 +209,8 @@ pub fn signed_change<T>(
     if !doc_id.is_private() {
         chains.insert(key, (doc_id.clone(), hash));
     }
-    let mut change = doc.get_change_by_hash(&hash).expect("committed change");
-    (SignedChange::sign(id, doc_id, &mut change, kp), out)
+    let change = doc.get_change_by_hash(&hash).expect("committed change");
+    (SignedChange::sign(id, doc_id, &change, kp), out)
 }
 
 // ----- measurement -------------------------------------------------------
