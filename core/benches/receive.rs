@@ -270,7 +270,7 @@ fn catch_up() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let pieces = split(&everything, mib << 20, usize::MAX);
+    let pieces = split(everything, mib << 20, usize::MAX);
     let mut walls = Vec::new();
     let mut cpus = Vec::new();
     for run in 0..runs {

@@ -665,7 +665,7 @@ fn ingest() {
                         member(&url, &kp, id, heads).await.0
                     };
                     // As the engine splits an upload (1 MiB, 1,000 items).
-                    let pieces = split(&upload, 1 << 20, 1_000);
+                    let pieces = split(upload.clone(), 1 << 20, 1_000);
                     barrier.wait().await;
                     for piece in &pieces {
                         send(

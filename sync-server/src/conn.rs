@@ -417,7 +417,7 @@ impl Conn {
                 },
                 None => None,
             };
-            for piece in split(&page, max, usize::MAX) {
+            for piece in split(page, max, usize::MAX) {
                 self.send(&Frame::Bundle {
                     bytes: piece.encode(),
                 })

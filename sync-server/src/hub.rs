@@ -114,7 +114,7 @@ pub(crate) fn start_fanout(hub: Arc<Hub>, pacing: Pacing) -> mpsc::Sender<Relay>
 }
 
 /// One frame per piece of `bundle` (split to the frame limit).
-fn frames(bundle: &Bundle, max_frame: usize) -> Vec<Bytes> {
+fn frames(bundle: Bundle, max_frame: usize) -> Vec<Bytes> {
     split(bundle, max_frame, usize::MAX)
         .into_iter()
         .map(|piece| {
@@ -215,7 +215,7 @@ impl Hub {
             let shared = if everyone.is_empty() {
                 Vec::new()
             } else {
-                frames(&everyone, max_frame)
+                frames(everyone, max_frame)
             };
             for (id, sub) in subscribers {
                 let mine = if special.contains(&id) {
@@ -229,7 +229,7 @@ impl Hub {
                     if bundle.is_empty() {
                         continue;
                     }
-                    frames(&bundle, max_frame)
+                    frames(bundle, max_frame)
                 } else if shared.is_empty() {
                     continue;
                 } else {

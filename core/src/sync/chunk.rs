@@ -20,34 +20,36 @@ pub const UPLOAD_CHUNK_ITEMS: usize = 1_000;
 /// larger than that on its own goes alone) and at most `max_items` ops
 /// plus changes, keeping the order: ops first, then changes, each in the
 /// order given (parents before children), so the receiver can apply them
-/// one after the other. An empty bundle gives no bundle.
-pub fn split(bundle: &Bundle, max_bytes: usize, max_items: usize) -> Vec<Bundle> {
+/// one after the other. An empty bundle gives no bundle. The items move
+/// into the pieces: nothing is copied.
+pub fn split(bundle: Bundle, max_bytes: usize, max_items: usize) -> Vec<Bundle> {
     let budget = budget(max_bytes);
     let max_items = max_items.max(1);
+    let community = bundle.community;
     let mut out = Vec::new();
-    let mut current = Bundle::new(bundle.community);
+    let mut current = Bundle::new(community);
     let mut size = 0;
     let mut flush = |current: &mut Bundle, size: &mut usize| {
         if !current.is_empty() {
-            out.push(std::mem::replace(current, Bundle::new(bundle.community)));
+            out.push(std::mem::replace(current, Bundle::new(community)));
         }
         *size = 0;
     };
-    for op in &bundle.ops {
-        let n = op_size(op);
+    for op in bundle.ops {
+        let n = op_size(&op);
         if !current.is_empty() && (size + n > budget || current.ops.len() >= max_items) {
             flush(&mut current, &mut size);
         }
-        current.ops.push(op.clone());
+        current.ops.push(op);
         size += n;
     }
-    for change in &bundle.changes {
-        let n = change_size(change);
+    for change in bundle.changes {
+        let n = change_size(&change);
         let items = current.ops.len() + current.changes.len();
         if !current.is_empty() && (size + n > budget || items >= max_items) {
             flush(&mut current, &mut size);
         }
-        current.changes.push(change.clone());
+        current.changes.push(change);
         size += n;
     }
     flush(&mut current, &mut size);
@@ -101,7 +103,7 @@ mod tests {
     #[test]
     fn pieces_fit_keep_order_and_lose_nothing() -> crate::Result<()> {
         let whole = bundle(30, 200, 500)?;
-        let pieces = split(&whole, 16 * 1024, 50);
+        let pieces = split(whole.clone(), 16 * 1024, 50);
         assert!(pieces.len() > 1);
         for p in &pieces {
             assert!(p.encode().len() <= 16 * 1024, "{}", p.encode().len());
@@ -118,11 +120,11 @@ mod tests {
     #[test]
     fn small_bundles_stay_whole_and_empty_ones_vanish() -> crate::Result<()> {
         let whole = bundle(2, 3, 10)?;
-        assert_eq!(split(&whole, 1 << 20, 100), vec![whole]);
-        assert!(split(&Bundle::new(CommunityId::from_bytes([1; 32])), 100, 10).is_empty());
+        assert_eq!(split(whole.clone(), 1 << 20, 100), vec![whole]);
+        assert!(split(Bundle::new(CommunityId::from_bytes([1; 32])), 100, 10).is_empty());
         // An item too large for any piece goes alone.
         let big = bundle(0, 3, 4096)?;
-        assert_eq!(split(&big, 1024, 100).len(), 3);
+        assert_eq!(split(big, 1024, 100).len(), 3);
         Ok(())
     }
 }

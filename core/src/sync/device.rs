@@ -126,7 +126,7 @@ impl DeviceSession {
     /// local write while live), split into frames the server accepts. An
     /// empty bundle sends nothing.
     pub fn upload(&mut self, bundle: &Bundle) -> Vec<DeviceAction> {
-        let pieces = split(bundle, self.chunk_bytes, self.chunk_items);
+        let pieces = split(bundle.clone(), self.chunk_bytes, self.chunk_items);
         if pieces.is_empty() {
             return if self.in_flight == 0 && self.state == State::Live {
                 vec![DeviceAction::Status(SyncStatus::UpToDate)]
