@@ -396,7 +396,9 @@ impl Conn {
     /// Sends a catch-up page after page, in pieces that fit in a frame, in
     /// order; each page is read by the store while the one before is sent.
     /// Whether it was all sent: a member removed meanwhile gets no more
-    /// (the eviction queued for this connection says why).
+    /// (the eviction queued for this connection says why). If the store
+    /// fails mid-way, the connection ends after the error: the device
+    /// reconnects and goes on from what it holds.
     async fn send_catch_up(
         &mut self,
         community: CommunityId,
@@ -411,8 +413,8 @@ impl Conn {
                 Some(at) => match self.state.store.page(community, at, sub.clone(), max).await {
                     Ok(pending) => Some(pending),
                     Err(e) => {
-                        self.store_error(e, community).await?;
-                        return ControlFlow::Continue(false);
+                        let _ = self.store_error(e, community).await;
+                        return ControlFlow::Break(());
                     }
                 },
                 None => None,
@@ -430,8 +432,8 @@ impl Conn {
                 Ok((bundle, after)) => (page, next) = (bundle, after),
                 Err(StoreError::NotMember) => return ControlFlow::Continue(false),
                 Err(e) => {
-                    self.store_error(e, community).await?;
-                    return ControlFlow::Continue(false);
+                    let _ = self.store_error(e, community).await;
+                    return ControlFlow::Break(());
                 }
             }
         }
