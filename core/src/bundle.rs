@@ -83,24 +83,6 @@ impl Bundle {
         Ok(())
     }
 
-    /// This bundle cut, in order, into bundles of at most `max_items` ops
-    /// plus changes (at least one each); an empty bundle gives no bundle.
-    pub fn into_pieces(self, max_items: usize) -> Vec<Bundle> {
-        let max_items = max_items.max(1);
-        let mut pieces = Vec::with_capacity(self.len().div_ceil(max_items));
-        let mut ops = self.ops.into_iter().peekable();
-        let mut changes = self.changes.into_iter().peekable();
-        while ops.peek().is_some() || changes.peek().is_some() {
-            let mut piece = Bundle::new(self.community);
-            piece.ops.extend(ops.by_ref().take(max_items));
-            piece
-                .changes
-                .extend(changes.by_ref().take(max_items - piece.ops.len()));
-            pieces.push(piece);
-        }
-        pieces
-    }
-
     /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
         codec::encode(self)
@@ -207,38 +189,5 @@ mod tests {
         let bytes = bundle.encode();
         assert_eq!(bytes, codec::encode(&plain));
         assert_eq!(Bundle::decode(&bytes).ok(), Some(bundle));
-    }
-
-    #[test]
-    fn pieces_keep_every_item_in_order_and_hold_at_most_the_limit() {
-        let community = CommunityId::from_bytes([3; 32]);
-        let change = |n: u8| SignedChange {
-            envelope: Envelope {
-                community,
-                doc: "profiles".into(),
-                change_hash: [n; 32],
-                author: MemberId::from_stored([5; 32]),
-                signature: Signature::from_bytes([7; 64]),
-            },
-            bytes: vec![n],
-        };
-        let bundle = Bundle {
-            ops: (0..5).map(|n| vec![n]).collect(),
-            changes: (0..8).map(change).collect(),
-            ..Bundle::new(community)
-        };
-        let pieces = bundle.clone().into_pieces(3);
-        // 13 items: 3, 3 (two ops, then a change), 3, 3, 1.
-        let sizes: Vec<usize> = pieces.iter().map(Bundle::len).collect();
-        assert_eq!(sizes, [3, 3, 3, 3, 1]);
-        assert_eq!(pieces[1].ops.len(), 2);
-        let mut whole = Bundle::new(community);
-        for piece in pieces {
-            whole.append(piece).expect("one community");
-        }
-        assert_eq!(whole, bundle);
-        assert_eq!(bundle.clone().into_pieces(0).len(), 13);
-        assert_eq!(bundle.clone().into_pieces(100), [bundle]);
-        assert!(Bundle::new(community).into_pieces(3).is_empty());
     }
 }

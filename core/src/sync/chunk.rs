@@ -127,4 +127,36 @@ mod tests {
         assert_eq!(split(big, 1024, 100).len(), 3);
         Ok(())
     }
+    #[test]
+    fn with_no_byte_limit_pieces_keep_every_item_in_order_and_hold_at_most_the_limit() {
+        let community = CommunityId::from_bytes([3; 32]);
+        let change = |n: u8| SignedChange {
+            envelope: Envelope {
+                community,
+                doc: "profiles".into(),
+                change_hash: [n; 32],
+                author: crate::identity::MemberId::from_stored([5; 32]),
+                signature: Signature::from_bytes([7; 64]),
+            },
+            bytes: vec![n],
+        };
+        let bundle = Bundle {
+            ops: (0..5).map(|n| vec![n]).collect(),
+            changes: (0..8).map(change).collect(),
+            ..Bundle::new(community)
+        };
+        let pieces = split(bundle.clone(), usize::MAX, 3);
+        // 13 items: 3, 3 (two ops, then a change), 3, 3, 1.
+        let sizes: Vec<usize> = pieces.iter().map(Bundle::len).collect();
+        assert_eq!(sizes, [3, 3, 3, 3, 1]);
+        assert_eq!(pieces[1].ops.len(), 2);
+        let mut whole = Bundle::new(community);
+        for piece in pieces {
+            whole.append(piece).expect("one community");
+        }
+        assert_eq!(whole, bundle);
+        assert_eq!(split(bundle.clone(), usize::MAX, 0).len(), 13);
+        assert_eq!(split(bundle.clone(), usize::MAX, 100), [bundle]);
+        assert!(split(Bundle::new(community), usize::MAX, 3).is_empty());
+    }
 }

@@ -24,6 +24,7 @@ use crate::client::Karmyq;
 use crate::community::Prepared;
 use crate::error::{Error, Result};
 use crate::identity::Keypair;
+use crate::sync::chunk::split;
 use crate::sync::device::{DeviceAction, DeviceSession, SyncStatus};
 use crate::sync::join::JoinRequest;
 use crate::time::Timestamp;
@@ -575,11 +576,12 @@ impl Worker {
                     .receive(&bytes)
                     .into_iter()
                     .flat_map(|action| match action {
-                        DeviceAction::Apply(bundle) if bundle.len() > PIECE_ITEMS => bundle
-                            .into_pieces(PIECE_ITEMS)
-                            .into_iter()
-                            .map(DeviceAction::Apply)
-                            .collect(),
+                        DeviceAction::Apply(bundle) if bundle.len() > PIECE_ITEMS => {
+                            split(bundle, usize::MAX, PIECE_ITEMS)
+                                .into_iter()
+                                .map(DeviceAction::Apply)
+                                .collect()
+                        }
                         other => vec![other],
                     })
                     .collect();
