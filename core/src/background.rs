@@ -46,8 +46,7 @@ impl Background {
 
     /// One thread per core, up to `most`.
     pub fn per_core(name: &str, most: usize) -> Background {
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        Background::start(name, cores.min(most))
+        Background::start(name, cores().min(most))
     }
 
     /// Runs `job` on one of the threads, or here, at once, if none runs
@@ -62,6 +61,11 @@ impl Background {
             job();
         }
     }
+}
+
+/// The cores this process may use (at least one).
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// A thread's life: lower itself, then run jobs until the queue ends.

@@ -9,6 +9,7 @@ use rusqlite::{Transaction, params};
 
 use super::persist::{Loaded, load_doc_tx};
 use crate::authority::{AuthorityLog, OpHash, Resolved};
+use crate::background::cores;
 use crate::bundle::{Item, Report};
 use crate::codec;
 use crate::docs::{Authentic, DocId, Link, RequestVerdicts, SignedChange};
@@ -27,11 +28,6 @@ const PARALLEL_VERIFY: usize = 32;
 
 /// Most threads that check a batch's signatures.
 const MAX_VERIFY_THREADS: usize = 8;
-
-/// The cores of this machine (1 if unknown).
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-}
 
 /// Finds the authority state a change cites.
 pub(super) struct Judge<'a> {
