@@ -203,12 +203,17 @@ impl Store {
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, StoreError> {
+        self.queue(make).await?.answer().await
+    }
+
+    /// Queues a command for the store thread; its answer comes later.
+    async fn queue<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<Pending<T>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(make(reply))
             .await
             .map_err(|_| StoreError::Stopped)?;
-        answer.await.map_err(|_| StoreError::Stopped)?
+        Ok(Pending(answer))
     }
 
     /// Subscribes a connection if its member is a current member: returns
@@ -243,18 +248,14 @@ impl Store {
         sub: Subscriber,
         max_bytes: usize,
     ) -> Result<Pending<Paged>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Cmd::Page {
-                community,
-                page,
-                sub,
-                max_bytes,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Stopped)?;
-        Ok(Pending(answer))
+        self.queue(|reply| Cmd::Page {
+            community,
+            page,
+            sub,
+            max_bytes,
+            reply,
+        })
+        .await
     }
 
     /// Queues an uploaded bundle to be validated, stored and relayed, in
@@ -266,7 +267,6 @@ impl Store {
         conn: u64,
         bundle: Bundle,
     ) -> Result<Pending<Ack>, StoreError> {
-        let (reply, answer) = oneshot::channel();
         // Decoding and signatures need no replica: done ahead, on a
         // preparing thread, so the store thread only judges and stores.
         let (done, preparation) = oneshot::channel();
@@ -276,17 +276,16 @@ impl Store {
             let _ = done.send((bundle, prepared));
         });
         let (bundle, prepared) = preparation.await.map_err(|_| StoreError::Stopped)?;
-        self.tx
-            .send(Cmd::Ingest(Upload {
+        self.queue(|reply| {
+            Cmd::Ingest(Upload {
                 uploader,
                 conn,
                 bundle,
                 prepared,
                 reply,
-            }))
-            .await
-            .map_err(|_| StoreError::Stopped)?;
-        Ok(Pending(answer))
+            })
+        })
+        .await
     }
 
     /// Leaves a verified request to join.
@@ -564,12 +563,7 @@ impl Worker {
         max_bytes: usize,
     ) -> Result<Subscription, StoreError> {
         let member = sub.member;
-        let Ok(community) = self.karmyq.community(id) else {
-            return Err(StoreError::NotMember);
-        };
-        let Some(role) = community.authority().role(&member) else {
-            return Err(StoreError::NotMember);
-        };
+        let (community, role) = self.member_of(id, &member)?;
         let (mut catch_up, next) = community.catch_up_for(heads, &member, max_bytes)?;
         catch_up.changes.retain(|c| sub.receives(c));
         let ours = community.heads()?;
@@ -591,15 +585,26 @@ impl Worker {
         max_bytes: usize,
     ) -> Result<Paged, StoreError> {
         let member = sub.member;
-        let Ok(community) = self.karmyq.community(id) else {
-            return Err(StoreError::NotMember);
-        };
-        if community.authority().role(&member).is_none() {
-            return Err(StoreError::NotMember);
-        }
+        let (community, _) = self.member_of(id, &member)?;
         let (mut bundle, next) = community.next_page_for(page, &member, max_bytes)?;
         bundle.changes.retain(|c| sub.receives(c));
         Ok((bundle, next))
+    }
+
+    /// The community `id` and `member`'s role in it, if the server holds
+    /// it and `member` is a current member (else `NotMember`, either way).
+    fn member_of(
+        &mut self,
+        id: CommunityId,
+        member: &MemberId,
+    ) -> Result<(&mut karmyq_core::Community, Role), StoreError> {
+        let Ok(community) = self.karmyq.community(id) else {
+            return Err(StoreError::NotMember);
+        };
+        let Some(role) = community.authority().role(member) else {
+            return Err(StoreError::NotMember);
+        };
+        Ok((community, role))
     }
 
     /// The pending requests to join a community, oldest first, from people
@@ -730,10 +735,8 @@ impl Worker {
 
     fn decline(&mut self, decline: JoinDecline) -> Result<(), StoreError> {
         let id = decline.community;
-        let Ok(community) = self.karmyq.community(id) else {
-            return Err(StoreError::NotMember);
-        };
-        if community.authority().role(&decline.by) < Some(Role::Moderator) {
+        let (_, role) = self.member_of(id, &decline.by)?;
+        if role < Role::Moderator {
             return Err(StoreError::NotMember);
         }
         let gone = self.db.execute(
@@ -1273,6 +1276,21 @@ mod tests {
         Ok(k.community(id)?.changes_since(before)?)
     }
 
+    /// Alice founds a community and Bob joins it, each on a device of
+    /// their own (kept in the returned directories), both up to date.
+    fn alice_and_bob() -> TestResult<([TempDir; 2], Karmyq, Karmyq, CommunityId, Timestamp)> {
+        let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+        let mut alice = Karmyq::open(dirs[0].path())?;
+        let mut bob = Karmyq::open(dirs[1].path())?;
+        let now = Timestamp::now();
+        let id = alice.create_community("Elm Street", "", Visibility::Public, now)?;
+        bob.receive(&news(&mut alice, id, &Heads::empty())?, now)?;
+        bob.community(id)?.join(now)?;
+        let heads = alice.community(id)?.heads()?;
+        alice.receive(&news(&mut bob, id, &heads)?, now)?;
+        Ok((dirs, alice, bob, id, now))
+    }
+
     type Answer = oneshot::Receiver<Result<Ack, StoreError>>;
 
     fn upload(uploader: MemberId, conn: u64, bundle: &Bundle) -> (Upload, Answer) {
@@ -1301,15 +1319,7 @@ mod tests {
 
     #[test]
     fn a_catch_up_gets_no_page_after_its_member_is_removed() -> TestResult {
-        let (_a, _b) = (tempfile::tempdir()?, tempfile::tempdir()?);
-        let mut alice = Karmyq::open(_a.path())?;
-        let mut bob = Karmyq::open(_b.path())?;
-        let now = Timestamp::now();
-        let id = alice.create_community("Elm Street", "", Visibility::Public, now)?;
-        bob.receive(&news(&mut alice, id, &Heads::empty())?, now)?;
-        bob.community(id)?.join(now)?;
-        let heads = alice.community(id)?.heads()?;
-        alice.receive(&news(&mut bob, id, &heads)?, now)?;
+        let (_dirs, mut alice, bob, id, now) = alice_and_bob()?;
         for title in ["Sofa", "Groceries", "Ladder"] {
             alice.community(id)?.post_request(&draft(title), now)?;
         }
@@ -1365,15 +1375,7 @@ mod tests {
 
     #[test]
     fn uploads_stored_together_get_the_answers_and_relays_of_uploads_stored_alone() -> TestResult {
-        let (_a, _b) = (tempfile::tempdir()?, tempfile::tempdir()?);
-        let mut alice = Karmyq::open(_a.path())?;
-        let mut bob = Karmyq::open(_b.path())?;
-        let now = Timestamp::now();
-        let id = alice.create_community("Elm Street", "", Visibility::Public, now)?;
-        bob.receive(&news(&mut alice, id, &Heads::empty())?, now)?;
-        bob.community(id)?.join(now)?;
-        let heads = alice.community(id)?.heads()?;
-        alice.receive(&news(&mut bob, id, &heads)?, now)?;
+        let (_dirs, mut alice, mut bob, id, now) = alice_and_bob()?;
         let log = news(&mut alice, id, &Heads::empty())?;
         bob.receive(&log, now)?;
         let mallory = Keypair::generate()?.member_id();
