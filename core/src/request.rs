@@ -440,120 +440,162 @@ fn text(v: &ValueRef<'_>) -> Option<String> {
     }
 }
 
-impl RequestState {
-    /// Reads the document at `heads` (its current state if `None`).
-    /// `None` if the request was not created there.
-    pub fn read(
-        doc: &Automerge,
-        id: RequestId,
-        heads: Option<&[ChangeHash]>,
-    ) -> Result<Option<Self>> {
-        let root: Vec<_> = match heads {
-            Some(h) => doc.map_range_at(ROOT, .., h).collect(),
-            None => doc.map_range(ROOT, ..).collect(),
-        };
-        let mut s = RequestState {
-            id,
-            draft: RequestDraft {
-                title: String::new(),
-                description: String::new(),
-                category: Category::Other,
-                urgency: Urgency::Medium,
-                kind: RequestKind::Generic,
-                location: None,
-                when: None,
+/// A request's state as its root map's entries are read, in any order.
+struct Reading {
+    s: RequestState,
+    created: bool,
+    accepted: Option<OfferId>,
+    accepted_at: Option<Timestamp>,
+    when_start: Option<Timestamp>,
+    when_end: Option<Timestamp>,
+}
+
+impl Reading {
+    fn new(id: RequestId) -> Self {
+        Reading {
+            s: RequestState {
+                id,
+                draft: RequestDraft {
+                    title: String::new(),
+                    description: String::new(),
+                    category: Category::Other,
+                    urgency: Urgency::Medium,
+                    kind: RequestKind::Generic,
+                    location: None,
+                    when: None,
+                },
+                created_at: Timestamp::default(),
+                expires_at: Timestamp::default(),
+                renewals: 0,
+                cancelled_at: None,
+                cancel_reason: None,
+                accepted: None,
+                requester_confirmed: BTreeMap::new(),
+                requester_notes: BTreeMap::new(),
+                declined: BTreeSet::new(),
+                match_cancelled: BTreeMap::new(),
+                hidden: None,
+                invalidated: BTreeMap::new(),
+                offers: BTreeMap::new(),
+                posted_to: Vec::new(),
+                shares: Vec::new(),
+                accepted_in: None,
             },
-            created_at: Timestamp::default(),
-            expires_at: Timestamp::default(),
-            renewals: 0,
-            cancelled_at: None,
-            cancel_reason: None,
+            created: false,
             accepted: None,
-            requester_confirmed: BTreeMap::new(),
-            requester_notes: BTreeMap::new(),
-            declined: BTreeSet::new(),
-            match_cancelled: BTreeMap::new(),
-            hidden: None,
-            invalidated: BTreeMap::new(),
-            offers: BTreeMap::new(),
-            posted_to: Vec::new(),
-            shares: Vec::new(),
-            accepted_in: None,
-        };
-        let mut created = false;
-        let (mut accepted, mut accepted_at, mut when_start, mut when_end) =
-            (None, None, None, None);
-        for item in root {
-            let v = &item.value;
-            match item.key.as_ref() {
-                "title" => s.draft.title = text(v).unwrap_or_default(),
-                "description" => s.draft.description = text(v).unwrap_or_default(),
-                "category" => {
-                    s.draft.category = text(v)
-                        .and_then(|t| Category::parse(&t))
-                        .unwrap_or(Category::Other)
-                }
-                "urgency" => {
-                    s.draft.urgency = text(v)
-                        .and_then(|t| Urgency::parse(&t))
-                        .unwrap_or(Urgency::Medium)
-                }
-                "kind" => {
-                    s.draft.kind = text(v)
-                        .and_then(|t| RequestKind::parse(&t))
-                        .unwrap_or(RequestKind::Generic)
-                }
-                "location" => s.draft.location = text(v),
-                "when_start" => when_start = ms(v),
-                "when_end" => when_end = ms(v),
-                "created_at" => {
-                    created = true;
-                    s.created_at = ms(v).unwrap_or_default();
-                }
-                "expires_at" => s.expires_at = ms(v).unwrap_or_default(),
-                "renewals" => s.renewals = ms(v).map_or(0, Timestamp::as_millis),
-                "cancelled_at" => s.cancelled_at = ms(v),
-                "cancel_reason" => s.cancel_reason = text(v),
-                "accepted" => accepted = text(v).and_then(|t| OfferId::parse_stored(&t)),
-                "accepted_at" => accepted_at = ms(v),
-                "hidden" => s.hidden = text(v),
-                "posted_to" => {
-                    s.posted_to = text(v).and_then(|t| communities(&t)).unwrap_or_default()
-                }
-                "shares" => s.shares = text(v).and_then(|t| communities(&t)).unwrap_or_default(),
-                "accepted_in" => s.accepted_in = text(v).and_then(|t| t.parse().ok()),
-                key => {
-                    if let Some(o) = key.strip_prefix(DECLINED).and_then(OfferId::parse_stored) {
-                        s.declined.insert(o);
-                    } else if let Some(o) = key
-                        .strip_prefix(MATCH_CANCEL)
-                        .and_then(OfferId::parse_stored)
-                    {
-                        s.match_cancelled.insert(o, text(v).unwrap_or_default());
-                    } else if let Some(o) =
-                        key.strip_prefix(CONFIRMED).and_then(OfferId::parse_stored)
-                    {
-                        if let Some(t) = ms(v) {
-                            s.requester_confirmed.insert(o, t);
-                        }
-                    } else if let Some(o) = key
-                        .strip_prefix(INVALIDATED)
-                        .and_then(OfferId::parse_stored)
-                    {
-                        s.invalidated.insert(o, text(v).unwrap_or_default());
-                    } else if let Some(o) = key.strip_prefix(NOTE).and_then(OfferId::parse_stored) {
-                        s.requester_notes.insert(o, text(v).unwrap_or_default());
-                    } else if let Some(o) = key.strip_prefix(OFFER).and_then(OfferId::parse_stored)
-                        && let ExId::Id(counter, actor, _) = item.id()
-                    {
-                        let offer = read_offer(doc, o, Some((counter, actor)), &item.id(), heads)?;
-                        s.offers.insert(o, offer);
+            accepted_at: None,
+            when_start: None,
+            when_end: None,
+        }
+    }
+
+    /// Takes the root entry `key`; for an offer's entry, returns the offer,
+    /// whose fields the caller reads from the entry's object and adds
+    /// ([`Reading::offer`]).
+    fn root(&mut self, key: &str, v: &ValueRef<'_>) -> Option<OfferId> {
+        let s = &mut self.s;
+        match key {
+            "title" => s.draft.title = text(v).unwrap_or_default(),
+            "description" => s.draft.description = text(v).unwrap_or_default(),
+            "category" => {
+                s.draft.category = text(v)
+                    .and_then(|t| Category::parse(&t))
+                    .unwrap_or(Category::Other)
+            }
+            "urgency" => {
+                s.draft.urgency = text(v)
+                    .and_then(|t| Urgency::parse(&t))
+                    .unwrap_or(Urgency::Medium)
+            }
+            "kind" => {
+                s.draft.kind = text(v)
+                    .and_then(|t| RequestKind::parse(&t))
+                    .unwrap_or(RequestKind::Generic)
+            }
+            "location" => s.draft.location = text(v),
+            "when_start" => self.when_start = ms(v),
+            "when_end" => self.when_end = ms(v),
+            "created_at" => {
+                self.created = true;
+                s.created_at = ms(v).unwrap_or_default();
+            }
+            "expires_at" => s.expires_at = ms(v).unwrap_or_default(),
+            "renewals" => s.renewals = ms(v).map_or(0, Timestamp::as_millis),
+            "cancelled_at" => s.cancelled_at = ms(v),
+            "cancel_reason" => s.cancel_reason = text(v),
+            "accepted" => self.accepted = text(v).and_then(|t| OfferId::parse_stored(&t)),
+            "accepted_at" => self.accepted_at = ms(v),
+            "hidden" => s.hidden = text(v),
+            "posted_to" => s.posted_to = text(v).and_then(|t| communities(&t)).unwrap_or_default(),
+            "shares" => s.shares = text(v).and_then(|t| communities(&t)).unwrap_or_default(),
+            "accepted_in" => s.accepted_in = text(v).and_then(|t| t.parse().ok()),
+            key => {
+                if let Some(o) = key.strip_prefix(DECLINED).and_then(OfferId::parse_stored) {
+                    s.declined.insert(o);
+                } else if let Some(o) = key
+                    .strip_prefix(MATCH_CANCEL)
+                    .and_then(OfferId::parse_stored)
+                {
+                    s.match_cancelled.insert(o, text(v).unwrap_or_default());
+                } else if let Some(o) = key.strip_prefix(CONFIRMED).and_then(OfferId::parse_stored)
+                {
+                    if let Some(t) = ms(v) {
+                        s.requester_confirmed.insert(o, t);
                     }
+                } else if let Some(o) = key
+                    .strip_prefix(INVALIDATED)
+                    .and_then(OfferId::parse_stored)
+                {
+                    s.invalidated.insert(o, text(v).unwrap_or_default());
+                } else if let Some(o) = key.strip_prefix(NOTE).and_then(OfferId::parse_stored) {
+                    s.requester_notes.insert(o, text(v).unwrap_or_default());
+                } else if let Some(o) = key.strip_prefix(OFFER).and_then(OfferId::parse_stored) {
+                    return Some(o);
                 }
             }
         }
-        s.accepted = accepted.zip(accepted_at);
-        s.draft.when = when_start.zip(when_end);
+        None
+    }
+
+    /// Adds offer `id`, held in the object made by op `obj`, with the
+    /// `fields` of that object.
+    fn offer<'f, 'v: 'f>(
+        &mut self,
+        id: OfferId,
+        obj: (u64, ActorId),
+        fields: impl IntoIterator<Item = (&'f str, &'f ValueRef<'v>)>,
+    ) {
+        let mut o = OfferState {
+            id,
+            obj: Some(obj),
+            message: String::new(),
+            created_at: Timestamp::default(),
+            withdrawn_at: None,
+            confirmed_at: None,
+            note: None,
+            cancelled_at: None,
+            cancel_reason: None,
+        };
+        for (key, v) in fields {
+            match key {
+                "message" => o.message = text(v).unwrap_or_default(),
+                "created_at" => o.created_at = ms(v).unwrap_or_default(),
+                "withdrawn_at" => o.withdrawn_at = ms(v),
+                "confirmed_at" => o.confirmed_at = ms(v),
+                "note" => o.note = text(v),
+                "cancelled_at" => o.cancelled_at = ms(v),
+                "cancel_reason" => o.cancel_reason = text(v),
+                _ => {}
+            }
+        }
+        self.s.offers.insert(id, o);
+    }
+
+    /// The state read; `None` if the request was not created.
+    fn finish(self) -> Option<RequestState> {
+        let mut s = self.s;
+        s.accepted = self.accepted.zip(self.accepted_at);
+        s.draft.when = self.when_start.zip(self.when_end);
         // An offer accepted in another community: its responder may not
         // have written here yet.
         if s.accepted_in.is_some()
@@ -562,7 +604,35 @@ impl RequestState {
         {
             s.offers.insert(offer, OfferState::mirrored(offer, at));
         }
-        Ok(created.then_some(s))
+        self.created.then_some(s)
+    }
+}
+
+impl RequestState {
+    /// Reads the document at `heads` (its current state if `None`).
+    /// `None` if the request was not created there.
+    pub fn read(
+        doc: &Automerge,
+        id: RequestId,
+        heads: Option<&[ChangeHash]>,
+    ) -> Result<Option<Self>> {
+        let range = |obj: &ExId| -> Vec<_> {
+            match heads {
+                Some(h) => doc.map_range_at(obj, .., h).collect(),
+                None => doc.map_range(obj, ..).collect(),
+            }
+        };
+        let mut reading = Reading::new(id);
+        for item in range(&ROOT) {
+            if let Some(offer) = reading.root(&item.key, &item.value)
+                && let ExId::Id(counter, actor, _) = item.id()
+            {
+                let fields = range(&item.id());
+                let fields = fields.iter().map(|f| (f.key.as_ref(), &f.value));
+                reading.offer(offer, (counter, actor), fields);
+            }
+        }
+        Ok(reading.finish())
     }
 
     /// How many communities split the pool of this request's match (1..=3).
@@ -735,44 +805,6 @@ pub(crate) fn communities_text(list: &[CommunityId]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",")
-}
-
-fn read_offer(
-    doc: &Automerge,
-    id: OfferId,
-    obj: Option<(u64, ActorId)>,
-    exid: &ExId,
-    heads: Option<&[ChangeHash]>,
-) -> Result<OfferState> {
-    let items: Vec<_> = match heads {
-        Some(h) => doc.map_range_at(exid, .., h).collect(),
-        None => doc.map_range(exid, ..).collect(),
-    };
-    let mut o = OfferState {
-        id,
-        obj,
-        message: String::new(),
-        created_at: Timestamp::default(),
-        withdrawn_at: None,
-        confirmed_at: None,
-        note: None,
-        cancelled_at: None,
-        cancel_reason: None,
-    };
-    for item in items {
-        let v = &item.value;
-        match item.key.as_ref() {
-            "message" => o.message = text(v).unwrap_or_default(),
-            "created_at" => o.created_at = ms(v).unwrap_or_default(),
-            "withdrawn_at" => o.withdrawn_at = ms(v),
-            "confirmed_at" => o.confirmed_at = ms(v),
-            "note" => o.note = text(v),
-            "cancelled_at" => o.cancelled_at = ms(v),
-            "cancel_reason" => o.cancel_reason = text(v),
-            _ => {}
-        }
-    }
-    Ok(o)
 }
 
 /// Root key prefix of a declined offer.
