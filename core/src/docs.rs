@@ -9,10 +9,13 @@
 //! author's own?" is answered without the document. The cost is linear in
 //! the size of the change, never in the size of the document.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use automerge::legacy::{Key, ObjectId, OpType};
-use automerge::{ActorId, Automerge, Change, ChangeHash, ScalarValue};
+use automerge::legacy::{Key, ObjectId, OpId, OpType};
+use automerge::{
+    ActorId, Automerge, Change, ChangeHash, ExpandedChange, ObjId as ExId, ReadDoc, ScalarValue,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::authority::{CommunityId, OpHash, Resolved, Role};
@@ -310,6 +313,16 @@ pub(crate) struct RequestVerdicts {
     moderator: std::result::Result<(), Rejection>,
 }
 
+impl RequestVerdicts {
+    /// Refused for any author.
+    pub(crate) fn refused(reason: Rejection) -> Self {
+        RequestVerdicts {
+            member: Err(reason.clone()),
+            moderator: Err(reason),
+        }
+    }
+}
+
 /// A decoded change whose hash and actor hold; not yet authorized.
 #[derive(Debug, Clone)]
 pub struct Authentic {
@@ -353,33 +366,131 @@ impl Authentic {
         self.authorize_seen(at, doc, None)
     }
 
-    /// Judges this change (in request `id`) by the request rules, on the
-    /// request as its author saw it: `doc` (which holds the change's
-    /// dependencies) read at them. That depends only on the change's past,
-    /// so any document holding that past gives the same verdicts.
-    pub(crate) fn judge_request(&self, id: &RequestId, doc: &Automerge) -> RequestVerdicts {
-        let [member, moderator] = self.check_request(id, doc, [Role::Member, Role::Moderator]);
+    /// Judges this change (decoded: `change`, in request `id`) by the
+    /// request rules, on `seen`: the request as its author saw it, that is
+    /// as of the change's dependencies ([`Authentic::request_seen`], or
+    /// replayed), `Err` if that could not be read. That depends only on the
+    /// change's past, so any replica holding that past gives the same
+    /// verdicts.
+    pub(crate) fn judge_request(
+        &self,
+        id: &RequestId,
+        seen: &std::result::Result<Option<RequestState>, Rejection>,
+        change: &ExpandedChange,
+    ) -> RequestVerdicts {
+        let [member, moderator] =
+            self.check_request(id, seen, change, [Role::Member, Role::Moderator]);
         RequestVerdicts { member, moderator }
     }
 
-    /// The request rules' verdict on this change for an author of each of
-    /// `roles`, reading the request once (see [`Authentic::judge_request`]).
-    fn check_request<const N: usize>(
+    /// Request `id` as this change's author saw it: `doc`, which holds the
+    /// change's dependencies, read at them (`None`: not created there).
+    pub(crate) fn request_seen(
         &self,
         id: &RequestId,
         doc: &Automerge,
+    ) -> std::result::Result<Option<RequestState>, Rejection> {
+        let deps = self.change.deps();
+        if deps.is_empty() {
+            return Ok(None);
+        }
+        RequestState::read(doc, *id, Some(deps)).map_err(|_| Rejection::Malformed)
+    }
+
+    /// Checks that each op names only what the document held at the
+    /// change's dependencies or what an earlier op of the change made: the
+    /// object it writes in (visible there), and the values it overwrites
+    /// (its predecessors, visible under its key). `doc` holds the
+    /// dependencies; `change` is this change decoded.
+    ///
+    /// Honest writers do nothing else, and Automerge takes a change that
+    /// does not, but then panics applying it or writes a document it cannot
+    /// load: one member could break every replica of a community.
+    pub(crate) fn ops_hold(
+        &self,
+        doc: &Automerge,
+        change: &ExpandedChange,
+    ) -> std::result::Result<(), Rejection> {
+        let deps = self.change.deps();
+        let exid = |o: &OpId| ExId::Id(o.0, o.1.clone(), usize::MAX);
+        // The values visible under each (object, key) this change wrote,
+        // and the objects it made.
+        let mut written: HashMap<(&ObjectId, &str), Vec<OpId>> = HashMap::new();
+        let mut made: HashSet<OpId> = HashSet::new();
+        for (op, counter) in change.operations.iter().zip(change.start_op.get()..) {
+            let Key::Map(key) = &op.key else {
+                return Err(Rejection::DisallowedOperation);
+            };
+            if op.insert {
+                return Err(Rejection::DisallowedOperation);
+            }
+            let obj = match &op.obj {
+                ObjectId::Root => Some(ExId::Root),
+                ObjectId::Id(o) if made.contains(o) => None,
+                ObjectId::Id(o) => {
+                    let parent = doc
+                        .parents_at(exid(o), deps)
+                        .ok()
+                        .and_then(|mut p| p.next());
+                    if !parent.is_some_and(|p| p.visible) {
+                        return Err(Rejection::DanglingOp);
+                    }
+                    Some(exid(o))
+                }
+            };
+            let slot = (&op.obj, key.as_str());
+            let visible = match (written.remove(&slot), obj) {
+                (Some(visible), _) => visible,
+                (None, None) => Vec::new(),
+                (None, Some(obj)) => doc
+                    .get_all_at(obj, key.as_str(), deps)
+                    .map_err(|_| Rejection::DanglingOp)?
+                    .into_iter()
+                    .filter_map(|(_, id)| match id {
+                        ExId::Id(counter, actor, _) => Some(OpId(counter, actor)),
+                        ExId::Root => None,
+                    })
+                    .collect(),
+            };
+            let overwrites = op.pred.iter().all(|p| visible.contains(p));
+            let needs_pred = matches!(op.action, OpType::Delete | OpType::Increment(_));
+            if !overwrites || (needs_pred && op.pred.is_empty()) {
+                return Err(Rejection::DanglingOp);
+            }
+            let id = OpId(counter, change.actor_id.clone());
+            let after = if let OpType::Increment(_) = op.action {
+                // A counter stays what is visible.
+                visible
+            } else {
+                let mut after: Vec<OpId> = visible
+                    .into_iter()
+                    .filter(|v| !op.pred.iter().any(|p| p == v))
+                    .collect();
+                if !matches!(op.action, OpType::Delete) {
+                    after.push(id.clone());
+                }
+                after
+            };
+            written.insert(slot, after);
+            if matches!(op.action, OpType::Make(_)) {
+                made.insert(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The request rules' verdict on this change for an author of each of
+    /// `roles` (see [`Authentic::judge_request`]).
+    fn check_request<const N: usize>(
+        &self,
+        id: &RequestId,
+        seen: &std::result::Result<Option<RequestState>, Rejection>,
+        change: &ExpandedChange,
         roles: [Role; N],
     ) -> [std::result::Result<(), Rejection>; N] {
-        let deps = self.change.deps();
-        let seen = if deps.is_empty() {
-            Ok(None)
-        } else {
-            RequestState::read(doc, *id, Some(deps)).map_err(|_| Rejection::Malformed)
-        };
         let Ok(seen) = seen else {
             return std::array::from_fn(|_| Err(Rejection::Malformed));
         };
-        let change = self.change.decode();
         let time = Timestamp::from_millis(self.change.timestamp());
         roles.map(|role| {
             request::check_change(
@@ -387,7 +498,7 @@ impl Authentic {
                 id,
                 &self.author(),
                 role,
-                &change,
+                change,
                 seen.as_ref(),
                 time,
             )
@@ -411,6 +522,10 @@ impl Authentic {
                 Rejection::NotAMember(author)
             });
         };
+        // Request changes judged ahead had their ops checked there.
+        if judged.is_none() {
+            self.ops_hold(doc, &self.change.decode())?;
+        }
         let needed = match &self.doc {
             DocId::Request(id) => {
                 match judged {
@@ -418,7 +533,9 @@ impl Authentic {
                     Some(verdicts) => verdicts.member?,
                     // Not judged ahead: for this author's role alone.
                     None => {
-                        let [verdict] = self.check_request(id, doc, [role]);
+                        let seen = self.request_seen(id, doc);
+                        let change = self.change.decode();
+                        let [verdict] = self.check_request(id, &seen, &change, [role]);
                         verdict?;
                     }
                 }

@@ -132,6 +132,10 @@ pub enum Rejection {
     /// A field, key or value that the document's schema does not allow.
     #[error("field not allowed: {0}")]
     InvalidField(String),
+    /// An op names an object or a value its change's dependencies do not
+    /// hold (see `Authentic::ops_hold`).
+    #[error("an op names what the document did not hold")]
+    DanglingOp,
     /// An Automerge operation kind the schema does not allow.
     #[error("operation not allowed")]
     DisallowedOperation,
@@ -180,6 +184,7 @@ impl Rejection {
             Rejection::MemberLimit => "member_limit",
             Rejection::ConcurrentWithRemoval => "concurrent_with_removal",
             Rejection::InvalidField(_) => "invalid_field",
+            Rejection::DanglingOp => "dangling_op",
             Rejection::DisallowedOperation => "disallowed_operation",
             Rejection::InvalidSettings(_) => "invalid_settings",
             Rejection::NotRequester => "not_requester",

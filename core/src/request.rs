@@ -32,6 +32,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub(crate) mod replay;
+
 use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::{
     ActorId, Automerge, ChangeHash, ObjId as ExId, ROOT, ReadDoc, ScalarValueRef, ValueRef,

@@ -28,7 +28,7 @@
 //! `not_a_member`, `author_removed`, `role_revoked`, `not_permitted`,
 //! `senior_admin`, `foreign_entry`, `already_member`, `target_not_member`,
 //! `private`, `invite_invalid`, `member_limit`, `concurrent_with_removal`,
-//! `invalid_field`, `disallowed_operation`, `invalid_settings`,
+//! `invalid_field`, `dangling_op`, `disallowed_operation`, `invalid_settings`,
 //! `not_requester`, `not_responder`, `illegal_transition`, `blocked`,
 //! `not_participant`.
 

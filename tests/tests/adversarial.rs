@@ -93,6 +93,14 @@ impl World {
         );
         let before = self.alice_state()?;
         let report = self.alice.k.receive(bundle, at(30))?;
+        // Again, prepared ahead as a device's sync engine does (request
+        // documents built and judged there).
+        let again = self.alice.k.receive_prepared(
+            bundle,
+            karmyq_core::Prepared::for_device(bundle, 1),
+            at(30),
+        )?;
+        assert_eq!(again, report, "the prepared path judged otherwise");
         // The relay takes it as the server does: decoded and its
         // signatures checked ahead.
         let prepared = karmyq_core::Prepared::for_relay(bundle, 1);
@@ -871,5 +879,109 @@ fn naming_another_members_change_vouches_for_nothing() -> Result<()> {
     let mallory = w.mallory.k.member_id();
     let bio = w.alice.k.community(id)?.profile(&mallory)?.map(|p| p.bio);
     assert_ne!(bio, Some("new in town".into()));
+    Ok(())
+}
+
+/// Bob's fresh change (`request`: his new request, else his profile) with
+/// its decoded form edited by `edit`, signed again by Bob.
+fn bobs_change_edited(
+    w: &mut World,
+    request: bool,
+    edit: impl FnOnce(&mut automerge::ExpandedChange),
+) -> Result<SignedChange> {
+    let (doc_id, honest) = if request {
+        let changes = bobs_request_then_profile(w, false)?;
+        let first = changes[0].clone();
+        (doc_of(w, &first)?, first)
+    } else {
+        (DocId::Profiles, bobs_new_change(w)?)
+    };
+    let change = automerge::Change::from_bytes(honest.bytes.clone())
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let mut expanded = change.decode();
+    edit(&mut expanded);
+    expanded.hash = None;
+    let bob = Keypair::import_secret(&w.bob.k.export_secret())?;
+    Ok(SignedChange::sign(
+        w.id,
+        &doc_id,
+        &automerge::Change::from(expanded),
+        &bob,
+    ))
+}
+
+fn doc_of(w: &World, change: &SignedChange) -> Result<DocId> {
+    Ok(decoded(w, change)?.doc)
+}
+
+/// Ops that name what the document did not hold at the change's
+/// dependencies: an object never made, a value never written or under
+/// another key, a delete of nothing. Automerge would take each, then panic
+/// or write a file it cannot load; the validator refuses them.
+#[test]
+fn ops_naming_what_the_document_did_not_hold_are_refused() -> Result<()> {
+    use automerge::legacy::{ObjectId, OpId, OpType, SortedVec};
+    type Edit = Box<dyn FnOnce(&mut automerge::ExpandedChange)>;
+    let cases: Vec<(&str, bool, Edit)> = vec![
+        (
+            "an object never made",
+            false,
+            Box::new(|e| {
+                let op = &mut e.operations[0];
+                op.obj = ObjectId::Id(OpId(9_999, e.actor_id.clone()));
+                op.pred = SortedVec::new();
+            }),
+        ),
+        (
+            "a value never written",
+            false,
+            Box::new(|e| e.operations[0].pred = vec![OpId(9_999, e.actor_id.clone())].into()),
+        ),
+        (
+            "a value under another key",
+            false,
+            Box::new(|e| {
+                let ObjectId::Id(entry) = e.operations[0].obj.clone() else {
+                    panic!("a profile field is written in its entry");
+                };
+                e.operations[0].pred = vec![entry].into();
+            }),
+        ),
+        (
+            "a delete of nothing",
+            false,
+            Box::new(|e| {
+                let op = &mut e.operations[0];
+                op.action = OpType::Delete;
+                op.pred = SortedVec::new();
+            }),
+        ),
+        (
+            "a request's value under another key",
+            true,
+            Box::new(|e| {
+                let first = OpId(e.start_op.get(), e.actor_id.clone());
+                e.operations[1].pred = vec![first].into();
+            }),
+        ),
+        (
+            "a request's object never made",
+            true,
+            Box::new(|e| {
+                let op = &mut e.operations[0];
+                op.obj = ObjectId::Id(OpId(9_999, e.actor_id.clone()));
+                op.pred = SortedVec::new();
+            }),
+        ),
+    ];
+    for (what, request, edit) in cases {
+        let mut w = World::new()?;
+        let forged = bobs_change_edited(&mut w, request, edit)?;
+        assert_eq!(
+            w.refused(&bundle_of(w.id, vec![forged]))?,
+            Rejection::DanglingOp,
+            "{what}"
+        );
+    }
     Ok(())
 }

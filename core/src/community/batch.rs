@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use automerge::{Automerge, ChangeHash, ReadDoc};
+use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 use rusqlite::{Transaction, params};
 
 use super::persist::{Loaded, load_doc_tx};
@@ -14,6 +14,8 @@ use crate::bundle::{Item, Report};
 use crate::codec;
 use crate::docs::{Authentic, DocId, Link, RequestVerdicts, SignedChange};
 use crate::error::{Rejection, Result};
+use crate::request::RequestId;
+use crate::request::replay::Replay;
 
 pub(super) fn item_of(signed: &SignedChange) -> Item {
     Item::Change {
@@ -453,23 +455,57 @@ fn build_requests(
             continue;
         };
         let taken = in_order(changes, &candidates, |_| false);
-        if taken.is_empty() {
-            continue;
+        if let Some(built) = build_request(changes, id, &taken, &mut judged) {
+            docs.insert(doc_id.clone(), built);
         }
-        let mut doc = Automerge::new();
-        if doc
-            .apply_changes(taken.iter().map(|&i| changes[i].change.clone()))
-            .is_err()
-        {
-            continue;
-        }
-        for &i in &taken {
-            judged.insert(i, changes[i].judge_request(id, &doc));
-        }
-        let hashes = taken.iter().map(|&i| changes[i].change.hash().0).collect();
-        docs.insert(doc_id.clone(), Built { doc, hashes });
     }
     (judged, docs)
+}
+
+/// Builds request `id`'s document from `taken` (changes in dependency
+/// order, holding their whole past), judging each on the request as its
+/// author saw it. While the replay follows the history, that state is
+/// replayed, and the replay vouches for the change's ops; for any other
+/// change, the document built so far is read at its dependencies, and its
+/// ops are checked there ([`Authentic::ops_hold`]) before Automerge sees
+/// them. Changes are applied in batches, each only once it is judged.
+///
+/// At a change whose ops do not hold, or if Automerge refuses one, the
+/// building stops: the verdicts given stand, and the document is not used.
+fn build_request(
+    changes: &[Authentic],
+    id: &RequestId,
+    taken: &[usize],
+    judged: &mut HashMap<usize, RequestVerdicts>,
+) -> Option<Built> {
+    if taken.is_empty() {
+        return None;
+    }
+    let mut doc = Automerge::new();
+    let mut replay = Replay::default();
+    let mut waiting: Vec<Change> = Vec::new();
+    for &i in taken {
+        let change = &changes[i];
+        let expanded = change.change.decode();
+        let replayed = replay.seen(*id, &change.change);
+        replay.advance(&change.change, &expanded);
+        let seen = match replayed {
+            Some(seen) if !replay.is_lost() => Ok(seen),
+            _ => {
+                doc.apply_changes(std::mem::take(&mut waiting)).ok()?;
+                if let Err(reason) = change.ops_hold(&doc, &expanded) {
+                    judged.insert(i, RequestVerdicts::refused(reason));
+                    return None;
+                }
+                change.request_seen(id, &doc)
+            }
+        };
+        judged.insert(i, change.judge_request(id, &seen, &expanded));
+        waiting.push(change.change.clone());
+    }
+    doc.apply_changes(waiting).ok()?;
+    let hashes = taken.iter().map(|&i| changes[i].change.hash().0).collect();
+    Some(Built { doc, hashes })
 }
 
 impl Batch {
@@ -682,8 +718,8 @@ impl Batch {
                 {
                     continue;
                 }
-                if !missing.is_empty() && matches!(doc_id, DocId::Request(_)) {
-                    // A request's rules read the document as the author saw
+                if !missing.is_empty() {
+                    // The validator reads the document as the author saw
                     // it: apply what this batch accepted for it so far.
                     if let Some(due) = unapplied.remove(&doc_id) {
                         loaded
@@ -699,9 +735,7 @@ impl Batch {
                     continue;
                 }
                 accepted.insert(change.change.hash().0);
-                if matches!(doc_id, DocId::Request(_))
-                    && !ahead_hashes.contains(&change.change.hash().0)
-                {
+                if !ahead_hashes.contains(&change.change.hash().0) {
                     unapplied.entry(doc_id).or_default().push(i);
                 }
                 self.verdicts[i] = Verdict::Accepted;
@@ -729,12 +763,14 @@ impl Batch {
         Ok(())
     }
 
-    /// Applies to each request document, in one call, every undecided
-    /// change of the batch that it can take (its dependencies are in the
-    /// document or among them), before they are judged: one Automerge call
-    /// per document instead of one per change. A request's rules read the
-    /// document at each change's dependencies, so what else it holds does
-    /// not change a verdict. Returns the changes applied, per document.
+    /// Builds each new request document, in one Automerge call, from every
+    /// undecided change of the batch that it can take (its dependencies are
+    /// among them), judging them on the way ([`build_request`], or taking
+    /// what was built ahead): one call per document instead of one per
+    /// change. A request's rules read the document at each change's
+    /// dependencies, so what else it holds does not change a verdict. A
+    /// document already holding changes is left to judge one by one.
+    /// Returns the changes applied, per document.
     fn apply_ahead(
         &mut self,
         tx: &Transaction<'_>,
@@ -749,37 +785,38 @@ impl Batch {
         }
         let mut ahead = HashMap::new();
         for (doc_id, candidates) in by_doc {
+            let DocId::Request(id) = doc_id else {
+                continue;
+            };
             if candidates.len() < 2 {
                 continue;
             }
             let loaded = load_doc_tx(tx, docs, doc_id, actor)?;
-            let taken = in_order(&self.changes, &candidates, |d| {
-                loaded.doc.get_change_by_hash(d).is_some()
-            });
+            if !loaded.doc.get_heads().is_empty() {
+                continue;
+            }
+            let taken = in_order(&self.changes, &candidates, |_| false);
             if taken.len() < 2 {
                 continue;
             }
-            // A new document that is exactly what was built ahead: taken.
-            if let Some(built) = self.built.remove(doc_id) {
-                let same = built.hashes.len() == taken.len()
-                    && taken
-                        .iter()
-                        .all(|&i| built.hashes.contains(&self.changes[i].change.hash().0));
-                if same && loaded.doc.get_heads().is_empty() {
-                    loaded.doc = built.doc;
-                    loaded.doc.set_actor(actor.clone());
-                    ahead.insert(doc_id.clone(), taken);
-                    continue;
+            // Exactly what was built ahead: taken.
+            let built = match self.built.remove(doc_id) {
+                Some(built)
+                    if built.hashes.len() == taken.len()
+                        && taken
+                            .iter()
+                            .all(|&i| built.hashes.contains(&self.changes[i].change.hash().0)) =>
+                {
+                    built
                 }
-            }
-            let applied = loaded
-                .doc
-                .apply_changes(taken.iter().map(|&i| self.changes[i].change.clone()));
-            if applied.is_err() {
-                // Judged one by one instead, from the file's state.
-                docs.remove(doc_id);
-                continue;
-            }
+                _ => match build_request(&self.changes, id, &taken, &mut self.judged) {
+                    Some(built) => built,
+                    // Judged one by one instead.
+                    None => continue,
+                },
+            };
+            loaded.doc = built.doc;
+            loaded.doc.set_actor(actor.clone());
             ahead.insert(doc_id.clone(), taken);
         }
         Ok(ahead)
