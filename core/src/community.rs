@@ -20,7 +20,7 @@ use crate::authority::{
     Role, Settings, SettingsPatch, SignedOp, Visibility,
 };
 use crate::bundle::{Bundle, Heads, Item, Report};
-use crate::docs::{DocId, Link, SignedChange, actor_of, auth_message};
+use crate::docs::{Ahead, DocId, Link, SignedChange, actor_of, auth_message};
 use crate::error::{Error, Rejection, Result};
 use crate::identity::{Keypair, MemberId};
 use crate::invite::InviteToken;
@@ -787,9 +787,10 @@ impl Community {
             .ok_or_else(|| Error::Corrupt("committed change missing".into()))?;
         let signed = SignedChange::sign(*id, doc_id, &change, keys);
         // The signature was just made with our own key: decoding checks the
-        // hash and the actor; the rules are judged as for any change.
+        // hash and the actor; the rules are judged as for any change (its
+        // ops, made by our own transaction, hold).
         let authentic = signed.decode(*id)?;
-        authentic.authorize(auth, &loaded.doc)?;
+        authentic.authorize_seen(auth, &loaded.doc, Ahead::OwnWrite)?;
         let mut touched = Touched::default();
         let Community { outbox, .. } = self;
         db.write(|tx| {

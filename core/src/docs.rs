@@ -323,6 +323,24 @@ impl RequestVerdicts {
     }
 }
 
+/// An author's change in a document: its number in the author's sequence
+/// there (Automerge's `seq`) and its hash.
+pub type Latest = (u64, ChangeHash);
+
+/// What was checked of a change before [`Authentic::authorize_seen`].
+#[derive(Debug)]
+pub(crate) enum Ahead {
+    /// Nothing: every check runs. `latest`: the author's latest change in
+    /// the document that the replica holds.
+    Nothing { latest: Option<Latest> },
+    /// This replica's own transaction just made it, on the document it is
+    /// authorized on: its ops hold ([`Authentic::ops_hold`]).
+    OwnWrite,
+    /// Its ops were checked and the request rules judged, on another
+    /// document holding the same past ([`Authentic::judge_request`]).
+    Judged(RequestVerdicts),
+}
+
 /// A decoded change whose hash and actor hold; not yet authorized.
 #[derive(Debug, Clone)]
 pub struct Authentic {
@@ -362,8 +380,16 @@ impl Authentic {
     ///
     /// Judging a change only by the state it cites makes the verdict the
     /// same on every replica, whatever else it holds, so replicas converge.
-    pub fn authorize(&self, at: &Resolved, doc: &Automerge) -> std::result::Result<(), Rejection> {
-        self.authorize_seen(at, doc, None)
+    ///
+    /// `latest`: the author's latest change in this document that the
+    /// replica holds (see [`Authentic::sequence_holds`]).
+    pub fn authorize(
+        &self,
+        at: &Resolved,
+        doc: &Automerge,
+        latest: Option<Latest>,
+    ) -> std::result::Result<(), Rejection> {
+        self.authorize_seen(at, doc, Ahead::Nothing { latest })
     }
 
     /// Judges this change (decoded: `change`, in request `id`) by the
@@ -395,6 +421,50 @@ impl Authentic {
             return Ok(None);
         }
         RequestState::read(doc, *id, Some(deps)).map_err(|_| Rejection::Malformed)
+    }
+
+    /// Checks the change's place in its author's sequence, as Automerge
+    /// numbers it: an actor's changes in a document are numbered 1, 2, ...,
+    /// each depending on the one before, and a change numbers its ops from
+    /// above every op in its past. `latest` is the author's latest change
+    /// in the document that the replica holds (`doc` holds it, and the
+    /// change's dependencies): this change must be the next, and depend on
+    /// it. Honest writers do nothing else; Automerge panics at a gap, and
+    /// writes a document it cannot load from a change that does not depend
+    /// on its actor's previous one or that reuses op numbers.
+    pub(crate) fn sequence_holds(
+        &self,
+        doc: &Automerge,
+        latest: Option<Latest>,
+    ) -> std::result::Result<(), Rejection> {
+        let change = &self.change;
+        if change.seq() != latest.map_or(1, |(seq, _)| seq + 1) {
+            return Err(Rejection::OutOfSequence);
+        }
+        let deps = change.deps();
+        let mut past_max_op = 0;
+        for dep in deps {
+            let meta = doc
+                .get_change_meta_by_hash(dep)
+                .ok_or(Rejection::OutOfSequence)?;
+            past_max_op = past_max_op.max(meta.max_op);
+        }
+        if change.start_op().get() <= past_max_op {
+            return Err(Rejection::OutOfSequence);
+        }
+        if let Some((_, previous)) = latest {
+            // In the past of the dependencies: held, and not among the
+            // changes they do not reach.
+            let in_past = doc.get_change_meta_by_hash(&previous).is_some()
+                && !doc
+                    .get_changes_meta(deps)
+                    .iter()
+                    .any(|m| m.hash == previous);
+            if !in_past {
+                return Err(Rejection::OutOfSequence);
+            }
+        }
+        Ok(())
     }
 
     /// Checks that each op names only what the document held at the
@@ -505,14 +575,12 @@ impl Authentic {
         })
     }
 
-    /// [`Authentic::authorize`], given the request rules' verdicts if they
-    /// were judged ahead ([`Authentic::judge_request`], on another document
-    /// holding the same past).
+    /// [`Authentic::authorize`], skipping what was checked `ahead`.
     pub(crate) fn authorize_seen(
         &self,
         at: &Resolved,
         doc: &Automerge,
-        judged: Option<RequestVerdicts>,
+        ahead: Ahead,
     ) -> std::result::Result<(), Rejection> {
         let author = self.author();
         let Some(role) = at.role(&author) else {
@@ -522,10 +590,15 @@ impl Authentic {
                 Rejection::NotAMember(author)
             });
         };
-        // Request changes judged ahead had their ops checked there.
-        if judged.is_none() {
-            self.ops_hold(doc, &self.change.decode())?;
-        }
+        let judged = match ahead {
+            Ahead::Nothing { latest } => {
+                self.sequence_holds(doc, latest)?;
+                self.ops_hold(doc, &self.change.decode())?;
+                None
+            }
+            Ahead::OwnWrite => None,
+            Ahead::Judged(verdicts) => Some(verdicts),
+        };
         let needed = match &self.doc {
             DocId::Request(id) => {
                 match judged {

@@ -136,6 +136,10 @@ pub enum Rejection {
     /// hold (see `Authentic::ops_hold`).
     #[error("an op names what the document did not hold")]
     DanglingOp,
+    /// A change out of its author's sequence in the document (see
+    /// `Authentic::sequence_holds`).
+    #[error("out of its author's sequence")]
+    OutOfSequence,
     /// An Automerge operation kind the schema does not allow.
     #[error("operation not allowed")]
     DisallowedOperation,
@@ -185,6 +189,7 @@ impl Rejection {
             Rejection::ConcurrentWithRemoval => "concurrent_with_removal",
             Rejection::InvalidField(_) => "invalid_field",
             Rejection::DanglingOp => "dangling_op",
+            Rejection::OutOfSequence => "out_of_sequence",
             Rejection::DisallowedOperation => "disallowed_operation",
             Rejection::InvalidSettings(_) => "invalid_settings",
             Rejection::NotRequester => "not_requester",

@@ -28,9 +28,9 @@
 //! `not_a_member`, `author_removed`, `role_revoked`, `not_permitted`,
 //! `senior_admin`, `foreign_entry`, `already_member`, `target_not_member`,
 //! `private`, `invite_invalid`, `member_limit`, `concurrent_with_removal`,
-//! `invalid_field`, `dangling_op`, `disallowed_operation`, `invalid_settings`,
-//! `not_requester`, `not_responder`, `illegal_transition`, `blocked`,
-//! `not_participant`.
+//! `invalid_field`, `dangling_op`, `out_of_sequence`,
+//! `disallowed_operation`, `invalid_settings`, `not_requester`,
+//! `not_responder`, `illegal_transition`, `blocked`, `not_participant`.
 
 use karmyq_core::Error;
 

@@ -985,3 +985,36 @@ fn ops_naming_what_the_document_did_not_hold_are_refused() -> Result<()> {
     }
     Ok(())
 }
+
+/// Changes out of their author's sequence in the document: a gap in the
+/// numbering, a change not on the author's previous one, op numbers used
+/// again. Automerge would panic at the first and write a file it cannot
+/// load from the others; the validator refuses them.
+#[test]
+fn changes_out_of_their_authors_sequence_are_refused() -> Result<()> {
+    type Edit = Box<dyn FnOnce(&mut automerge::ExpandedChange)>;
+    let cases: Vec<(&str, bool, Edit)> = vec![
+        ("a gap", false, Box::new(|e| e.seq += 5)),
+        ("not on the previous", false, Box::new(|e| e.deps.clear())),
+        (
+            "op numbers used again",
+            false,
+            Box::new(|e| e.start_op = std::num::NonZeroU64::MIN),
+        ),
+        (
+            "a request's first change numbered 2",
+            true,
+            Box::new(|e| e.seq = 2),
+        ),
+    ];
+    for (what, request, edit) in cases {
+        let mut w = World::new()?;
+        let forged = bobs_change_edited(&mut w, request, edit)?;
+        assert_eq!(
+            w.refused(&bundle_of(w.id, vec![forged]))?,
+            Rejection::OutOfSequence,
+            "{what}"
+        );
+    }
+    Ok(())
+}

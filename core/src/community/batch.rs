@@ -7,13 +7,14 @@ use std::collections::{HashMap, HashSet};
 use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 use rusqlite::{Transaction, params};
 
-use super::persist::{Loaded, load_doc_tx};
+use super::persist::{Loaded, latest_stored, load_doc_tx};
 use crate::authority::{AuthorityLog, OpHash, Resolved};
 use crate::background::cores;
 use crate::bundle::{Item, Report};
 use crate::codec;
-use crate::docs::{Authentic, DocId, Link, RequestVerdicts, SignedChange};
+use crate::docs::{Ahead, Authentic, DocId, Latest, Link, RequestVerdicts, SignedChange};
 use crate::error::{Rejection, Result};
+use crate::identity::MemberId;
 use crate::request::RequestId;
 use crate::request::replay::Replay;
 
@@ -224,6 +225,8 @@ pub(super) struct Batch {
     judged: HashMap<usize, RequestVerdicts>,
     /// Request documents built before the batch was made ([`Prepared`]).
     built: HashMap<DocId, Built>,
+    /// Each author's latest change accepted in this batch, per document.
+    latest: HashMap<(MemberId, DocId), Latest>,
     /// Whether a signature vouches across documents, for the change its
     /// change names as its author's previous ([`Link`]): on a device, not
     /// on a relay (see [`Batch::for_device`]).
@@ -465,10 +468,11 @@ fn build_requests(
 /// Builds request `id`'s document from `taken` (changes in dependency
 /// order, holding their whole past), judging each on the request as its
 /// author saw it. While the replay follows the history, that state is
-/// replayed, and the replay vouches for the change's ops; for any other
-/// change, the document built so far is read at its dependencies, and its
-/// ops are checked there ([`Authentic::ops_hold`]) before Automerge sees
-/// them. Changes are applied in batches, each only once it is judged.
+/// replayed, and the replay vouches for the change's ops and its place in
+/// its author's sequence; for any other change, the document built so far
+/// is read at its dependencies, and both are checked there
+/// ([`Authentic::sequence_holds`], [`Authentic::ops_hold`]) before
+/// Automerge sees it. Changes are applied in batches, each only once it is judged.
 ///
 /// At a change whose ops do not hold, or if Automerge refuses one, the
 /// building stops: the verdicts given stand, and the document is not used.
@@ -484,6 +488,8 @@ fn build_request(
     let mut doc = Automerge::new();
     let mut replay = Replay::default();
     let mut waiting: Vec<Change> = Vec::new();
+    // Each author's latest change so far.
+    let mut latest: HashMap<automerge::ActorId, Latest> = HashMap::new();
     for &i in taken {
         let change = &changes[i];
         let expanded = change.change.decode();
@@ -493,7 +499,11 @@ fn build_request(
             Some(seen) if !replay.is_lost() => Ok(seen),
             _ => {
                 doc.apply_changes(std::mem::take(&mut waiting)).ok()?;
-                if let Err(reason) = change.ops_hold(&doc, &expanded) {
+                let latest = latest.get(change.change.actor_id()).copied();
+                let holds = change
+                    .sequence_holds(&doc, latest)
+                    .and_then(|()| change.ops_hold(&doc, &expanded));
+                if let Err(reason) = holds {
                     judged.insert(i, RequestVerdicts::refused(reason));
                     return None;
                 }
@@ -501,6 +511,10 @@ fn build_request(
             }
         };
         judged.insert(i, change.judge_request(id, &seen, &expanded));
+        latest.insert(
+            change.change.actor_id().clone(),
+            (change.change.seq(), change.change.hash()),
+        );
         waiting.push(change.change.clone());
     }
     doc.apply_changes(waiting).ok()?;
@@ -673,6 +687,7 @@ impl Batch {
             }
             self.applied.clear();
             self.order.clear();
+            self.latest.clear();
         }
     }
 
@@ -729,12 +744,26 @@ impl Batch {
                     }
                 }
                 let change = &self.changes[i];
-                let judged = self.judged.remove(&i);
-                if let Err(reason) = change.authorize_seen(at, &loaded.doc, judged) {
+                let ahead = match self.judged.remove(&i) {
+                    Some(verdicts) => Ahead::Judged(verdicts),
+                    None => {
+                        let key = (self.changes[i].author(), doc_id.clone());
+                        let latest = match self.latest.get(&key) {
+                            Some(latest) => Some(*latest),
+                            None => latest_stored(tx, &key.0, &key.1)?,
+                        };
+                        Ahead::Nothing { latest }
+                    }
+                };
+                if let Err(reason) = change.authorize_seen(at, &loaded.doc, ahead) {
                     self.verdicts[i] = Verdict::Rejected(reason);
                     continue;
                 }
                 accepted.insert(change.change.hash().0);
+                self.latest.insert(
+                    (change.author(), doc_id.clone()),
+                    (change.change.seq(), change.change.hash()),
+                );
                 if !ahead_hashes.contains(&change.change.hash().0) {
                     unapplied.entry(doc_id).or_default().push(i);
                 }

@@ -8,8 +8,9 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::authority::{AuthorityLog, CommunityId, OpHash, SignedOp};
 use crate::codec;
-use crate::docs::{Authentic, DocId, SignedChange};
+use crate::docs::{Authentic, DocId, Latest, SignedChange};
 use crate::error::{Error, Result};
+use crate::identity::MemberId;
 use crate::store::Db;
 
 pub(super) struct Loaded {
@@ -49,6 +50,31 @@ pub(super) fn store_change(tx: &Transaction<'_>, change: &Authentic) -> Result<(
         change.signed.bytes,
     ])?;
     Ok(())
+}
+
+/// An author's latest stored change in a document (see
+/// `Authentic::sequence_holds`).
+pub(super) fn latest_stored(
+    tx: &Transaction<'_>,
+    author: &MemberId,
+    doc_id: &DocId,
+) -> Result<Option<Latest>> {
+    let row: Option<(i64, Vec<u8>)> = tx
+        .prepare_cached(
+            "SELECT actor_seq, hash FROM changes WHERE author = ?1 AND doc_id = ?2
+             ORDER BY actor_seq DESC LIMIT 1",
+        )?
+        .query_row(params![author.as_bytes().as_slice(), doc_id.name()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((seq, hash)) = row else {
+        return Ok(None);
+    };
+    let seq = u64::try_from(seq).map_err(|_| Error::Corrupt("negative actor_seq".into()))?;
+    let hash = <[u8; 32]>::try_from(hash.as_slice())
+        .map_err(|_| Error::Corrupt("change hash is not 32 bytes".into()))?;
+    Ok(Some((seq, ChangeHash(hash))))
 }
 
 /// Records a document's heads, so `Community::heads` needs no document.
