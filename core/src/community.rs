@@ -50,8 +50,8 @@ pub use requests::{
 pub use batch::Prepared;
 use batch::{Batch, Judge, item_of, stored};
 use persist::{
-    Loaded, load_doc, load_doc_tx, load_heads, load_log, load_pending, load_previous, save_heads,
-    save_previous, save_snapshot, store_change, store_op,
+    Loaded, apply_guarded, load_doc, load_doc_tx, load_heads, load_log, load_pending,
+    load_previous, save_heads, save_previous, save_snapshot, store_change, store_op,
 };
 pub(crate) use projection::member_from_blob;
 use projection::{
@@ -983,7 +983,8 @@ impl Community {
             tx.execute("DELETE FROM pending_changes", [])?;
             for (doc_id, changes) in batch.accepted_by_doc() {
                 let loaded = load_doc_tx(tx, docs, &doc_id, &actor)?;
-                loaded.doc.apply_changes(
+                apply_guarded(
+                    &mut loaded.doc,
                     changes
                         .iter()
                         .filter(|(_, applied)| !applied)

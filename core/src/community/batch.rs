@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 use rusqlite::{Transaction, params};
 
-use super::persist::{Loaded, latest_stored, load_doc_tx};
+use super::persist::{Loaded, apply_guarded, latest_stored, load_doc_tx};
 use crate::authority::{AuthorityLog, OpHash, Resolved};
 use crate::background::cores;
 use crate::bundle::{Item, Report};
@@ -498,7 +498,7 @@ fn build_request(
         let seen = match replayed {
             Some(seen) if !replay.is_lost() => Ok(seen),
             _ => {
-                doc.apply_changes(std::mem::take(&mut waiting)).ok()?;
+                apply_guarded(&mut doc, std::mem::take(&mut waiting)).ok()?;
                 let latest = latest.get(change.change.actor_id()).copied();
                 let holds = change
                     .sequence_holds(&doc, latest)
@@ -517,7 +517,7 @@ fn build_request(
         );
         waiting.push(change.change.clone());
     }
-    doc.apply_changes(waiting).ok()?;
+    apply_guarded(&mut doc, waiting).ok()?;
     let hashes = taken.iter().map(|&i| changes[i].change.hash().0).collect();
     Some(Built { doc, hashes })
 }
@@ -737,9 +737,8 @@ impl Batch {
                     // The validator reads the document as the author saw
                     // it: apply what this batch accepted for it so far.
                     if let Some(due) = unapplied.remove(&doc_id) {
-                        loaded
-                            .doc
-                            .apply_changes(due.iter().map(|&j| self.changes[j].change.clone()))?;
+                        let due_changes = due.iter().map(|&j| self.changes[j].change.clone());
+                        apply_guarded(&mut loaded.doc, due_changes)?;
                         self.applied.extend(due);
                     }
                 }

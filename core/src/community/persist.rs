@@ -52,6 +52,26 @@ pub(super) fn store_change(tx: &Transaction<'_>, change: &Authentic) -> Result<(
     Ok(())
 }
 
+/// Applies changes from another replica to a document, a panic in
+/// Automerge becoming an error: the validator refuses every change known
+/// to make Automerge panic, and this keeps one it does not know of from
+/// taking down the thread (a server's store, a device's sync). The caller
+/// drops the document on an error, as on any failed apply.
+pub(super) fn apply_guarded(
+    doc: &mut Automerge,
+    changes: impl IntoIterator<Item = automerge::Change> + Clone,
+) -> Result<()> {
+    let applied =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.apply_changes(changes)));
+    match applied {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            tracing::error!("Automerge panicked applying a change; the document is dropped");
+            Err(Error::Automerge(automerge::AutomergeError::Fail))
+        }
+    }
+}
+
 /// An author's latest stored change in a document (see
 /// `Authentic::sequence_holds`).
 pub(super) fn latest_stored(
@@ -270,4 +290,40 @@ pub(super) fn load_doc_tx<'a>(
     }
     docs.get_mut(doc_id)
         .ok_or_else(|| Error::Corrupt("document not loaded".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, ROOT, ReadDoc};
+
+    use super::*;
+
+    /// A change Automerge panics on (its actor's second change numbered
+    /// 7, a gap the validator refuses) is an error here, not a panic.
+    #[test]
+    fn a_panic_in_automerge_is_an_error() {
+        let mut doc = Automerge::new().with_actor(ActorId::from(vec![1u8; 16]));
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "a", 1).expect("a put");
+        tx.commit();
+        let mut next = doc.fork().with_actor(ActorId::from(vec![1u8; 16]));
+        let mut tx = next.transaction();
+        tx.put(ROOT, "b", 2).expect("a put");
+        let (Some(hash), _) = tx.commit() else {
+            panic!("a change");
+        };
+        let mut gap = next.get_change_by_hash(&hash).expect("the change").decode();
+        gap.seq = 7;
+        gap.hash = None;
+        let gap = automerge::Change::from(gap);
+        let applied = apply_guarded(&mut doc, [gap]);
+        assert!(
+            matches!(
+                applied,
+                Err(Error::Automerge(automerge::AutomergeError::Fail))
+            ),
+            "{applied:?}"
+        );
+    }
 }
