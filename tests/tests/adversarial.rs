@@ -914,23 +914,47 @@ fn doc_of(w: &World, change: &SignedChange) -> Result<DocId> {
     Ok(decoded(w, change)?.doc)
 }
 
+/// An edit of Bob's fresh change: what it breaks, whether in his new
+/// request (else his profile), and the edit.
+type Forgery = (
+    &'static str,
+    bool,
+    Box<dyn FnOnce(&mut automerge::ExpandedChange)>,
+);
+
+/// Each forgery, in a world of its own, refused as `reason` everywhere.
+fn each_refused_as(forgeries: Vec<Forgery>, reason: &Rejection) -> Result<()> {
+    for (what, request, edit) in forgeries {
+        let mut w = World::new()?;
+        let forged = bobs_change_edited(&mut w, request, edit)?;
+        assert_eq!(
+            &w.refused(&bundle_of(w.id, vec![forged]))?,
+            reason,
+            "{what}"
+        );
+    }
+    Ok(())
+}
+
 /// Ops that name what the document did not hold at the change's
 /// dependencies: an object never made, a value never written or under
 /// another key, a delete of nothing. Automerge would take each, then panic
 /// or write a file it cannot load; the validator refuses them.
+/// Moves the change's first op into an object nobody made.
+fn in_an_object_never_made(e: &mut automerge::ExpandedChange) {
+    let op = &mut e.operations[0];
+    op.obj = automerge::legacy::ObjectId::Id(automerge::legacy::OpId(9_999, e.actor_id.clone()));
+    op.pred = automerge::legacy::SortedVec::new();
+}
+
 #[test]
 fn ops_naming_what_the_document_did_not_hold_are_refused() -> Result<()> {
     use automerge::legacy::{ObjectId, OpId, OpType, SortedVec};
-    type Edit = Box<dyn FnOnce(&mut automerge::ExpandedChange)>;
-    let cases: Vec<(&str, bool, Edit)> = vec![
+    let forgeries: Vec<Forgery> = vec![
         (
             "an object never made",
             false,
-            Box::new(|e| {
-                let op = &mut e.operations[0];
-                op.obj = ObjectId::Id(OpId(9_999, e.actor_id.clone()));
-                op.pred = SortedVec::new();
-            }),
+            Box::new(in_an_object_never_made),
         ),
         (
             "a value never written",
@@ -967,23 +991,10 @@ fn ops_naming_what_the_document_did_not_hold_are_refused() -> Result<()> {
         (
             "a request's object never made",
             true,
-            Box::new(|e| {
-                let op = &mut e.operations[0];
-                op.obj = ObjectId::Id(OpId(9_999, e.actor_id.clone()));
-                op.pred = SortedVec::new();
-            }),
+            Box::new(in_an_object_never_made),
         ),
     ];
-    for (what, request, edit) in cases {
-        let mut w = World::new()?;
-        let forged = bobs_change_edited(&mut w, request, edit)?;
-        assert_eq!(
-            w.refused(&bundle_of(w.id, vec![forged]))?,
-            Rejection::DanglingOp,
-            "{what}"
-        );
-    }
-    Ok(())
+    each_refused_as(forgeries, &Rejection::DanglingOp)
 }
 
 /// Changes out of their author's sequence in the document: a gap in the
@@ -992,8 +1003,7 @@ fn ops_naming_what_the_document_did_not_hold_are_refused() -> Result<()> {
 /// load from the others; the validator refuses them.
 #[test]
 fn changes_out_of_their_authors_sequence_are_refused() -> Result<()> {
-    type Edit = Box<dyn FnOnce(&mut automerge::ExpandedChange)>;
-    let cases: Vec<(&str, bool, Edit)> = vec![
+    let forgeries: Vec<Forgery> = vec![
         ("a gap", false, Box::new(|e| e.seq += 5)),
         ("not on the previous", false, Box::new(|e| e.deps.clear())),
         (
@@ -1007,14 +1017,5 @@ fn changes_out_of_their_authors_sequence_are_refused() -> Result<()> {
             Box::new(|e| e.seq = 2),
         ),
     ];
-    for (what, request, edit) in cases {
-        let mut w = World::new()?;
-        let forged = bobs_change_edited(&mut w, request, edit)?;
-        assert_eq!(
-            w.refused(&bundle_of(w.id, vec![forged]))?,
-            Rejection::OutOfSequence,
-            "{what}"
-        );
-    }
-    Ok(())
+    each_refused_as(forgeries, &Rejection::OutOfSequence)
 }

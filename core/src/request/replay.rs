@@ -259,15 +259,8 @@ mod tests {
 
     /// Root keys: the layout's, per-offer ones, and one it does not know.
     fn root_key(n: usize) -> String {
-        const PLAIN: [&str; 20] = [
-            "title",
-            "description",
-            "category",
-            "urgency",
-            "kind",
-            "location",
-            "when_start",
-            "when_end",
+        // The requester's editable fields, then the others.
+        const OTHERS: [&str; 12] = [
             "created_at",
             "expires_at",
             "renewals",
@@ -281,6 +274,11 @@ mod tests {
             "accepted_in",
             "stray",
         ];
+        let plain: Vec<&str> = crate::request::EDITABLE
+            .iter()
+            .chain(&OTHERS)
+            .copied()
+            .collect();
         const PER_OFFER: [&str; 5] = [
             "declined:",
             "match_cancel:",
@@ -288,10 +286,10 @@ mod tests {
             "invalidated:",
             "note:",
         ];
-        if n < PLAIN.len() {
-            PLAIN[n].to_string()
+        if n < plain.len() {
+            plain[n].to_string()
         } else {
-            let n = n - PLAIN.len();
+            let n = n - plain.len();
             format!(
                 "{}{}",
                 PER_OFFER[n % PER_OFFER.len()],
