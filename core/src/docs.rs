@@ -337,8 +337,16 @@ pub(crate) enum Ahead {
     /// authorized on: its ops hold ([`Authentic::ops_hold`]).
     OwnWrite,
     /// Its ops were checked and the request rules judged, on another
-    /// document holding the same past ([`Authentic::judge_request`]).
-    Judged(RequestVerdicts),
+    /// document holding the same past ([`Authentic::judge_request`]); and
+    /// its place in its author's sequence, unless `latest` is given. That
+    /// was checked on a document built from nothing, so it holds only for
+    /// a document the replica builds from the same changes; for any other,
+    /// `latest` is the author's latest change the replica holds, and the
+    /// sequence is checked against it here.
+    Judged {
+        verdicts: RequestVerdicts,
+        latest: Option<Option<Latest>>,
+    },
 }
 
 /// A decoded change whose hash and actor hold; not yet authorized.
@@ -597,7 +605,12 @@ impl Authentic {
                 None
             }
             Ahead::OwnWrite => None,
-            Ahead::Judged(verdicts) => Some(verdicts),
+            Ahead::Judged { verdicts, latest } => {
+                if let Some(latest) = latest {
+                    self.sequence_holds(doc, latest)?;
+                }
+                Some(verdicts)
+            }
         };
         let needed = match &self.doc {
             DocId::Request(id) => {

@@ -1019,3 +1019,34 @@ fn changes_out_of_their_authors_sequence_are_refused() -> Result<()> {
     ];
     each_refused_as(forgeries, &Rejection::OutOfSequence)
 }
+
+/// A second first change: Bob's request as Alice already holds it, and
+/// another change numbered 1 in it with nothing before it. Built on its
+/// own (the device's prepared path builds request documents from a
+/// bundle's changes), it looks in sequence; against what Alice holds it is
+/// not, and Automerge would take it and break the document.
+#[test]
+fn a_second_first_change_is_refused_against_what_is_held() -> Result<()> {
+    let mut w = World::new()?;
+    let id = w.id;
+    let changes = bobs_request_then_profile(&mut w, false)?;
+    let first = changes[0].clone();
+    let doc_id = doc_of(&w, &first)?;
+    w.alice
+        .k
+        .receive(&bundle_of(id, vec![first.clone()]), at(25))?;
+    let change = automerge::Change::from_bytes(first.bytes.clone())
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let mut again = change.decode();
+    assert_eq!((again.seq, again.deps.len()), (1, 0));
+    again.time += 1;
+    again.hash = None;
+    let bob = Keypair::import_secret(&w.bob.k.export_secret())?;
+    let forged = SignedChange::sign(id, &doc_id, &automerge::Change::from(again), &bob);
+    assert_ne!(forged.envelope.change_hash, first.envelope.change_hash);
+    assert_eq!(
+        w.refused(&bundle_of(id, vec![forged]))?,
+        Rejection::OutOfSequence
+    );
+    Ok(())
+}

@@ -743,15 +743,27 @@ impl Batch {
                     }
                 }
                 let change = &self.changes[i];
+                let hash = self.changes[i].change.hash();
                 let ahead = match self.judged.remove(&i) {
-                    Some(verdicts) => Ahead::Judged(verdicts),
-                    None => {
+                    // In a document built from nothing with it, its place
+                    // in its author's sequence was checked there.
+                    Some(verdicts) if ahead_hashes.contains(&hash.0) => Ahead::Judged {
+                        verdicts,
+                        latest: None,
+                    },
+                    judged => {
                         let key = (self.changes[i].author(), doc_id.clone());
                         let latest = match self.latest.get(&key) {
                             Some(latest) => Some(*latest),
                             None => latest_stored(tx, &key.0, &key.1)?,
                         };
-                        Ahead::Nothing { latest }
+                        match judged {
+                            Some(verdicts) => Ahead::Judged {
+                                verdicts,
+                                latest: Some(latest),
+                            },
+                            None => Ahead::Nothing { latest },
+                        }
                     }
                 };
                 if let Err(reason) = change.authorize_seen(at, &loaded.doc, ahead) {
