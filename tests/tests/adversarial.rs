@@ -1050,3 +1050,58 @@ fn a_second_first_change_is_refused_against_what_is_held() -> Result<()> {
     );
     Ok(())
 }
+
+/// An op into an object its change's dependencies do not reach: Moe, a
+/// moderator, who may write in any norm, edits a norm Alice made in a
+/// change he has not seen. A replica that took his change before hers
+/// would find no such object (Automerge panics there); the validator
+/// refuses it everywhere, as judged at the change's dependencies.
+#[test]
+fn an_op_into_an_object_made_concurrently_is_refused() -> Result<()> {
+    let mut w = World::new()?;
+    let id = w.id;
+    let norm_id =
+        w.alice
+            .k
+            .community(id)?
+            .add_norm("Share tools", "Lend what you can", "sharing", at(20))?;
+    let community = doc_from(&w.everything(Who::Alice)?, &DocId::Community)?;
+    let Some((_, automerge::ObjId::Id(counter, actor, _))) =
+        community.get(ROOT, format!("norm:{norm_id}"))?
+    else {
+        panic!("Alice's norm is an object");
+    };
+    // Moe edits his own norm, not having seen Alice's.
+    let heads = w.moe.k.community(id)?.heads()?;
+    let mut norm = w.moe.k.community(id)?.norms()?[0].clone();
+    norm.title = "Be kind, always".into();
+    w.moe.k.community(id)?.update_norm(&norm, at(21))?;
+    let moe = w.moe.k.member_id();
+    let [honest] = w
+        .moe
+        .k
+        .community(id)?
+        .changes_since_for(&heads, &moe)?
+        .changes
+        .try_into()
+        .map_err(|_| Error::InvalidArgument("one change".into()))?;
+    let change = automerge::Change::from_bytes(honest.bytes.clone())
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let mut edited = change.decode();
+    let op = &mut edited.operations[0];
+    op.obj = automerge::legacy::ObjectId::Id(automerge::legacy::OpId(counter, actor));
+    op.pred = automerge::legacy::SortedVec::new();
+    edited.hash = None;
+    let keys = Keypair::import_secret(&w.moe.k.export_secret())?;
+    let forged = SignedChange::sign(
+        id,
+        &DocId::Community,
+        &automerge::Change::from(edited),
+        &keys,
+    );
+    assert_eq!(
+        w.refused(&bundle_of(id, vec![forged]))?,
+        Rejection::DanglingOp
+    );
+    Ok(())
+}
