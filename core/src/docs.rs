@@ -598,10 +598,14 @@ impl Authentic {
                 Rejection::NotAMember(author)
             });
         };
+        // Decoded once, by the first check that needs it (a request change
+        // judged ahead needs none).
+        let decoded = std::cell::OnceCell::new();
+        let expanded = || decoded.get_or_init(|| self.change.decode());
         let judged = match ahead {
             Ahead::Nothing { latest } => {
                 self.sequence_holds(doc, latest)?;
-                self.ops_hold(doc, &self.change.decode())?;
+                self.ops_hold(doc, expanded())?;
                 None
             }
             Ahead::OwnWrite => None,
@@ -620,8 +624,7 @@ impl Authentic {
                     // Not judged ahead: for this author's role alone.
                     None => {
                         let seen = self.request_seen(id, doc);
-                        let change = self.change.decode();
-                        let [verdict] = self.check_request(id, &seen, &change, [role]);
+                        let [verdict] = self.check_request(id, &seen, expanded(), [role]);
                         verdict?;
                     }
                 }
@@ -633,20 +636,14 @@ impl Authentic {
                     && ReportState::read(doc, *id, Some(deps))
                         .map_err(|_| Rejection::Malformed)?
                         .is_some();
-                report::check_change(id, &author, role, &self.change.decode(), filed)?;
+                report::check_change(id, &author, role, expanded(), filed)?;
                 Role::Member
             }
             DocId::Conversation(id) => {
-                conversation::check_change(
-                    id,
-                    &author,
-                    &self.change.decode(),
-                    doc,
-                    self.change.deps(),
-                )?;
+                conversation::check_change(id, &author, expanded(), doc, self.change.deps())?;
                 Role::Member
             }
-            _ => self.check_paths()?,
+            _ => self.check_paths(expanded())?,
         };
         if role < needed {
             return Err(if at.highest_role(&author).is_some_and(|r| r >= needed) {
@@ -660,8 +657,7 @@ impl Authentic {
 
     /// Checks each operation against the document's schema and returns the
     /// role the change needs.
-    fn check_paths(&self) -> std::result::Result<Role, Rejection> {
-        let expanded = self.change.decode();
+    fn check_paths(&self, expanded: &ExpandedChange) -> std::result::Result<Role, Rejection> {
         let own = actor_of(&self.author());
         let own_key = self.author().to_string();
         let rules = match self.doc {
