@@ -555,6 +555,19 @@ fn a_refused_newest_change_vouches_for_nothing() -> Result<()> {
     Ok(())
 }
 
+/// Bob's request for a lift, saying `description`.
+fn lift_to_the_station(description: String) -> RequestDraft {
+    RequestDraft {
+        title: "Lift to the station".into(),
+        description,
+        category: Category::Moving,
+        urgency: Urgency::Medium,
+        kind: RequestKind::Generic,
+        location: None,
+        when: None,
+    }
+}
+
 /// Bob posts a request, then edits his profile (and, if `aside`, first
 /// writes to Alice in a conversation): his new changes as his device keeps
 /// them for himself, in the order it stored them.
@@ -564,18 +577,7 @@ fn bobs_request_then_profile(w: &mut World, aside: bool) -> Result<Vec<SignedCha
     let alice = w.alice.k.member_id();
     let bob = w.bob.k.member_id();
     let c = w.bob.k.community(id)?;
-    c.post_request(
-        &RequestDraft {
-            title: "Lift to the station".into(),
-            description: "Early train on Friday".into(),
-            category: Category::Moving,
-            urgency: Urgency::Medium,
-            kind: RequestKind::Generic,
-            location: None,
-            when: None,
-        },
-        at(20),
-    )?;
+    c.post_request(&lift_to_the_station("Early train on Friday".into()), at(20))?;
     if aside {
         let conversation = c.open_conversation(alice, at(21))?;
         c.send_message(conversation, "see you there", at(22))?;
@@ -669,18 +671,12 @@ fn changes_travel_uncompressed_and_compressed_ones_still_stand() -> Result<()> {
     let id = w.id;
     let heads = w.bob.k.community(id)?.heads()?;
     let bob = w.bob.k.member_id();
-    let request = w.bob.k.community(id)?.post_request(
-        &RequestDraft {
-            title: "Lift to the station".into(),
-            description: "Early train on Friday, two suitcases. ".repeat(12),
-            category: Category::Moving,
-            urgency: Urgency::Medium,
-            kind: RequestKind::Generic,
-            location: None,
-            when: None,
-        },
-        at(20),
-    )?;
+    let description = "Early train on Friday, two suitcases. ".repeat(12);
+    let request = w
+        .bob
+        .k
+        .community(id)?
+        .post_request(&lift_to_the_station(description), at(20))?;
     let changes = w
         .bob
         .k
@@ -896,17 +892,29 @@ fn bobs_change_edited(
     } else {
         (DocId::Profiles, bobs_new_change(w)?)
     };
+    re_signed(w, &doc_id, &honest, Who::Bob, edit)
+}
+
+/// `honest` (in `doc_id`) decoded, edited by `edit`, encoded again and
+/// signed by `author`: a change only a hand-made client sends.
+fn re_signed(
+    w: &mut World,
+    doc_id: &DocId,
+    honest: &SignedChange,
+    author: Who,
+    edit: impl FnOnce(&mut automerge::ExpandedChange),
+) -> Result<SignedChange> {
     let change = automerge::Change::from_bytes(honest.bytes.clone())
         .map_err(|e| Error::Corrupt(e.to_string()))?;
     let mut expanded = change.decode();
     edit(&mut expanded);
     expanded.hash = None;
-    let bob = Keypair::import_secret(&w.bob.k.export_secret())?;
+    let keys = Keypair::import_secret(&w.device(author).k.export_secret())?;
     Ok(SignedChange::sign(
         w.id,
-        &doc_id,
+        doc_id,
         &automerge::Change::from(expanded),
-        &bob,
+        &keys,
     ))
 }
 
@@ -1035,14 +1043,10 @@ fn a_second_first_change_is_refused_against_what_is_held() -> Result<()> {
     w.alice
         .k
         .receive(&bundle_of(id, vec![first.clone()]), at(25))?;
-    let change = automerge::Change::from_bytes(first.bytes.clone())
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
-    let mut again = change.decode();
-    assert_eq!((again.seq, again.deps.len()), (1, 0));
-    again.time += 1;
-    again.hash = None;
-    let bob = Keypair::import_secret(&w.bob.k.export_secret())?;
-    let forged = SignedChange::sign(id, &doc_id, &automerge::Change::from(again), &bob);
+    let forged = re_signed(&mut w, &doc_id, &first, Who::Bob, |again| {
+        assert_eq!((again.seq, again.deps.len()), (1, 0));
+        again.time += 1;
+    })?;
     assert_ne!(forged.envelope.change_hash, first.envelope.change_hash);
     assert_eq!(
         w.refused(&bundle_of(id, vec![forged]))?,
@@ -1085,20 +1089,11 @@ fn an_op_into_an_object_made_concurrently_is_refused() -> Result<()> {
         .changes
         .try_into()
         .map_err(|_| Error::InvalidArgument("one change".into()))?;
-    let change = automerge::Change::from_bytes(honest.bytes.clone())
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
-    let mut edited = change.decode();
-    let op = &mut edited.operations[0];
-    op.obj = automerge::legacy::ObjectId::Id(automerge::legacy::OpId(counter, actor));
-    op.pred = automerge::legacy::SortedVec::new();
-    edited.hash = None;
-    let keys = Keypair::import_secret(&w.moe.k.export_secret())?;
-    let forged = SignedChange::sign(
-        id,
-        &DocId::Community,
-        &automerge::Change::from(edited),
-        &keys,
-    );
+    let forged = re_signed(&mut w, &DocId::Community, &honest, Who::Moe, |edited| {
+        let op = &mut edited.operations[0];
+        op.obj = automerge::legacy::ObjectId::Id(automerge::legacy::OpId(counter, actor));
+        op.pred = automerge::legacy::SortedVec::new();
+    })?;
     assert_eq!(
         w.refused(&bundle_of(id, vec![forged]))?,
         Rejection::DanglingOp
