@@ -56,7 +56,7 @@ use persist::{
 pub(crate) use projection::member_from_blob;
 use projection::{
     Touched, profile_row, profile_row_at, project_all_docs, project_community, project_doc,
-    project_members,
+    project_members, project_request_state,
 };
 pub use since::Page;
 
@@ -798,7 +798,7 @@ impl Community {
             if !doc_id.is_private() {
                 save_previous(tx, doc_id, &hash)?;
             }
-            save_heads(tx, doc_id, &loaded.doc)?;
+            save_heads(tx, doc_id, &loaded.doc.get_heads())?;
             loaded.since_snapshot += 1;
             touched.note(&authentic);
             project_doc(tx, doc_id, &loaded.doc, &touched, auth, outbox)?;
@@ -982,6 +982,21 @@ impl Community {
             let mut touched = Touched::default();
             tx.execute("DELETE FROM pending_changes", [])?;
             for (doc_id, changes) in batch.accepted_by_doc() {
+                if let Some(replayed) = batch.replayed(&doc_id) {
+                    // A new request whose history was replayed: its
+                    // changes are stored, and the request they read as
+                    // projected, with no Automerge document made.
+                    for (change, _) in &changes {
+                        store_change(tx, change)?;
+                    }
+                    save_heads(tx, &doc_id, &replayed.heads)?;
+                    // (Loaded while deciding, and empty.)
+                    docs.remove(&doc_id);
+                    if let (DocId::Request(request), Some(state)) = (&doc_id, &replayed.state) {
+                        project_request_state(tx, state, *request, *id, outbox)?;
+                    }
+                    continue;
+                }
                 let loaded = load_doc_tx(tx, docs, &doc_id, &actor)?;
                 apply_guarded(
                     &mut loaded.doc,
@@ -1000,7 +1015,7 @@ impl Community {
                         touched.note(change);
                     }
                 }
-                save_heads(tx, &doc_id, &loaded.doc)?;
+                save_heads(tx, &doc_id, &loaded.doc.get_heads())?;
                 loaded.since_snapshot += u32::try_from(changes.len()).unwrap_or(u32::MAX);
                 if loaded.since_snapshot >= *compact_every {
                     save_snapshot(tx, &doc_id, loaded)?;
@@ -1078,7 +1093,7 @@ impl Community {
             // Heads of the documents that have changes (others are empty).
             for (doc_id, loaded) in docs.iter() {
                 if !loaded.doc.get_heads().is_empty() {
-                    save_heads(tx, doc_id, &loaded.doc)?;
+                    save_heads(tx, doc_id, &loaded.doc.get_heads())?;
                 }
             }
             project_all_docs(tx, docs, &touched, auth, &mut discarded)?;

@@ -697,6 +697,114 @@ fn my_requests_offers_and_matches_with_statuses_at_now() -> Result<()> {
     Ok(())
 }
 
+/// A device that takes a request's whole history at once replays it and
+/// makes no Automerge document of it (a relay makes one): the heads it
+/// records, its projections and its figures are those the document reads
+/// as, concurrent edits and offers included, and it writes on the request
+/// as usual afterwards (the document then read from the stored changes).
+#[test]
+fn a_request_taken_whole_reads_as_its_document() -> Result<()> {
+    let mut s = Street::new()?;
+    let id = s.id;
+    let sofa = s
+        .alice
+        .k
+        .community(id)?
+        .post_request(&draft("Move a sofa", Urgency::High), at(10))?;
+    let dog = s
+        .alice
+        .k
+        .community(id)?
+        .post_request(&draft("Walk my dog", Urgency::Low), at(10))?;
+    s.sync_all(11)?;
+    let for_the_dog = s
+        .carol
+        .k
+        .community(id)?
+        .offer_help(dog, "Happy to", at(11))?;
+    // Offline apart: two offers, and Alice's edit, all concurrent.
+    let bobs = s
+        .bob
+        .k
+        .community(id)?
+        .offer_help(sofa, "On my way", at(12))?;
+    let carols = s
+        .carol
+        .k
+        .community(id)?
+        .offer_help(sofa, "Me too", at(12))?;
+    s.alice.k.community(id)?.edit_request(
+        sofa,
+        &draft("Move a sofa and a lamp", Urgency::Medium),
+        at(12),
+    )?;
+    s.sync_all(13)?;
+    s.alice.k.community(id)?.accept_offer(sofa, bobs, at(14))?;
+    s.sync_all(15)?;
+    s.bob
+        .k
+        .community(id)?
+        .confirm_match(sofa, Some("Glad to"), at(16))?;
+    s.alice
+        .k
+        .community(id)?
+        .confirm_match(sofa, Some("Thank you"), at(16))?;
+    s.sync_all(17)?;
+    let all = s.alice.k.community(id)?.changes_since(&Heads::empty())?;
+
+    let mut phone = Device::restored(&s.carol)?;
+    let mut relay = Device::new_relay()?;
+    for d in [&mut phone, &mut relay] {
+        let report = d.k.receive(&all, at(20))?;
+        assert!(
+            report.rejected.is_empty() && report.pending.is_empty(),
+            "{report:?}"
+        );
+    }
+    let heads = s.alice.k.community(id)?.heads()?;
+    assert_eq!(phone.k.community(id)?.heads()?, heads);
+    assert_eq!(relay.k.community(id)?.heads()?, heads);
+    let c = phone.k.community(id)?;
+    let dump = c.projection_dump()?;
+    assert_eq!(dump, s.alice.k.community(id)?.projection_dump()?);
+    // Read again from the documents themselves.
+    c.rebuild_projections()?;
+    assert_eq!(c.projection_dump()?, dump);
+    let bob = s.bob.k.member_id();
+    assert_eq!(
+        c.karma(&bob, at(20))?,
+        s.alice.k.community(id)?.karma(&bob, at(20))?
+    );
+    let view = c.request(sofa, at(20))?;
+    assert_eq!(view.request.draft.title, "Move a sofa and a lamp");
+    assert_eq!(view.status, RequestStatus::Completed);
+
+    let status = |offer| {
+        view.offers
+            .iter()
+            .find(|(o, _)| o.id == offer)
+            .map(|(_, st)| *st)
+    };
+    assert_eq!(status(bobs), Some(OfferStatus::Accepted));
+    assert_eq!(status(carols), Some(OfferStatus::Superseded));
+
+    // Carol's phone withdraws her offer for the dog; Alice takes it.
+    phone
+        .k
+        .community(id)?
+        .withdraw_offer(dog, for_the_dog, at(21))?;
+    let news = phone.k.community(id)?.changes_since(&heads)?;
+    let taken = s.alice.k.receive(&news, at(22))?;
+    assert_eq!(
+        (taken.accepted.len(), taken.rejected.len()),
+        (1, 0),
+        "{taken:?}"
+    );
+    let view = s.alice.k.community(id)?.request(dog, at(23))?;
+    assert_eq!(view.offers[0].1, OfferStatus::Withdrawn);
+    Ok(())
+}
+
 /// A catch-up received prepared (its request documents built and read
 /// ahead, on another thread, and taken over whole) leaves a device holding
 /// exactly what a plain one holds, and writing on them as usual.

@@ -98,8 +98,8 @@ pub(super) fn latest_stored(
 }
 
 /// Records a document's heads, so `Community::heads` needs no document.
-pub(super) fn save_heads(tx: &Transaction<'_>, doc_id: &DocId, doc: &Automerge) -> Result<()> {
-    let heads: Vec<u8> = doc.get_heads().iter().flat_map(|h| h.0).collect();
+pub(super) fn save_heads(tx: &Transaction<'_>, doc_id: &DocId, heads: &[ChangeHash]) -> Result<()> {
+    let heads: Vec<u8> = heads.iter().flat_map(|h| h.0).collect();
     tx.prepare_cached(
         "INSERT INTO doc_heads (doc_id, heads) VALUES (?1, ?2)
          ON CONFLICT (doc_id) DO UPDATE SET heads = excluded.heads",

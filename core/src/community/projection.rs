@@ -464,9 +464,20 @@ fn project_request(
     community: CommunityId,
     events: &mut Vec<Event>,
 ) -> Result<()> {
-    let Some(state) = RequestState::read(doc, id, None)? else {
-        return Ok(());
-    };
+    match RequestState::read(doc, id, None)? {
+        Some(state) => project_request_state(tx, &state, id, community, events),
+        None => Ok(()),
+    }
+}
+
+/// Moves request `id`'s projection to `state`, noting the events between.
+pub(super) fn project_request_state(
+    tx: &Transaction<'_>,
+    state: &RequestState,
+    id: RequestId,
+    community: CommunityId,
+    events: &mut Vec<Event>,
+) -> Result<()> {
     let request_id = id.to_string();
     let was = before(tx, &request_id)?;
     tx.prepare_cached(
@@ -494,7 +505,7 @@ fn project_request(
         state.created_at.as_millis(),
         state.expires_at.as_millis(),
         state.renewals,
-        stored_state(&state),
+        stored_state(state),
         state.hidden,
     ])?;
     // A new row, or the text changed: its full-text row follows; a new
@@ -564,7 +575,7 @@ fn project_request(
             state.share_count(),
         ])?;
     }
-    request_events(community, &state, &was, &stored_states, events);
+    request_events(community, state, &was, &stored_states, events);
     Ok(())
 }
 

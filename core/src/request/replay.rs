@@ -55,6 +55,8 @@ pub(crate) struct Replay {
     objects: HashMap<OpId, (String, Map)>,
     /// The changes (bits) whose ops overwrote each op.
     overwritten: HashMap<OpId, u64>,
+    /// The changes replayed that none replayed depends on.
+    heads: Vec<ChangeHash>,
     /// A change the replay does not follow came: it tells nothing more.
     lost: bool,
 }
@@ -63,10 +65,20 @@ impl Replay {
     /// Request `id` as `change`'s author saw it (`Some(None)`: not created
     /// yet); `None` if the replay cannot tell.
     pub(crate) fn seen(&self, id: RequestId, change: &Change) -> Option<Option<RequestState>> {
+        self.state_at(id, change.deps())
+    }
+
+    /// Request `id` at `heads` (changes replayed; `Some(None)`: not
+    /// created there); `None` if the replay cannot tell.
+    pub(crate) fn state_at(
+        &self,
+        id: RequestId,
+        heads: &[ChangeHash],
+    ) -> Option<Option<RequestState>> {
         if self.lost {
             return None;
         }
-        let past = self.past_of(change.deps())?;
+        let past = self.past_of(heads)?;
         let mut reading = Reading::new(id);
         for (key, puts) in &self.root {
             let Some(put) = self.winner(puts, past) else {
@@ -91,6 +103,12 @@ impl Replay {
         self.lost
     }
 
+    /// The heads of the changes replayed, sorted as Automerge gives a
+    /// document's heads.
+    pub(crate) fn heads(&self) -> &[ChangeHash] {
+        &self.heads
+    }
+
     /// Replays `change` (decoded: `expanded`), whose dependencies must all
     /// be replayed; otherwise, or if it is not of the shape followed, the
     /// replay is lost.
@@ -108,6 +126,9 @@ impl Replay {
                     .insert(change.hash(), (past | bit, change.max_op()));
                 self.actors
                     .insert(change.actor_id().clone(), (change.seq(), bit));
+                self.heads.retain(|h| !change.deps().contains(h));
+                let at = self.heads.partition_point(|h| *h < change.hash());
+                self.heads.insert(at, change.hash());
                 !followed
             }
             _ => true,
@@ -479,6 +500,13 @@ mod tests {
                 given += 1;
             }
             replay.advance(change, &change.decode());
+        }
+        // Followed to the end, it gives the document as it now reads.
+        if !replay.is_lost() {
+            let heads = doc.get_heads();
+            prop_assert_eq!(replay.heads(), heads.as_slice());
+            let now = RequestState::read(doc, id, None).expect("a read");
+            prop_assert_eq!(replay.state_at(id, replay.heads()), Some(now));
         }
         Ok(given)
     }
