@@ -990,10 +990,8 @@ impl Community {
                         store_change(tx, change)?;
                     }
                     save_heads(tx, &doc_id, &replayed.heads)?;
-                    // (Loaded while deciding, and empty.)
-                    docs.remove(&doc_id);
                     if let (DocId::Request(request), Some(state)) = (&doc_id, &replayed.state) {
-                        project_request_state(tx, state, *request, *id, outbox)?;
+                        project_request_state(tx, state, *request, *id, true, outbox)?;
                     }
                     continue;
                 }

@@ -184,6 +184,13 @@ pub(super) fn stored(tx: &Transaction<'_>, signed: &SignedChange) -> Result<bool
         .exists([signed.envelope.change_hash.as_slice()])?)
 }
 
+/// Whether the replica stores any change of `doc_id`.
+fn holds_changes(tx: &Transaction<'_>, doc_id: &DocId) -> Result<bool> {
+    Ok(tx
+        .prepare_cached("SELECT 1 FROM changes WHERE doc_id = ?1 LIMIT 1")?
+        .exists([doc_id.name()])?)
+}
+
 /// A signature's verdict, when it was checked.
 type Checked = Option<std::result::Result<(), Rejection>>;
 
@@ -747,6 +754,9 @@ impl Batch {
         // yet, in order of acceptance.
         let mut unapplied: HashMap<DocId, Vec<usize>> = HashMap::new();
         let ahead = self.apply_ahead(tx, docs, actor)?;
+        // What a replayed document's changes are judged "on": nothing is
+        // read of it (their verdicts are given, `Ahead::Judged`).
+        let unread = Automerge::new();
         let ahead_hashes: HashSet<[u8; 32]> = ahead
             .values()
             .flatten()
@@ -762,9 +772,25 @@ impl Batch {
                     continue;
                 };
                 let doc_id = self.changes[i].doc.clone();
-                let loaded = load_doc_tx(tx, docs, &doc_id, actor)?;
+                let hash = self.changes[i].change.hash();
                 let deps = self.changes[i].change.deps();
-                let missing = loaded.doc.get_missing_deps(deps);
+                let loaded = if self.replayed.contains_key(&doc_id) {
+                    // A new document replayed took every change of the
+                    // batch that it could; were another to come, it would
+                    // wait for the document to be read from the file.
+                    if !ahead_hashes.contains(&hash.0) {
+                        continue;
+                    }
+                    // Its rules were judged in the replay: the (empty)
+                    // document is not read.
+                    None
+                } else {
+                    Some(load_doc_tx(tx, docs, &doc_id, actor)?)
+                };
+                let missing = match &loaded {
+                    Some(loaded) => loaded.doc.get_missing_deps(deps),
+                    None => deps.to_vec(),
+                };
                 if !missing.iter().all(|d| accepted.contains(&d.0)) {
                     continue;
                 }
@@ -775,22 +801,23 @@ impl Batch {
                 {
                     continue;
                 }
-                let hash = self.changes[i].change.hash();
-                // A new document replayed took every change of the batch
-                // that it could; were another to come, it would wait for
-                // the document to be read from the file.
-                if self.replayed.contains_key(&doc_id) && !ahead_hashes.contains(&hash.0) {
-                    continue;
-                }
-                if !missing.is_empty() {
-                    // The validator reads the document as the author saw
-                    // it: apply what this batch accepted for it so far.
-                    if let Some(due) = unapplied.remove(&doc_id) {
-                        let due_changes = due.iter().map(|&j| self.changes[j].change.clone());
-                        apply_guarded(&mut loaded.doc, due_changes)?;
-                        self.applied.extend(due);
+                let doc = match loaded {
+                    Some(loaded) => {
+                        if !missing.is_empty() {
+                            // The validator reads the document as the author
+                            // saw it: apply what this batch accepted for it
+                            // so far.
+                            if let Some(due) = unapplied.remove(&doc_id) {
+                                let due_changes =
+                                    due.iter().map(|&j| self.changes[j].change.clone());
+                                apply_guarded(&mut loaded.doc, due_changes)?;
+                                self.applied.extend(due);
+                            }
+                        }
+                        &loaded.doc
                     }
-                }
+                    None => &unread,
+                };
                 let change = &self.changes[i];
                 let ahead = match self.judged.remove(&i) {
                     // In a document built from nothing with it, its place
@@ -814,7 +841,7 @@ impl Batch {
                         }
                     }
                 };
-                if let Err(reason) = change.authorize_seen(at, &loaded.doc, ahead) {
+                if let Err(reason) = change.authorize_seen(at, doc, ahead) {
                     self.verdicts[i] = Verdict::Rejected(reason);
                     continue;
                 }
@@ -887,21 +914,25 @@ impl Batch {
             if candidates.len() < 2 {
                 continue;
             }
-            let loaded = load_doc_tx(tx, docs, doc_id, actor)?;
-            if !loaded.doc.get_heads().is_empty() {
+            let new = match docs.get(doc_id) {
+                Some(loaded) => loaded.doc.get_heads().is_empty(),
+                None => !holds_changes(tx, doc_id)?,
+            };
+            if !new {
                 continue;
             }
             let taken = in_order(&self.changes, &candidates, |_| false);
             if taken.len() < 2 {
                 continue;
             }
-            // Exactly what was built ahead: taken.
+            // Exactly what was built ahead: taken, each judged there.
             let built = match self.built.remove(doc_id) {
                 Some(built)
                     if built.hashes.len() == taken.len()
-                        && taken
-                            .iter()
-                            .all(|&i| built.hashes.contains(&self.changes[i].change.hash().0)) =>
+                        && taken.iter().all(|&i| {
+                            built.hashes.contains(&self.changes[i].change.hash().0)
+                                && self.judged.contains_key(&i)
+                        }) =>
                 {
                     built
                 }
@@ -915,10 +946,13 @@ impl Batch {
             };
             match built.held {
                 Held::Doc(doc) => {
+                    let loaded = load_doc_tx(tx, docs, doc_id, actor)?;
                     loaded.doc = *doc;
                     loaded.doc.set_actor(actor.clone());
                 }
                 Held::Replayed(replayed) => {
+                    // No document: none is loaded (see `accept_ready`).
+                    docs.remove(doc_id);
                     self.replayed.insert(doc_id.clone(), *replayed);
                 }
             }

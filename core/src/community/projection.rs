@@ -332,15 +332,9 @@ fn before(tx: &Transaction<'_>, request_id: &str) -> Result<Before> {
         .prepare_cached("SELECT rowid, title, description FROM requests WHERE request_id = ?1")?
         .query_row([request_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let existed = row.is_some();
-    if !existed {
+    if row.is_none() {
         // A request's offers and match are written only with it.
-        return Ok(Before {
-            existed,
-            row,
-            offers: HashMap::new(),
-            matched: None,
-        });
+        return Ok(Before::nothing());
     }
     let mut offers = HashMap::new();
     {
@@ -363,11 +357,23 @@ fn before(tx: &Transaction<'_>, request_id: &str) -> Result<Before> {
         .query_row([request_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
     Ok(Before {
-        existed,
+        existed: true,
         row,
         offers,
         matched,
     })
+}
+
+impl Before {
+    /// No projection of the request.
+    fn nothing() -> Self {
+        Before {
+            existed: false,
+            row: None,
+            offers: HashMap::new(),
+            matched: None,
+        }
+    }
 }
 
 /// The events between a request's projection before and its new state.
@@ -465,21 +471,28 @@ fn project_request(
     events: &mut Vec<Event>,
 ) -> Result<()> {
     match RequestState::read(doc, id, None)? {
-        Some(state) => project_request_state(tx, &state, id, community, events),
+        Some(state) => project_request_state(tx, &state, id, community, false, events),
         None => Ok(()),
     }
 }
 
-/// Moves request `id`'s projection to `state`, noting the events between.
+/// Moves request `id`'s projection to `state`, noting the events between;
+/// `new`: the replica held none of its changes before (so it has no
+/// projection to read).
 pub(super) fn project_request_state(
     tx: &Transaction<'_>,
     state: &RequestState,
     id: RequestId,
     community: CommunityId,
+    new: bool,
     events: &mut Vec<Event>,
 ) -> Result<()> {
     let request_id = id.to_string();
-    let was = before(tx, &request_id)?;
+    let was = if new {
+        Before::nothing()
+    } else {
+        before(tx, &request_id)?
+    };
     tx.prepare_cached(
         "INSERT INTO requests (request_id, requester, title, description, category, urgency,
             kind, location, when_start, when_end, created_at, expires_at, renewals, state, hidden)
