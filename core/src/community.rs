@@ -984,13 +984,15 @@ impl Community {
             for (doc_id, changes) in batch.accepted_by_doc() {
                 if let Some(replayed) = batch.replayed(&doc_id) {
                     // A new request whose history was replayed: its
-                    // changes are stored, and the request they read as
-                    // projected, with no Automerge document made.
+                    // changes are stored, and (on a device) the request
+                    // they read as projected, with no Automerge document.
                     for (change, _) in &changes {
                         store_change(tx, change)?;
                     }
                     save_heads(tx, &doc_id, &replayed.heads)?;
-                    if let (DocId::Request(request), Some(state)) = (&doc_id, &replayed.state) {
+                    if let (DocId::Request(request), Some(state), false) =
+                        (&doc_id, &replayed.state, relay)
+                    {
                         project_request_state(tx, state, *request, *id, true, outbox)?;
                     }
                     continue;

@@ -697,11 +697,13 @@ fn my_requests_offers_and_matches_with_statuses_at_now() -> Result<()> {
     Ok(())
 }
 
-/// A device that takes a request's whole history at once replays it and
-/// makes no Automerge document of it (a relay makes one): the heads it
-/// records, its projections and its figures are those the document reads
-/// as, concurrent edits and offers included, and it writes on the request
-/// as usual afterwards (the document then read from the stored changes).
+/// A replica that takes a request's whole history at once replays it and
+/// makes no Automerge document of it: the heads it records, and a
+/// device's projections and figures, are those of Alice, who wrote and
+/// took the changes one at a time, and those rebuilt from the documents,
+/// concurrent edits and offers included; afterwards the device writes on
+/// the request, and the relay takes that change, as usual (the document
+/// then read from the stored changes).
 #[test]
 fn a_request_taken_whole_reads_as_its_document() -> Result<()> {
     let mut s = Street::new()?;
@@ -794,11 +796,17 @@ fn a_request_taken_whole_reads_as_its_document() -> Result<()> {
         .community(id)?
         .withdraw_offer(dog, for_the_dog, at(21))?;
     let news = phone.k.community(id)?.changes_since(&heads)?;
-    let taken = s.alice.k.receive(&news, at(22))?;
+    for d in [&mut s.alice, &mut relay] {
+        let taken = d.k.receive(&news, at(22))?;
+        assert_eq!(
+            (taken.accepted.len(), taken.rejected.len()),
+            (1, 0),
+            "{taken:?}"
+        );
+    }
     assert_eq!(
-        (taken.accepted.len(), taken.rejected.len()),
-        (1, 0),
-        "{taken:?}"
+        relay.k.community(id)?.heads()?,
+        s.alice.k.community(id)?.heads()?
     );
     let view = s.alice.k.community(id)?.request(dog, at(23))?;
     assert_eq!(view.offers[0].1, OfferStatus::Withdrawn);

@@ -258,8 +258,9 @@ enum Held {
     /// The Automerge document.
     Doc(Box<Automerge>),
     /// Its whole history replayed ([`Replay`]), and no Automerge document:
-    /// what it reads as is all its projection needs, and the changes are
-    /// stored (the document is read from them when it is next needed).
+    /// the changes are stored, with the replay's heads, and what it reads
+    /// as is all a device's projection needs (the document is read from
+    /// the stored changes when it is next needed).
     Replayed(Box<Replayed>),
 }
 
@@ -488,7 +489,7 @@ fn build_requests(
             continue;
         };
         let taken = in_order(changes, &candidates, |_| false);
-        if let Some(built) = build_request(changes, id, &taken, &mut judged, true) {
+        if let Some(built) = build_request(changes, id, &taken, &mut judged) {
             docs.insert(doc_id.clone(), built);
         }
     }
@@ -507,16 +508,13 @@ fn build_requests(
 /// At a change whose ops do not hold, or if Automerge refuses one, the
 /// building stops: the verdicts given stand, and the document is not used.
 ///
-/// If the replay followed the whole history and `replayed_is_enough`, no
-/// Automerge document is made: a device's catch-up stores the changes and
-/// projects the replayed state, which saves a third of the preparing
-/// (see `Held::Replayed`).
+/// If the replay followed the whole history, no Automerge document is
+/// made (see `Held::Replayed`).
 fn build_request(
     changes: &[Authentic],
     id: &RequestId,
     taken: &[usize],
     judged: &mut HashMap<usize, RequestVerdicts>,
-    replayed_is_enough: bool,
 ) -> Option<Built> {
     if taken.is_empty() {
         return None;
@@ -554,7 +552,7 @@ fn build_request(
         waiting.push(change.change.clone());
     }
     let hashes = taken.iter().map(|&i| changes[i].change.hash().0).collect();
-    if replayed_is_enough && !replay.is_lost() {
+    if !replay.is_lost() {
         let heads = replay.heads().to_vec();
         if let Some(state) = replay.state_at(*id, &heads) {
             return Some(Built {
@@ -936,9 +934,7 @@ impl Batch {
                 {
                     built
                 }
-                // A device projects what it replays; a relay keeps
-                // the document, which its next upload will change.
-                _ => match build_request(&self.changes, id, &taken, &mut self.judged, self.links) {
+                _ => match build_request(&self.changes, id, &taken, &mut self.judged) {
                     Some(built) => built,
                     // Judged one by one instead.
                     None => continue,
