@@ -233,8 +233,8 @@ pub(super) struct Batch {
     /// Request documents built before the batch was made ([`Prepared`]).
     built: HashMap<DocId, Built>,
     /// Request documents new to the replica whose whole history this batch
-    /// replayed (`Held::Replayed`): every change given it is accepted, and
-    /// none is applied to an Automerge document.
+    /// replayed (`Held::Replayed`), none applied to an Automerge document;
+    /// one stays only if every change the replay took is accepted.
     replayed: HashMap<DocId, Replayed>,
     /// Each author's latest change accepted in this batch, per document.
     latest: HashMap<(MemberId, DocId), Latest>,
