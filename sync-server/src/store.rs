@@ -151,7 +151,8 @@ const GROUP_CHANGES: usize = 2_000;
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     tx: mpsc::Sender<Cmd>,
-    /// Threads that prepare uploads, each on one thread, first come first
+    /// Threads that prepare uploads (but the smallest, see
+    /// [`PREPARE_HERE_ITEMS`]), each on one thread, first come first
     /// served: one per core, at a lower priority than the store thread
     /// (and the connections), so the store thread, which every upload
     /// waits for, always has a core when it has work. (Preparing every
