@@ -387,6 +387,10 @@ mod tests {
         /// so that it stands beside what its key holds (a hand-made
         /// change; Automerge keeps both as a conflict, as the replay does).
         NoPred,
+        /// Plain, then its first op with predecessors made to name an op
+        /// that was never made: Automerge takes it, and then writes a
+        /// document it cannot load (the replay must not follow it).
+        StrayPred,
     }
 
     /// How changes are made: as honest writers do (on everything before
@@ -399,6 +403,7 @@ mod tests {
                 6 => Just(Made::Plain),
                 2 => (1..4usize).prop_map(Made::Fork),
                 1 => Just(Made::NoPred),
+                1 => Just(Made::StrayPred),
             ]
             .boxed()
         }
@@ -476,6 +481,19 @@ mod tests {
                     change = Change::from(expanded);
                 }
             }
+            if matches!(how, Made::StrayPred) {
+                let mut expanded = change.decode();
+                let never = OpId(expanded.start_op.get() + 1_000, expanded.actor_id.clone());
+                let op = expanded
+                    .operations
+                    .iter_mut()
+                    .find(|op| !op.pred.is_empty());
+                if let Some(op) = op {
+                    op.pred = vec![never].into();
+                    expanded.hash = None;
+                    change = Change::from(expanded);
+                }
+            }
             if doc.apply_changes([change.clone()]).is_ok() {
                 made.push(change);
             }
@@ -501,12 +519,19 @@ mod tests {
             }
             replay.advance(change, &change.decode());
         }
-        // Followed to the end, it gives the document as it now reads.
+        // Followed to the end, it gives the document as it now reads, and
+        // that document is sound: it saves, and loads again (a replica
+        // that replays stores the changes and makes the document later).
         if !replay.is_lost() {
             let heads = doc.get_heads();
             prop_assert_eq!(replay.heads(), heads.as_slice());
             let now = RequestState::read(doc, id, None).expect("a read");
             prop_assert_eq!(replay.state_at(id, replay.heads()), Some(now));
+            let mut again = Automerge::new();
+            prop_assert!(again.apply_changes(changes.iter().cloned()).is_ok());
+            let loaded = Automerge::load(&again.save());
+            prop_assert!(loaded.is_ok(), "{:?}", loaded.err());
+            prop_assert_eq!(again.get_changes(&[]).len(), changes.len());
         }
         Ok(given)
     }
