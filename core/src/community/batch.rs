@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use automerge::{Automerge, Change, ChangeHash, ReadDoc};
+use automerge::{Automerge, ChangeHash, ReadDoc};
 use rusqlite::{Transaction, params};
 
 use super::persist::{Loaded, apply_guarded, latest_stored, load_doc_tx};
@@ -521,10 +521,16 @@ fn build_request(
     }
     let mut doc = Automerge::new();
     let mut replay = Replay::default();
-    let mut waiting: Vec<Change> = Vec::new();
-    // Each author's latest change so far.
-    let mut latest: HashMap<automerge::ActorId, Latest> = HashMap::new();
-    for &i in taken {
+    // `taken[..applied]` are in `doc`.
+    let mut applied = 0;
+    let apply_upto = |doc: &mut Automerge, applied: &mut usize, upto: usize| {
+        let due = taken[*applied..upto]
+            .iter()
+            .map(|&j| changes[j].change.clone());
+        *applied = upto;
+        apply_guarded(doc, due)
+    };
+    for (k, &i) in taken.iter().enumerate() {
         let change = &changes[i];
         let expanded = change.change.decode();
         let replayed = replay.seen(*id, &change.change);
@@ -532,8 +538,14 @@ fn build_request(
         let seen = match replayed {
             Some(seen) if !replay.is_lost() => Ok(seen),
             _ => {
-                apply_guarded(&mut doc, std::mem::take(&mut waiting)).ok()?;
-                let latest = latest.get(change.change.actor_id()).copied();
+                apply_upto(&mut doc, &mut applied, k).ok()?;
+                // The author's latest change so far.
+                let actor = change.change.actor_id();
+                let latest = taken[..k]
+                    .iter()
+                    .map(|&j| &changes[j].change)
+                    .rfind(|c| c.actor_id() == actor)
+                    .map(|c| (c.seq(), c.hash()));
                 let holds = change
                     .sequence_holds(&doc, latest)
                     .and_then(|()| change.ops_hold(&doc, &expanded));
@@ -545,11 +557,6 @@ fn build_request(
             }
         };
         judged.insert(i, change.judge_request(id, &seen, &expanded));
-        latest.insert(
-            change.change.actor_id().clone(),
-            (change.change.seq(), change.change.hash()),
-        );
-        waiting.push(change.change.clone());
     }
     let hashes = taken.iter().map(|&i| changes[i].change.hash().0).collect();
     if !replay.is_lost() {
@@ -561,7 +568,7 @@ fn build_request(
             });
         }
     }
-    apply_guarded(&mut doc, waiting).ok()?;
+    apply_upto(&mut doc, &mut applied, taken.len()).ok()?;
     Some(Built {
         held: Held::Doc(Box::new(doc)),
         hashes,
