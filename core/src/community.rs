@@ -982,13 +982,13 @@ impl Community {
             let mut touched = Touched::default();
             tx.execute("DELETE FROM pending_changes", [])?;
             for (doc_id, changes) in batch.accepted_by_doc() {
+                for (change, _) in &changes {
+                    store_change(tx, change)?;
+                }
                 if let Some(replayed) = batch.replayed(&doc_id) {
-                    // A new request whose history was replayed: its
-                    // changes are stored, and (on a device) the request
-                    // they read as projected, with no Automerge document.
-                    for (change, _) in &changes {
-                        store_change(tx, change)?;
-                    }
+                    // A new request whose history was replayed: the
+                    // request its changes read as is projected (on a
+                    // device), with no Automerge document.
                     save_heads(tx, &doc_id, &replayed.heads)?;
                     if let (DocId::Request(request), Some(state), false) =
                         (&doc_id, &replayed.state, relay)
@@ -1006,7 +1006,6 @@ impl Community {
                         .map(|(c, _)| c.change.clone()),
                 )?;
                 for (change, _) in &changes {
-                    store_change(tx, change)?;
                     if relay {
                         // Only the community document's projection: the
                         // description the directory shows.

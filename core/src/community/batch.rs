@@ -891,14 +891,15 @@ impl Batch {
         self.replayed.get(doc_id)
     }
 
-    /// Builds each new request document, in one Automerge call, from every
-    /// undecided change of the batch that it can take (its dependencies are
-    /// among them), judging them on the way ([`build_request`], or taking
-    /// what was built ahead): one call per document instead of one per
-    /// change. A request's rules read the document at each change's
-    /// dependencies, so what else it holds does not change a verdict. A
-    /// document already holding changes is left to judge one by one.
-    /// Returns the changes applied, per document.
+    /// Builds each new request document from every undecided change of the
+    /// batch that it can take (its dependencies are among them), judging
+    /// them on the way ([`build_request`], or taking what was built ahead):
+    /// replayed whole with no Automerge document (`Held::Replayed`), or
+    /// else in one Automerge call per document instead of one per change.
+    /// A request's rules read the document at each change's dependencies,
+    /// so what else it holds does not change a verdict. A document already
+    /// holding changes is left to judge one by one. Returns the changes
+    /// taken, per document.
     fn apply_ahead(
         &mut self,
         tx: &Transaction<'_>,
