@@ -872,6 +872,18 @@ pub(crate) fn get_str(
         .and_then(|(v, _)| v.as_str().map(str::to_owned)))
 }
 
+/// A map's entries at `heads` (now if `None`), in key order.
+pub(crate) fn map_entries<'a>(
+    doc: &'a Automerge,
+    obj: &automerge::ObjId,
+    heads: Option<&[ChangeHash]>,
+) -> Vec<automerge::iter::MapRangeItem<'a>> {
+    match heads {
+        Some(h) => doc.map_range_at(obj, .., h).collect(),
+        None => doc.map_range(obj, ..).collect(),
+    }
+}
+
 /// Decodes a change hash from stored bytes.
 pub(crate) fn change_hash(bytes: &[u8]) -> Result<ChangeHash> {
     ChangeHash::try_from(bytes).map_err(|_| Error::Corrupt("change hash".into()))

@@ -8,10 +8,11 @@
 //! `resolution`, `resolved_at` (moderators, at any time after).
 
 use automerge::legacy::{Key, ObjectId, OpType};
-use automerge::{Automerge, ChangeHash, ROOT, ReadDoc, ScalarValueRef, ValueRef};
+use automerge::{Automerge, ChangeHash, ROOT, ScalarValueRef, ValueRef};
 
 use crate::authority::Role;
 use crate::conversation::{ConversationId, MessageId};
+use crate::docs::map_entries;
 use crate::error::{Rejection, Result};
 use crate::identity::MemberId;
 use crate::request::{OfferId, RequestId};
@@ -147,10 +148,7 @@ impl ReportState {
         id: ReportId,
         heads: Option<&[ChangeHash]>,
     ) -> Result<Option<Self>> {
-        let items: Vec<_> = match heads {
-            Some(h) => doc.map_range_at(ROOT, .., h).collect(),
-            None => doc.map_range(ROOT, ..).collect(),
-        };
+        let items = map_entries(doc, &ROOT, heads);
         let (mut target, mut category, mut text, mut created) = (None, None, String::new(), None);
         let (mut resolution, mut resolved_at) = (None, None);
         for item in items {

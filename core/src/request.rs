@@ -35,12 +35,10 @@ use std::collections::{BTreeMap, BTreeSet};
 pub(crate) mod replay;
 
 use automerge::legacy::{Key, ObjectId, OpType};
-use automerge::{
-    ActorId, Automerge, ChangeHash, ObjId as ExId, ROOT, ReadDoc, ScalarValueRef, ValueRef,
-};
+use automerge::{ActorId, Automerge, ChangeHash, ObjId as ExId, ROOT, ScalarValueRef, ValueRef};
 
 use crate::authority::{CommunityId, Role};
-use crate::docs::valid_geohash;
+use crate::docs::{map_entries, valid_geohash};
 use crate::error::{Error, Rejection, Result};
 use crate::identity::MemberId;
 use crate::time::Timestamp;
@@ -618,18 +616,12 @@ impl RequestState {
         id: RequestId,
         heads: Option<&[ChangeHash]>,
     ) -> Result<Option<Self>> {
-        let range = |obj: &ExId| -> Vec<_> {
-            match heads {
-                Some(h) => doc.map_range_at(obj, .., h).collect(),
-                None => doc.map_range(obj, ..).collect(),
-            }
-        };
         let mut reading = Reading::new(id);
-        for item in range(&ROOT) {
+        for item in map_entries(doc, &ROOT, heads) {
             if let Some(offer) = reading.root(&item.key, &item.value)
                 && let ExId::Id(counter, actor, _) = item.id()
             {
-                let fields = range(&item.id());
+                let fields = map_entries(doc, &item.id(), heads);
                 let fields = fields.iter().map(|f| (f.key.as_ref(), &f.value));
                 reading.offer(offer, (counter, actor), fields);
             }
