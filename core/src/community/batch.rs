@@ -417,13 +417,13 @@ impl Prepared {
     }
 
     /// How many changes it prepared.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "net"))]
     pub(crate) fn len(&self) -> usize {
         self.changes.len()
     }
 
     /// Whether it prepared `change`.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "net"))]
     pub(crate) fn holds(&self, change: &SignedChange) -> bool {
         self.changes.contains_key(&change.envelope.change_hash)
     }
